@@ -1,0 +1,296 @@
+"""Evaluation metrics for registration results, as plain numpy/scipy functions.
+
+These score a finished registration (label overlap, surface distance, Jacobian regularity,
+intensity agreement, groupwise PCA alignment); they are never differentiated, so they stay
+free of torch and can run anywhere a result is read back, e.g. in the service or a benchmark.
+
+Conventions: arrays in numpy order (the reverse of ITK's x, y, z); a displacement ``phi`` is
+(D, *spatial) in voxel units, channel c along array axis c, mapping a fixed-image voxel x to
+x + phi(x) in the moving image; ``spacing`` is per array axis in mm, default all 1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def _present_labels(a: np.ndarray, b: np.ndarray) -> list[int]:
+    """Every foreground label (> 0) present in either map: what gets scored by default."""
+    union = np.union1d(np.unique(a), np.unique(b))
+    return [int(label) for label in union if label > 0]
+
+
+def _check_same_shape(a: np.ndarray, b: np.ndarray) -> None:
+    """Overlap between maps on different grids is meaningless, so refuse it loudly."""
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
+
+
+def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int] | None = None) -> dict[int, float]:
+    """Per-label Dice 2|A∩B| / (|A| + |B|) between two integer label maps of one shape.
+
+    ``labels=None`` scores every label > 0 present in either map. A requested label absent
+    from both maps gives nan (0/0: there is nothing to overlap), so that a nan-aware mean skips
+    it instead of counting it as a perfect or a failed match.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    _check_same_shape(a, b)
+    if labels is None:
+        labels = _present_labels(a, b)
+    scores: dict[int, float] = {}
+    for label in labels:
+        mask_a, mask_b = a == label, b == label
+        total = int(mask_a.sum()) + int(mask_b.sum())
+        overlap = int(np.logical_and(mask_a, mask_b).sum())
+        scores[int(label)] = 2.0 * overlap / total if total else float("nan")
+    return scores
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Boundary voxels: mask minus its erosion by the face-connected cross.
+
+    Erosion treats outside the array as background, so mask voxels on the array border are
+    surface; this is MONAI's ``get_mask_edges`` (it crops to the masks' bounding box first,
+    which gives the same edges).
+    """
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure)
+
+
+def _directed_surface_distances(
+    from_surface: np.ndarray, to_surface: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """Distance in mm from each voxel of ``from_surface`` to the nearest of ``to_surface``."""
+    distance_to = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
+    return distance_to[from_surface]
+
+
+def _spacing_or_unit(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """Default to 1 mm per axis; insist on one value per array axis otherwise."""
+    if spacing is None:
+        return (1.0,) * ndim
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != ndim:
+        raise ValueError(f"spacing has {len(spacing)} values for a {ndim}-D image")
+    return spacing
+
+
+def hausdorff95(
+    a: np.ndarray,
+    b: np.ndarray,
+    labels: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+) -> dict[int, float]:
+    """Per-label 95th-percentile symmetric surface distance (HD95) in mm.
+
+    Variant: the larger of the two *directed* 95th percentiles (surface of A to surface of B,
+    and B to A), as MONAI's ``compute_hausdorff_distance(percentile=95)`` and Learn2Reg report
+    it; not the percentile over the union of both distance sets. Percentiles interpolate
+    linearly (``np.percentile``'s default, as MONAI). Surfaces are the masks' boundary voxels,
+    distances from ``distance_transform_edt`` with ``sampling=spacing``, so anisotropic voxels
+    count in mm. A label missing from either map (or both) gives nan: a distance to nothing is
+    undefined, and nan keeps it out of a nan-aware mean. Identical masks give 0.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    _check_same_shape(a, b)
+    sampling = _spacing_or_unit(spacing, a.ndim)
+    if labels is None:
+        labels = _present_labels(a, b)
+    scores: dict[int, float] = {}
+    for label in labels:
+        mask_a, mask_b = a == label, b == label
+        if not mask_a.any() or not mask_b.any():
+            scores[int(label)] = float("nan")
+            continue
+        surface_a, surface_b = _surface(mask_a), _surface(mask_b)
+        a_to_b = _directed_surface_distances(surface_a, surface_b, sampling)
+        b_to_a = _directed_surface_distances(surface_b, surface_a, sampling)
+        scores[int(label)] = float(max(np.percentile(a_to_b, 95), np.percentile(b_to_a, 95)))
+    return scores
+
+
+def jacobian_determinant(phi: np.ndarray) -> np.ndarray:
+    """det(I + ∇phi) at every voxel of a (D, *spatial) voxel displacement, D = 2 or 3.
+
+    Derivatives are ``np.gradient``'s: central differences inside, one-sided at the border
+    (each axis needs at least 2 voxels). With phi and the grid both in voxels the determinant
+    is the local volume ratio, unchanged by the voxel-to-mm scaling, so no spacing is needed.
+    Values <= 0 mark folding (the transform is not locally invertible there).
+    """
+    phi = np.asarray(phi, dtype=np.float64)
+    dim = phi.shape[0]
+    if dim not in (2, 3) or phi.ndim != dim + 1:
+        raise ValueError(f"phi must be (D, *spatial) with D = 2 or 3, got shape {phi.shape}")
+    # jac[c][d] = d(x_c + phi_c) / d x_d
+    jac = [
+        [np.gradient(phi[c], axis=d) + (1.0 if c == d else 0.0) for d in range(dim)]
+        for c in range(dim)
+    ]
+    if dim == 2:
+        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    return (
+        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+    )
+
+
+def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Regularity summary of a Jacobian determinant map, optionally inside ``mask``.
+
+    ``std_log_jacobian`` is Learn2Reg's SDlogJ: the std of log(det) with det clipped to
+    [1e-9, 1e9] so folded voxels stay finite; ``folding_percent`` is 100 x the share of voxels
+    with det <= 0.
+    """
+    values = np.asarray(det, dtype=np.float64)
+    if mask is not None:
+        values = values[np.asarray(mask, dtype=bool)]
+    values = values.ravel()
+    if values.size == 0:
+        raise ValueError("no voxels to summarise (empty determinant or mask)")
+    return {
+        "jacobian_min": float(values.min()),
+        "jacobian_max": float(values.max()),
+        "std_log_jacobian": float(np.log(np.clip(values, 1e-9, 1e9)).std()),
+        "folding_percent": float(100.0 * np.mean(values <= 0)),
+    }
+
+
+def _as_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as float64 of one shape: intensity metrics compare voxel by voxel."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    return a, b
+
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Global normalised cross-correlation (Pearson r) of two images, in [-1, 1].
+
+    Invariant to a positive affine intensity change of either image; nan when either image
+    is constant (its variance is 0).
+    """
+    a, b = _as_pair(a, b)
+    da, db = a - a.mean(), b - b.mean()
+    denominator = np.sqrt(np.sum(da * da) * np.sum(db * db))
+    return float(np.sum(da * db) / denominator) if denominator > 0 else float("nan")
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared intensity difference: the metric for same-contrast images."""
+    a, b = _as_pair(a, b)
+    return float(np.mean((a - b) ** 2))
+
+
+def rmse(a: np.ndarray, b: np.ndarray) -> float:
+    """Root mean squared difference, in the images' own intensity units."""
+    return float(np.sqrt(mse(a, b)))
+
+
+def _entropy(counts: np.ndarray) -> float:
+    """Shannon entropy (nats) of a histogram; empty bins contribute 0 (p log p -> 0)."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-np.sum(p * np.log(p)))
+
+
+def nmi(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
+    """Studholme's normalised mutual information (H(A) + H(B)) / H(A, B), in [1, 2].
+
+    Identical images give 2, independent ones about 1 (higher is better, unlike the training
+    loss). Each image is binned into ``bins`` equal bins over its own min..max, so the value
+    ignores intensity offsets and scales. Hard binning, no Parzen window, so it is exactly 2
+    for identical images; few voxels per joint bin bias it upward for independent images.
+    nan when both images are constant (0/0).
+    """
+    a, b = _as_pair(a, b)
+    joint, _, _ = np.histogram2d(
+        a.ravel(),
+        b.ravel(),
+        bins=bins,
+        range=[_value_range(a), _value_range(b)],
+    )
+    h_joint = _entropy(joint)
+    if h_joint == 0:
+        return float("nan")
+    return (_entropy(joint.sum(axis=1)) + _entropy(joint.sum(axis=0))) / h_joint
+
+
+def _value_range(image: np.ndarray) -> tuple[float, float]:
+    """The image's min..max, widened for a constant image so that histogram bins exist."""
+    low, high = float(image.min()), float(image.max())
+    return (low - 0.5, high + 0.5) if low == high else (low, high)
+
+
+def pca_groupwise(
+    series: np.ndarray,
+    n_components: int | None = None,
+    mask: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Huizinga et al. 2016 groupwise metrics D_PCA1 and D_PCA2 of a (N, *spatial) series.
+
+    The data matrix M (voxels x N frames, voxels inside ``mask`` if given) has each frame
+    standardised to zero mean and unit std; K = M^T M / (voxels - 1) is the frames' N x N
+    correlation matrix with eigenvalues l_1 >= ... >= l_N. D_PCA1 = tr(K) - sum_{j<=L} l_j
+    (energy outside the first L components), D_PCA2 = sum_j j l_j (j from 1, rewarding energy
+    in the first components without choosing L). Lower is better for both: an aligned series
+    of a signal model with L significant components has its energy in the first L.
+    ``n_components`` is L, default 1 (one dominant component: identical frames up to a
+    positive or negative intensity scaling, e.g. T1 mapping in the paper). A constant frame
+    has no std to standardise by, so its correlations and both metrics come out nan.
+    """
+    series = np.asarray(series, dtype=np.float64)
+    if series.ndim < 2 or series.shape[0] < 2:
+        raise ValueError(f"series must be (N >= 2, *spatial), got shape {series.shape}")
+    frames = series.shape[0]
+    n_components = 1 if n_components is None else int(n_components)
+    if not 1 <= n_components <= frames:
+        raise ValueError(f"n_components must be in 1..{frames}, got {n_components}")
+    data = series.reshape(frames, -1).T
+    if mask is not None:
+        data = data[np.asarray(mask, dtype=bool).ravel()]
+    voxels = data.shape[0]
+    if voxels < 2:
+        raise ValueError("need at least 2 voxels to estimate frame correlations")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        standardised = (data - data.mean(axis=0)) / data.std(axis=0, ddof=1)
+    correlation = standardised.T @ standardised / (voxels - 1)
+    if not np.all(np.isfinite(correlation)):
+        return {"d_pca1": float("nan"), "d_pca2": float("nan")}
+    eigenvalues = np.linalg.eigvalsh(correlation)[::-1]
+    ranks = np.arange(1, frames + 1)
+    return {
+        "d_pca1": float(np.trace(correlation) - eigenvalues[:n_components].sum()),
+        "d_pca2": float(np.sum(ranks * eigenvalues)),
+    }
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean ignoring nan; nan (without numpy's empty-slice warning) when nothing is left."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        return float(np.nanmean(values)) if len(values) else float("nan")
+
+
+def label_overlap_report(
+    fixed_labels: np.ndarray,
+    warped_labels: np.ndarray,
+    spacing: Sequence[float] | None = None,
+) -> dict:
+    """Dice and HD95 per label (every label > 0 in either map) with nan-aware means.
+
+    Labels become str keys so that the report can be dumped to JSON as is; a label missing
+    from one map scores nan and is left out of the means.
+    """
+    labels = _present_labels(np.asarray(fixed_labels), np.asarray(warped_labels))
+    dice_scores = dice(fixed_labels, warped_labels, labels)
+    hd95_scores = hausdorff95(fixed_labels, warped_labels, labels, spacing)
+    return {
+        "dice": {str(label): value for label, value in dice_scores.items()},
+        "hd95": {str(label): value for label, value in hd95_scores.items()},
+        "dice_mean": _nanmean(list(dice_scores.values())),
+        "hd95_mean": _nanmean(list(hd95_scores.values())),
+    }

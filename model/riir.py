@@ -1,0 +1,170 @@
+"""RIIR: a learned optimiser that repeats a ConvGRU update driven by a similarity gradient.
+
+    phi_0 = 0 (identity)
+    for t = 0 … T-1:
+        {Δphi_t, h_{t+1}} = g_θ(phi_t, ∇_phi L_inner(I_mov ∘ phi_t, I_fix), h_t)
+        phi_{t+1} = phi_t + Δphi_t
+
+``g_θ`` is the RIIR cell (conv → ConvGRU → conv → ConvGRU → conv), weights shared across
+steps, the same code for 2-D and 3-D. Choices the paper leaves open are fields of
+``RIIRConfig`` and written down in docs/method.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.losses import inner_gradient
+from model.warp import warp
+
+INPUTS = ("gradient", "explicit", "implicit")
+
+
+@dataclass
+class RIIRConfig:
+    spatial_dims: int = 3
+    steps: int = 6  # T
+    hidden_channels: tuple[int, int] = (16, 16)
+    hidden_states: tuple[bool, bool] = (True, True)  # ablation [1,1], [1,0], [0,1], [0,0]
+    inputs: str = "gradient"  # gradient [phi, ∇L] | explicit [phi, I_mov∘phi, I_fix] | implicit
+    inner_loss: str = "mse"  # mse | ncc | nmi
+    ncc_window: int = 9
+    gru_kernel: int = 3
+    # The cell runs on a grid coarser by this factor (1 = full resolution, as the paper);
+    # the inner gradient is average-pooled onto it and the update upsampled back.
+    cell_stride: int = 1
+    # False: first-order meta-gradient (∇L_inner treated as an input, no second derivatives).
+    second_order: bool = False
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return getattr(nn, f"Conv{spatial_dims}d")
+
+
+class ConvGRU(nn.Module):
+    """Convolutional GRU cell: h' = (1 - z) ⊙ h + z ⊙ tanh(W x + U (r ⊙ h))."""
+
+    def __init__(self, channels: int, hidden: int, spatial_dims: int, kernel: int = 3):
+        super().__init__()
+        conv = _conv(spatial_dims)
+        self.hidden = hidden
+        self.gates = conv(channels + hidden, 2 * hidden, kernel, padding=kernel // 2)
+        self.candidate_x = conv(channels, hidden, kernel, padding=kernel // 2)
+        self.candidate_h = conv(hidden, hidden, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        if h is None:
+            h = x.new_zeros(x.shape[0], self.hidden, *x.shape[2:])
+        reset, update = torch.sigmoid(self.gates(torch.cat([x, h], 1))).chunk(2, 1)
+        candidate = torch.tanh(self.candidate_x(x) + self.candidate_h(reset * h))
+        return (1 - update) * h + update * candidate
+
+
+class Stateless(nn.Module):
+    """Stands in for a ConvGRU whose hidden state is switched off: conv + ReLU, no memory."""
+
+    def __init__(self, channels: int, hidden: int, spatial_dims: int, kernel: int = 3):
+        super().__init__()
+        self.conv = _conv(spatial_dims)(channels, hidden, kernel, padding=kernel // 2)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
+class RIIRCell(nn.Module):
+    """g_θ: conv → ConvGRU (h¹) → dilated conv → ConvGRU (h²) → conv to a D-channel update."""
+
+    def __init__(self, in_channels: int, config: RIIRConfig):
+        super().__init__()
+        d, (c1, c2) = config.spatial_dims, config.hidden_channels
+        conv = _conv(d)
+        self.stateful = config.hidden_states
+        recurrent = [ConvGRU if on else Stateless for on in config.hidden_states]
+        self.conv_in = conv(in_channels, c1, 3, padding=1)
+        self.rnn1 = recurrent[0](c1, c1, d, config.gru_kernel)
+        self.conv_mid = conv(c1, c2, 3, padding=2, dilation=2)
+        self.rnn2 = recurrent[1](c2, c2, d, config.gru_kernel)
+        self.conv_out = conv(c2, d, 3, padding=1)
+        # Start as the identity optimiser (Δphi = 0): training begins from a stable point.
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]
+                ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        h1 = self.rnn1(F.relu(self.conv_in(x)), hidden[0])
+        h2 = self.rnn2(F.relu(self.conv_mid(h1)), hidden[1])
+        new_hidden = [h if on else None for h, on in zip((h1, h2), self.stateful, strict=True)]
+        return self.conv_out(h2), new_hidden
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class RIIR(nn.Module):
+    def __init__(self, config: RIIRConfig):
+        super().__init__()
+        if config.inputs not in INPUTS:
+            raise ValueError(f"inputs must be one of {INPUTS}, not {config.inputs!r}")
+        self.config = config
+        d = config.spatial_dims
+        in_channels = 2 * d if config.inputs == "gradient" else d + 2
+        self.cell = RIIRCell(in_channels, config)
+
+    def _coarse(self, x: torch.Tensor) -> torch.Tensor:
+        """Average onto the cell's grid (identity at stride 1)."""
+        s = self.config.cell_stride
+        if s == 1:
+            return x
+        size = [max(1, -(-n // s)) for n in x.shape[2:]]
+        pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool3d
+        return pool(x, size)
+
+    def _fine(self, x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Interpolate from the cell's grid back to the image grid (voxel units unchanged:
+        displacements are always in voxels of the full-resolution grid)."""
+        if x.shape[2:] == shape:
+            return x
+        mode = "bilinear" if x.dim() == 4 else "trilinear"
+        return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=False)
+
+    def _cell_input(self, phi_coarse: torch.Tensor, phi: torch.Tensor, moving: torch.Tensor,
+                    fixed: torch.Tensor, inner_loss: str) -> torch.Tensor:
+        cfg = self.config
+        if cfg.inputs == "gradient":
+            grad = inner_gradient(inner_loss, moving, fixed,
+                                  phi if cfg.second_order else phi.detach(),
+                                  ncc_window=cfg.ncc_window,
+                                  create_graph=cfg.second_order and torch.is_grad_enabled())
+            return torch.cat([phi_coarse, self._coarse(grad)], 1)
+        first = warp(moving, phi) if cfg.inputs == "explicit" else moving
+        return torch.cat([phi_coarse, self._coarse(first), self._coarse(fixed)], 1)
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
+                progress: ProgressCallback | None = None, return_all: bool = True,
+                inner_loss: str | None = None) -> list[torch.Tensor]:
+        """Displacements phi_1 … phi_T (B, D, *S) in voxels; only phi_T if not ``return_all``
+        (inference keeps one iterate to save memory). ``inner_loss`` overrides the similarity
+        whose gradient drives the cell (default: the one it was trained with)."""
+        steps = self.config.steps if steps is None else steps
+        inner_loss = inner_loss or self.config.inner_loss
+        shape = fixed.shape[2:]
+        phi_coarse = fixed.new_zeros(fixed.shape[0], len(shape),
+                                     *self._coarse(fixed).shape[2:])
+        phi = self._fine(phi_coarse, shape)
+        hidden: list[torch.Tensor | None] = [None, None]
+        out: list[torch.Tensor] = []
+        for t in range(steps):
+            cell_input = self._cell_input(phi_coarse, phi, moving, fixed, inner_loss)
+            delta, hidden = self.cell(cell_input, hidden)
+            phi_coarse = phi_coarse + delta
+            phi = self._fine(phi_coarse, shape)
+            if return_all or t == steps - 1:
+                out.append(phi)
+            if progress is not None:
+                progress(t + 1, steps)
+        return out

@@ -1,0 +1,54 @@
+"""The artifact contract: what a registration writes, under which names, with which types.
+
+The command line and the worker write these files into a job folder; the gateway serves
+them by name. Every file is written to a temporary name and renamed, so a reader (or a worker
+killed mid-write and restarted) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+# name -> (file name, media type)
+ARTIFACTS: dict[str, tuple[str, str]] = {
+    "displacement": ("displacement.nii.gz", "application/gzip"),
+    "warped": ("warped.nii.gz", "application/gzip"),
+    "jacobian": ("jacobian.nii.gz", "application/gzip"),
+    "labels": ("warped_labels.nii.gz", "application/gzip"),
+    "metrics": ("metrics.json", "application/json"),
+    "preview": ("preview.png", "image/png"),
+}
+SERIES_DISPLACEMENTS = "displacements"  # folder of per-frame fields in a series job
+
+
+def filename(name: str) -> str:
+    return ARTIFACTS[name][0]
+
+
+def present(folder: Path) -> list[str]:
+    """Names of the artifacts that exist in ``folder``."""
+    return [name for name, (file, _) in ARTIFACTS.items() if (folder / file).is_file()]
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities become null: JSON has no such numbers and strict parsers reject them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    return value
+
+
+def write_json(data: dict[str, Any], path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,163 @@
+"""``riir register``, ``riir register-series`` and ``riir models``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP_MODEL = ("shipped model name (see 'riir models') or path to a .pt checkpoint; default: "
+              "chosen from the input (2-D: cardiac-2d, 3-D up to 96^3 voxels: hippocampus-3d, "
+              "larger 3-D: brain-3d)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, metavar="DIR",
+                   help="output folder (created if missing; existing artifacts are replaced)")
+    p.add_argument("--model", metavar="NAME|PATH", help=HELP_MODEL)
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
+                   help="where the model runs; auto uses CUDA when present (default: auto)")
+    p.add_argument("--steps", type=_positive, metavar="T",
+                   help="recurrent steps T (default: the model's own, 6 for the shipped ones)")
+    p.add_argument("--init", choices=("physical", "center"), default="physical",
+                   help="initial alignment: 'physical' trusts the headers' world coordinates; "
+                        "'center' first translates the moving image's centre onto the fixed "
+                        "image's (different scanners or subjects) (default: physical)")
+    p.add_argument("--similarity", choices=("mse", "ncc", "nmi"),
+                   help="similarity whose gradient drives the model (default: the one it "
+                        "was trained with; others are out of its training distribution)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "register", help="register a moving image to a fixed image",
+        description="Register MOVING to FIXED (NIfTI .nii/.nii.gz; 2-D images as (H,W) or "
+                    "(H,W,1)) and write into DIR: displacement.nii.gz (ITK/ANTs displacement "
+                    "field on the fixed grid, LPS mm, fixed point -> moving point), "
+                    "warped.nii.gz, jacobian.nii.gz, metrics.json, preview.png, and with "
+                    "labels warped_labels.nii.gz plus Dice/HD95 in metrics.json.")
+    p.add_argument("fixed", type=Path, help="fixed (reference) image")
+    p.add_argument("moving", type=Path, help="moving image, resampled onto the fixed grid")
+    p.add_argument("--fixed-labels", type=Path, metavar="F",
+                   help="label map on the fixed image's grid (integers, 0 = background)")
+    p.add_argument("--moving-labels", type=Path, metavar="M",
+                   help="label map on the moving image's grid; warped with nearest neighbour")
+    _add_model_options(p)
+    p.set_defaults(run=run_register)
+
+    p = subparsers.add_parser(
+        "register-series", help="register every frame of a 4-D series to one template frame",
+        description="Register each frame of SERIES, a 4-D NIfTI (X,Y,Z,N) with Z = 1 for a "
+                    "2-D series, to its template frame and write into DIR: warped.nii.gz (same "
+                    "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
+                    "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.")
+    p.add_argument("series", type=Path, help="4-D series (X, Y, Z, frames)")
+    p.add_argument("--template", type=int, default=-1, metavar="N",
+                   help="index of the template frame, negative counts from the end "
+                        "(default: -1, the last frame, as in the RIIR paper)")
+    _add_model_options(p)
+    p.set_defaults(run=run_register_series)
+
+    p = subparsers.add_parser("models", help="list the shipped models",
+                              description="List the shipped models with their measured metrics.")
+    p.add_argument("--json", action="store_true", help="print the model cards as JSON")
+    p.set_defaults(run=run_models)
+
+
+class _Bar:
+    """A tqdm bar fed by the engine's (done, total) progress callback."""
+
+    def __init__(self, description: str, quiet: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=description, unit="step", disable=quiet, leave=False)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from worker.pipeline import Options
+
+    return Options(model=args.model, device=args.device, steps=args.steps, init=args.init,
+                   similarity=args.similarity)
+
+
+def _summary(report: dict[str, Any], out: Path) -> str:
+    model = report["model"]
+    lines = [f"model {model['name']} ({model['version']}) on {report['device']}, "
+             f"{report['seconds']['total']:.1f} s"]
+    if "similarity_after" in report:
+        before, after = report["similarity_before"], report["similarity_after"]
+        lines.append(f"NCC {before['ncc']:.4f} -> {after['ncc']:.4f}")
+    if "pca_after" in report:
+        b, a = report["pca_before"], report["pca_after"]
+        lines.append(f"D_PCA1 {b['d_pca1']:.4f} -> {a['d_pca1']:.4f}, "
+                     f"D_PCA2 {b['d_pca2']:.4f} -> {a['d_pca2']:.4f}")
+    jac = report["jacobian"]
+    lines.append(f"std log|J| {jac['std_log_jacobian']:.4f}, folding "
+                 f"{jac['folding_percent']:.4f} %")
+    if "labels" in report:
+        before, after = report["labels"]["before"], report["labels"]["after"]
+        lines.append(f"Dice {before['dice_mean']:.4f} -> {after['dice_mean']:.4f}")
+    lines.append(f"artifacts in {out}")
+    return "\n".join(lines)
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from worker.pipeline import register_files
+
+    bar = _Bar("registering", args.quiet)
+    try:
+        report = register_files(args.fixed, args.moving, args.out, _options(args),
+                                fixed_labels=args.fixed_labels, moving_labels=args.moving_labels,
+                                progress=bar)
+    finally:
+        bar.close()
+    print(_summary(report, args.out))
+    return 0
+
+
+def run_register_series(args: argparse.Namespace) -> int:
+    from worker.pipeline import register_series_file
+
+    bar = _Bar("registering series", args.quiet)
+    try:
+        report = register_series_file(args.series, args.out, _options(args),
+                                      template=args.template, progress=bar)
+    finally:
+        bar.close()
+    print(_summary(report, args.out))
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from riir import catalog
+
+    cards = catalog.list_models()
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    if not cards:
+        print(f"no shipped models in {catalog.weights_dir()}")
+        return 0
+    for card in cards:
+        print(f"{card['name']:<16} {card.get('spatial_dims', '?')}-D  "
+              f"{card.get('description', '')}")
+        for key, value in card.get("metrics", {}).items():
+            print(f"{'':<20}{key}: {value}")
+    return 0

@@ -1,0 +1,108 @@
+import pytest
+import torch
+from helpers import as_tensor, blobs
+
+from model.losses import diffusion, inner_gradient, local_ncc, mse, nmi, soft_dice
+from model.warp import warp
+
+SHAPES = [(20, 22), (12, 14, 10)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_similarities_of_an_image_with_itself(shape):
+    # Texture everywhere: local NCC is undefined (and VoxelMorph's eps makes it < 1) in flat
+    # windows, so the image has local variance in every window.
+    noise = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(0))
+    image = 0.5 * as_tensor(blobs(shape)) + 0.5 * noise
+    assert mse(image, image) == 0
+    assert local_ncc(image, image).item() == pytest.approx(0.0, abs=1e-3)  # 1 - NCC² = 0
+    assert local_ncc(image, -2 * image).item() == pytest.approx(0.0, abs=1e-3)  # squared
+    other = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(1))
+    assert local_ncc(image, other) > local_ncc(image, image) + 0.05
+    assert nmi(image, image) < nmi(image, other)
+
+
+def test_nmi_of_identical_images_is_near_two():
+    image = torch.rand(1, 1, 40, 40)
+    # Parzen smoothing (each voxel spreads over ~3 bins) lowers Studholme's maximum of 2 for
+    # identical images; independent images stay near the minimum of 1.
+    assert -nmi(image, image).item() > 1.45
+    assert -nmi(image, torch.rand(1, 1, 40, 40)).item() < 1.1
+
+
+def test_mse_hand_value():
+    a = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    b = torch.tensor([[[[1.0, 1.0], [0.0, 3.0]]]])
+    assert mse(a, b).item() == pytest.approx((1 + 0 + 4 + 0) / 4)
+
+
+def test_diffusion_of_linear_field():
+    # phi_0(x) = 0.5 x_0 on a 2-D grid: the only non-zero difference is 0.5 (component 0,
+    # axis 0); averaged over 2 components and 2 axes: 0.25 / 4.
+    x = torch.arange(6.0).view(6, 1).expand(6, 5)
+    phi = torch.stack([0.5 * x, torch.zeros(6, 5)])[None]
+    assert diffusion(phi).item() == pytest.approx(0.0625)
+    assert diffusion(torch.zeros(1, 2, 6, 5)).item() == 0
+
+
+def test_soft_dice_perfect_and_disjoint():
+    a = torch.zeros(1, 2, 4, 4)
+    a[:, 0], a[:, 1, :2] = 1, 1
+    a[:, 0, :2] = 0
+    assert soft_dice(a, a).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.flip(a, dims=[2])
+    assert soft_dice(a, b).item() == pytest.approx(1.0, abs=1e-6)
+
+
+def _finite_difference(loss_fn, moving, fixed, phi, index, eps=1e-3):
+    plus, minus = phi.clone(), phi.clone()
+    plus[index] += eps
+    minus[index] -= eps
+    return (loss_fn(warp(moving, plus), fixed) - loss_fn(warp(moving, minus), fixed)) / (2 * eps)
+
+
+@pytest.mark.parametrize("name,loss_fn", [("ncc", lambda w, f: local_ncc(w, f, window=5)),
+                                          ("nmi", nmi)])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_autograd_inner_gradient_matches_finite_differences(name, loss_fn, shape):
+    moving = as_tensor(blobs(shape, seed=1), torch.float64)
+    fixed = as_tensor(blobs(shape, seed=2), torch.float64)
+    phi = torch.rand(1, len(shape), *shape, dtype=torch.float64) * 0.8 + 0.1
+    grad = inner_gradient(name, moving, fixed, phi, ncc_window=5)
+    voxels = phi[0, 0].numel()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        index = (0, int(torch.randint(len(shape), (1,), generator=generator)),
+                 *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape])
+        numeric = _finite_difference(loss_fn, moving, fixed, phi, index) * voxels
+        assert grad[index].item() == pytest.approx(numeric.item(), rel=1e-3, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (16, 16, 16)])
+def test_analytic_mse_gradient_matches_finite_differences(shape):
+    # The analytic gradient uses the central-difference image gradient, finite differences
+    # of the bilinear warp use the local slope: they agree closely on a smooth image.
+    moving = as_tensor(blobs(shape, seed=1), torch.float64)
+    fixed = as_tensor(blobs(shape, seed=2), torch.float64)
+    phi = torch.rand(1, len(shape), *shape, dtype=torch.float64) * 0.5
+    grad = inner_gradient("mse", moving, fixed, phi)
+    voxels = phi[0, 0].numel()
+    numeric = torch.zeros_like(phi)
+    generator = torch.Generator().manual_seed(0)
+    picks = [(0, d, *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape])
+             for d in range(len(shape)) for _ in range(8)]
+    analytic = torch.stack([grad[i] for i in picks])
+    numeric = torch.stack([_finite_difference(mse, moving, fixed, phi, i) * voxels
+                           for i in picks])
+    cosine = torch.nn.functional.cosine_similarity(analytic, numeric, dim=0)
+    assert cosine > 0.98
+    assert (analytic - numeric).norm() / numeric.norm() < 0.15
+
+
+def test_second_order_gradient_flows_through_inner_gradient():
+    shape = (12, 12)
+    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape, seed=2))
+    phi = torch.zeros(1, 2, *shape, requires_grad=True)
+    grad = inner_gradient("ncc", moving, fixed, phi, ncc_window=5, create_graph=True)
+    (second,) = torch.autograd.grad(grad.pow(2).sum(), phi)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0

@@ -1,0 +1,261 @@
+"""The ``riir register`` code path against the artifact contract, on synthetic images with
+non-trivial geometry (anisotropic spacing, rotated and flipped axes, offsets)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from model.checkpoint import save_checkpoint
+from model.descent import Descent, DescentConfig
+from model.riir import RIIR, RIIRConfig
+from riir.cli import main
+from riir.grid import Grid
+
+CENTRES = [(-6.0, 4.0, 3.0), (7.0, -5.0, -4.0), (2.0, 8.0, -6.0), (-4.0, -7.0, 5.0)]
+
+
+def rotation(dim: int, angle: float = 0.3) -> tuple[float, ...]:
+    c, s = math.cos(angle), math.sin(angle)
+    if dim == 2:
+        return (c, -s, s, c)
+    # a rotation about z composed with a flip of y: not LPS, not axis aligned
+    return tuple(np.array([[c, s, 0], [s, -c, 0], [0, 0, 1.0]]).ravel())
+
+
+def physical_image(size, spacing, origin, direction, shift=(0.0, 0.0, 0.0)) -> sitk.Image:
+    """Gaussian blobs defined in physical space (mm), displaced by ``shift`` mm: the value at
+    physical point y is f(y - shift), so fixed point x corresponds to moving point x + shift."""
+    grid = Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction))
+    index = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1)
+    points = np.asarray(origin) + index @ grid.index_to_physical.T - np.asarray(shift[:len(size)])
+    values = np.zeros(size)
+    for k, centre in enumerate(CENTRES):
+        r2 = ((points - np.asarray(centre[:len(size)])) ** 2).sum(-1)
+        values += (1 - 0.15 * k) * np.exp(-r2 / (2 * 4.0**2))
+    image = sitk.GetImageFromArray(values.transpose().astype(np.float32))  # ITK -> numpy order
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image
+
+
+def write(image: sitk.Image, path) -> str:
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    paths = {}
+    for d in (2, 3):
+        save_checkpoint(folder / f"descent{d}d.pt",
+                        Descent(DescentConfig(spatial_dims=d, steps=400, step=1.0, sigma=3.0)),
+                        "descent", {"name": f"descent-{d}d", "version": "test"})
+        torch.manual_seed(0)
+        riir = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(8, 8), cell_stride=2))
+        torch.nn.init.normal_(riir.cell.conv_out.weight, std=0.1)
+        save_checkpoint(folder / f"riir{d}d.pt", riir, "riir",
+                        {"name": f"riir-{d}d", "version": "test",
+                         "preprocessing": {"shape_multiple": 2}})
+        paths[d] = {"descent": str(folder / f"descent{d}d.pt"),
+                    "riir": str(folder / f"riir{d}d.pt")}
+    return paths
+
+
+GEOMETRIES = {
+    "3d": dict(fixed=((30, 28, 24), (1.2, 0.9, 1.1), (-21.0, 7.0, -12.0), rotation(3)),
+               moving=((26, 30, 22), (1.3, 1.0, 1.2), (-16.0, -14.0, -13.0), (1, 0, 0, 0, 1, 0,
+                                                                              0, 0, 1))),
+    "2d": dict(fixed=((40, 36), (0.9, 1.1), (-11.0, -24.0), rotation(2)),
+               moving=((38, 40), (1.0, 1.0), (-19.0, -20.0), (1, 0, 0, 1))),
+}
+
+
+def _pair(tmp_path, kind: str, shift):
+    g = GEOMETRIES[kind]
+    fixed = physical_image(*g["fixed"])
+    moving = physical_image(*g["moving"], shift=shift)
+    return write(fixed, tmp_path / "fixed.nii.gz"), write(moving, tmp_path / "moving.nii.gz")
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def _sitk_reproduces_warped(out, moving_path, fixed_path) -> float:
+    """What an independent client does: SimpleITK reads the field and resamples the moving.
+
+    SimpleITK reads a (H, W, 1) slice as 3-D but its 2-component field as 2-D (ITK drops the
+    singleton axes of vector NIfTIs), so a client takes the slice as a 2-D image: ``[:, :, 0]``.
+    """
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+    images = [sitk.ReadImage(str(p)) for p in (fixed_path, moving_path, out / "warped.nii.gz")]
+    if field.GetDimension() == 2 and images[0].GetDimension() == 3:
+        images = [image[:, :, 0] for image in images]
+    fixed, moving, warped = images
+    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
+    return _correlation(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(warped))
+
+
+@pytest.mark.parametrize("kind", ["2d", "3d"])
+def test_known_physical_shift_is_recovered_in_lps_millimetres(tmp_path, checkpoints, kind):
+    d = 2 if kind == "2d" else 3
+    shift = (2.0, -1.5, 1.0)[:d]
+    fixed_path, moving_path = _pair(tmp_path, kind, shift)
+    out = tmp_path / "out"
+    assert main(["register", fixed_path, moving_path, "--out", str(out), "--quiet",
+                 "--model", checkpoints[d]["descent"]]) == 0
+
+    field = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    fixed = sitk.ReadImage(fixed_path)
+    # The contract: the field lives on the fixed grid exactly as SimpleITK reads the fixed image.
+    assert field.GetSize() == fixed.GetSize()
+    np.testing.assert_allclose(field.GetOrigin(), fixed.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(field.GetSpacing(), fixed.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(field.GetDirection(), fixed.GetDirection(), atol=1e-6)
+    vectors = sitk.GetArrayFromImage(field)  # (*numpy shape, d), LPS mm
+    centre = tuple(slice(n // 3, 2 * n // 3) for n in vectors.shape[:-1])
+    np.testing.assert_allclose(vectors[centre].reshape(-1, d).mean(0), shift, atol=0.35)
+
+    assert _sitk_reproduces_warped(out, moving_path, fixed_path) > 0.999
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["similarity_after"]["ncc"] > report["similarity_before"]["ncc"] + 0.05
+    assert report["similarity_after"]["ncc"] > 0.99
+
+
+@pytest.mark.parametrize("layout", ["(H,W)", "(H,W,1)", "3d"])
+def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, layout):
+    rng = np.random.default_rng(0)
+    shape = (20, 24, 1) if layout == "(H,W,1)" else (20, 24) if layout == "(H,W)" else (16,) * 3
+    affine = np.diag([1.5, 0.8, 2.0, 1.0])
+    for name, seed in (("fixed", 0), ("moving", 1)):
+        data = rng.random(shape).astype(np.float32) if seed else np.zeros(shape, np.float32) + 1
+        data[tuple(slice(4, 12) for _ in shape[:2])] += 2.0 + seed
+        nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    d = 3 if layout == "3d" else 2
+    assert main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"),
+                 "--out", str(out), "--quiet", "--model", checkpoints[d]["riir"]]) == 0
+    field = nib.load(out / "displacement.nii.gz")
+    spatial = (tuple(shape) + (1,) * 3)[:3]
+    assert field.shape == (*spatial, 1, d)  # a slice, (H,W) or (H,W,1), has a 2-D field
+    assert field.header["intent_code"] == 1007  # NIFTI_INTENT_VECTOR
+    fixed_itk = sitk.ReadImage(str(tmp_path / "fixed.nii.gz"))
+    field_itk = sitk.ReadImage(str(out / "displacement.nii.gz"))
+    if layout == "(H,W,1)":  # the file keeps the input's full header
+        np.testing.assert_allclose(field.affine, nib.load(tmp_path / "fixed.nii.gz").affine,
+                                   atol=1e-5)
+    else:  # the field's grid is the fixed grid as SimpleITK reads it
+        assert field_itk.GetSize() == fixed_itk.GetSize()
+        np.testing.assert_allclose(field_itk.GetOrigin(), fixed_itk.GetOrigin(), atol=1e-6)
+        np.testing.assert_allclose(field_itk.GetSpacing(), fixed_itk.GetSpacing(), atol=1e-6)
+    assert field_itk.GetNumberOfComponentsPerPixel() == field_itk.GetDimension() == d
+    assert np.abs(field.get_fdata()).max() > 0.01  # the random model did move something
+    assert _sitk_reproduces_warped(out, str(tmp_path / "moving.nii.gz"),
+                                   str(tmp_path / "fixed.nii.gz")) > 0.999
+    for name in ("warped.nii.gz", "jacobian.nii.gz"):  # in the fixed image's own layout
+        np.testing.assert_allclose(nib.load(out / name).affine, field.affine, atol=1e-5)
+        assert nib.load(out / name).shape == tuple(shape)
+    assert (out / "preview.png").stat().st_size > 1000
+
+
+def test_labels_are_warped_and_scored(tmp_path, checkpoints):
+    shift = (2.0, -1.5)
+    fixed_path, moving_path = _pair(tmp_path, "2d", shift)
+    for name, path in (("fixed", fixed_path), ("moving", moving_path)):
+        image = sitk.ReadImage(path)
+        labels = sitk.Cast(image > 0.5, sitk.sitkUInt8) + sitk.Cast(image > 0.8, sitk.sitkUInt8)
+        write(labels, tmp_path / f"{name}_labels.nii.gz")
+    out = tmp_path / "out"
+    assert main(["register", fixed_path, moving_path, "--out", str(out), "--quiet",
+                 "--model", checkpoints[2]["descent"],
+                 "--fixed-labels", str(tmp_path / "fixed_labels.nii.gz"),
+                 "--moving-labels", str(tmp_path / "moving_labels.nii.gz")]) == 0
+    report = json.loads((out / "metrics.json").read_text())["labels"]
+    assert set(report["after"]["dice"]) == {"1", "2"}
+    assert report["after"]["dice_mean"] > report["before"]["dice_mean"] + 0.05
+    warped = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "warped_labels.nii.gz")))
+    assert set(np.unique(warped)) <= {0, 1, 2}
+
+
+def test_series_registers_every_frame_to_the_template(tmp_path, checkpoints):
+    g = GEOMETRIES["2d"]["fixed"]
+    shifts = [(1.5, 0.0), (-1.0, 1.0), (0.0, 0.0)]
+    frames = [sitk.JoinSeries(physical_image(*g, shift=s)) for s in shifts]  # (X, Y, 1)
+    series = sitk.JoinSeries(frames)  # (X, Y, 1, 3)
+    path = write(series, tmp_path / "series.nii.gz")
+    out = tmp_path / "out"
+    assert main(["register-series", path, "--out", str(out), "--quiet",
+                 "--model", checkpoints[2]["descent"]]) == 0
+    warped = nib.load(out / "warped.nii.gz")
+    assert warped.shape == nib.load(path).shape
+    assert sorted(p.name for p in (out / "displacements").iterdir()) == [
+        "frame_000.nii.gz", "frame_001.nii.gz", "frame_002.nii.gz"]
+    template_field = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(out / "displacements" / "frame_002.nii.gz")))
+    assert np.count_nonzero(template_field) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["template"] == 2 and report["frames"] == 3
+    assert report["pca_after"]["d_pca1"] < 0.5 * report["pca_before"]["d_pca1"]
+
+
+def _fails_with(capsys, argv, message):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
+    good = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)
+    nib.save(nib.Nifti1Image(good, np.eye(4)), tmp_path / "good.nii.gz")
+    good2d = tmp_path / "good2d.nii.gz"
+    nib.save(nib.Nifti1Image(good[:, :, 0], np.eye(4)), good2d)
+    nan = good.copy()
+    nan[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(nan, np.eye(4)), tmp_path / "nan.nii.gz")
+    blob = (tmp_path / "good.nii.gz").read_bytes()
+    (tmp_path / "truncated.nii.gz").write_bytes(blob[: len(blob) // 2])
+    (tmp_path / "random.nii.gz").write_bytes(np.random.default_rng(1).bytes(4000))
+    (tmp_path / "empty.nii").write_bytes(b"")
+    header = nib.Nifti1Header()  # a header that lies about its size: 4096³ voxels, 4 kB file
+    header.set_data_shape((4096, 4096, 4096))
+    header.set_data_dtype(np.float32)
+    header["vox_offset"] = 352
+    (tmp_path / "huge.nii").write_bytes(header.binaryblock + bytes(4 + 4096))
+    header.set_data_shape((32, 32, 32))  # smaller, so the size check passes: truncated
+    (tmp_path / "short.nii").write_bytes(header.binaryblock + bytes(4 + 4096))
+    one = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((1, 1, 1), np.float32), np.eye(4)), one)
+    out, good_path, model = str(tmp_path / "out"), str(tmp_path / "good.nii.gz"), checkpoints[3]
+    base = ["register", "--out", out, "--quiet", "--model", model["riir"]]
+    cases = [
+        ("missing.nii.gz", "file not found"),
+        ("truncated.nii.gz", "truncated or corrupt"),
+        ("random.nii.gz", "not a readable NIfTI"),
+        ("empty.nii", "file is empty"),
+        ("nan.nii.gz", "NaN or infinite"),
+        ("huge.nii", "more than"),
+        ("short.nii", "truncated"),
+        ("one.nii.gz", "fewer than two axes"),
+    ]
+    for name, message in cases:
+        _fails_with(capsys, [*base, good_path, str(tmp_path / name)], message)
+    _fails_with(capsys, [*base, good_path, str(good2d)], "mismatched dimensionality")
+    _fails_with(capsys, ["register", good_path, good_path, "--out", out, "--quiet",
+                         "--model", "no-such-model"], "unknown model 'no-such-model'")
+    _fails_with(capsys, ["register", good_path, good_path, "--out", out, "--quiet",
+                         "--model", checkpoints[2]["riir"]], "registers 2-D images")
+    _fails_with(capsys, [*base, good_path, good_path, "--steps", "500"], "steps must be")
+    assert not (tmp_path / "out" / "displacement.nii.gz").exists()

@@ -1,0 +1,1 @@
+"""The worker: Celery tasks and the inference runtime. The only place that touches CUDA."""

@@ -1,0 +1,155 @@
+"""Running a model on a pair of images in physical space.
+
+The fixed image defines the answer's grid. Both images are resampled onto the model's
+working grid (fixed field of view, LPS orientation, the model's spacing), normalised, and
+registered there; the voxel displacement is turned into millimetres and resampled onto the
+fixed grid, where it is the ITK displacement field of the artifact contract.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from model.checkpoint import load_checkpoint
+from riir import catalog
+from riir.errors import InputError
+from riir.grid import Grid, center_offset, model_grid, translation
+from riir.intensity import normalize
+
+INITS = ("physical", "center")
+MAX_STEPS = 50
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A loaded model with what it needs to know about its working grid."""
+
+    model: nn.Module
+    meta: dict[str, Any]
+    path: Path
+    device: torch.device
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.model.config.spatial_dims)  # type: ignore[union-attr]
+
+    @property
+    def steps(self) -> int:
+        return int(getattr(self.model.config, "steps", 1))
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return dict(self.meta.get("preprocessing", {}))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.meta.get("name", self.path.stem),
+                "version": self.meta.get("version", "unversioned"),
+                "arch": self.meta.get("arch"), "file": self.path.name}
+
+
+@lru_cache(maxsize=8)
+def _load(path: str, modified_ns: int, device: str) -> Engine:
+    """Cached per (file, version on disk, device): a replaced checkpoint is loaded afresh."""
+    model, meta = load_checkpoint(path, device)
+    return Engine(model, meta, Path(path), torch.device(device))
+
+
+def load_engine(spec: str | None, spatial_dims: int, voxels: int,
+                device: torch.device) -> Engine:
+    """The model named by ``spec`` (name, path, or None for the default), loaded once per
+    process and device."""
+    path = catalog.resolve(spec, spatial_dims, voxels)
+    engine = _load(str(path.resolve()), path.stat().st_mtime_ns, str(device))
+    if engine.spatial_dims != spatial_dims:
+        raise InputError(f"model '{engine.describe()['name']}' registers "
+                         f"{engine.spatial_dims}-D images; these are {spatial_dims}-D")
+    return engine
+
+
+@dataclass
+class Registration:
+    """The answer on the fixed grid."""
+
+    field: sitk.Image  # displacement, LPS mm, fixed point -> moving point
+    warped: sitk.Image  # moving resampled through ``field``
+    initial: sitk.Image  # moving on the fixed grid before registration (initial alignment)
+    init_transform: sitk.Transform | None
+    model_shape: tuple[int, ...]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def resample_through(field: sitk.Image, image: sitk.Image,
+                     interpolator: int = sitk.sitkLinear) -> sitk.Image:
+    """``image`` resampled onto the field's grid through the displacement field.
+
+    Exactly what a client does with ``sitk.Resample`` (zero outside the moving image), so
+    ``warped.nii.gz`` matches it by construction. The transform takes over the image it is
+    given, hence the copy.
+    """
+    transform = sitk.DisplacementFieldTransform(sitk.Image(field))
+    return Grid.of(field).resample(image, transform, interpolator, extrapolate=False)
+
+
+def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
+    """Normalised voxels as a (1, 1, *shape) tensor: what the model saw in training."""
+    return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].to(device)
+
+
+def check_request(steps: int | None, init: str, similarity: str | None) -> None:
+    from model.losses import SIMILARITIES
+
+    if steps is not None and not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be between 1 and {MAX_STEPS}; got {steps}")
+    if init not in INITS:
+        raise InputError(f"init must be one of {', '.join(INITS)}; got '{init}'")
+    if similarity is not None and similarity not in SIMILARITIES:
+        raise InputError(f"similarity must be one of {', '.join(SIMILARITIES)}; "
+                         f"got '{similarity}'")
+
+
+def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image, *,
+                    steps: int | None = None, init: str = "physical",
+                    similarity: str | None = None,
+                    progress: Progress | None = None) -> Registration:
+    """Register ``moving`` to ``fixed``: images of the model's dimension (2-D slices as 2-D
+    images, see ``riir.imageio.slice_as_2d``), geometry from their headers."""
+    check_request(steps, init, similarity)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    pre = engine.preprocessing
+    grid = model_grid(fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1),
+                      pre.get("max_voxels"))
+    offset = center_offset(fixed, moving) if init == "center" else np.zeros(fixed.GetDimension())
+    init_transform = translation(offset) if init == "center" else None
+    fixed_t = _model_input(grid.resample(fixed), engine.device)
+    moving_t = _model_input(grid.resample(moving, init_transform), engine.device)
+    timings["preprocess"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    kwargs = {"inner_loss": similarity} if similarity is not None else {}
+    with torch.no_grad():
+        phi = engine.model(moving_t, fixed_t, steps=steps, progress=progress,
+                           return_all=False, **kwargs)[-1]
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    timings["model"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    field_model = grid.voxel_to_field(phi[0].float().cpu().numpy(), offset_mm=offset)
+    fixed_grid = Grid.of(fixed)
+    displacement = fixed_grid.resample(field_model)
+    warped = resample_through(displacement, moving)
+    initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
+    timings["postprocess"] = time.perf_counter() - start
+    return Registration(displacement, warped, initial, init_transform, grid.shape, timings)

@@ -1,0 +1,225 @@
+"""Registering files into a job folder: the code path of ``riir register`` and of the worker.
+
+Reads and validates the inputs, runs the engine, measures the result and writes the
+artifacts of the contract (``riir/artifacts.py``). Bad input raises ``InputError`` before any
+compute; nothing here catches it, so the caller decides how to report it.
+
+A 2-D slice stored as (H, W, 1) is registered as the 2-D image it is; its artifacts are put
+back into the input's header (``imageio.restore_layout``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from model import metrics
+from riir import artifacts, imageio
+from riir.errors import InputError
+from riir.grid import Grid
+from riir.intensity import normalize
+from riir.preview import write_preview
+from worker.device import select_device
+from worker.engine import (
+    Engine,
+    Registration,
+    check_request,
+    load_engine,
+    register_images,
+    resample_through,
+)
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a user may choose for a registration (CLI flags, form fields of the API)."""
+
+    model: str | None = None  # shipped name or checkpoint path; None picks by input
+    device: str = "auto"
+    steps: int | None = None  # None: the model's own T
+    init: str = "physical"  # physical: trust the headers; center: align the image centres
+    similarity: str | None = None  # inner loss override; None: the model's own
+
+
+def _array(image: sitk.Image) -> np.ndarray:
+    return sitk.GetArrayFromImage(image)
+
+
+def _numpy_spacing(image: sitk.Image) -> tuple[float, ...]:
+    return tuple(image.GetSpacing()[::-1])
+
+
+def similarity_report(fixed: np.ndarray, moved: np.ndarray) -> dict[str, float]:
+    return {"ncc": metrics.ncc(fixed, moved), "mse": metrics.mse(fixed, moved),
+            "nmi": metrics.nmi(fixed, moved)}
+
+
+def _jacobian_image(det: np.ndarray, field: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(det.astype(np.float32))
+    image.CopyInformation(field)
+    return image
+
+
+@dataclass
+class _Inputs:
+    fixed: sitk.Image  # as read: the layout artifacts are written in
+    fixed_2d: sitk.Image  # in the model's dimension
+    moving: sitk.Image
+    labels: tuple[sitk.Image, sitk.Image] | None
+
+
+def _read_inputs(fixed_path: Path, moving_path: Path, fixed_labels: Path | None,
+                 moving_labels: Path | None, limits: imageio.Limits) -> _Inputs:
+    fixed = imageio.read_image(fixed_path, "fixed image", limits)
+    moving = imageio.read_image(moving_path, "moving image", limits)
+    dims = imageio.spatial_dims(fixed), imageio.spatial_dims(moving)
+    if dims[0] != dims[1]:
+        raise InputError(f"mismatched dimensionality: the fixed image is {dims[0]}-D "
+                         f"{fixed.GetSize()}, the moving image {dims[1]}-D {moving.GetSize()}")
+    if (fixed_labels is None) != (moving_labels is None):
+        raise InputError("give both fixed and moving labels, or neither")
+    labels = None
+    if fixed_labels is not None and moving_labels is not None:
+        labels = (imageio.slice_as_2d(imageio.read_labels(fixed_labels, "fixed labels", fixed,
+                                                          limits)),
+                  imageio.slice_as_2d(imageio.read_labels(moving_labels, "moving labels", moving,
+                                                          limits)))
+    return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), labels)
+
+
+def _engine(options: Options, fixed: sitk.Image) -> Engine:
+    check_request(options.steps, options.init, options.similarity)
+    device = select_device(options.device)
+    voxels = int(np.prod(fixed.GetSize()))
+    return load_engine(options.model, fixed.GetDimension(), voxels, device)
+
+
+def _header(engine: Engine, options: Options, fixed: sitk.Image) -> dict[str, Any]:
+    return {"model": engine.describe(), "device": str(engine.device),
+            "steps": options.steps or engine.steps, "init": options.init,
+            "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
+            "fixed_shape": list(fixed.GetSize())}
+
+
+def register_files(fixed_path: Path, moving_path: Path, out_dir: Path,
+                   options: Options = Options(), *, fixed_labels: Path | None = None,
+                   moving_labels: Path | None = None, progress: Progress | None = None,
+                   limits: imageio.Limits = imageio.DEFAULT_LIMITS) -> dict[str, Any]:
+    """Register two NIfTI files and write every artifact into ``out_dir``; return the metrics."""
+    start = time.perf_counter()
+    inputs = _read_inputs(Path(fixed_path), Path(moving_path), fixed_labels, moving_labels,
+                          limits)
+    fixed = inputs.fixed_2d
+    engine = _engine(options, fixed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    reg = register_images(engine, fixed, inputs.moving, steps=options.steps, init=options.init,
+                          similarity=options.similarity, progress=progress)
+    phi = Grid.of(fixed).field_to_voxel(reg.field)
+    det = metrics.jacobian_determinant(phi)
+    fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
+    report: dict[str, Any] = _header(engine, options, inputs.fixed)
+    report["model_grid_shape"] = list(reg.model_shape[::-1])
+    report["similarity_before"] = similarity_report(fixed_n, initial_n)
+    report["similarity_after"] = similarity_report(fixed_n, warped_n)
+    report["jacobian"] = metrics.jacobian_stats(det)
+
+    def write(image: sitk.Image, name: str) -> None:
+        imageio.write_image(imageio.restore_layout(image, inputs.fixed),
+                            out_dir / artifacts.filename(name))
+
+    imageio.write_displacement(imageio.restore_layout(reg.field, inputs.fixed),
+                               out_dir / artifacts.filename("displacement"))
+    write(reg.warped, "warped")
+    write(_jacobian_image(det, reg.field), "jacobian")
+    if inputs.labels is not None:
+        report["labels"], warped_labels = _label_report(reg, inputs.labels)
+        write(warped_labels, "labels")
+    write_preview(out_dir / artifacts.filename("preview"), fixed_n, initial_n, warped_n, phi)
+    report["seconds"] = {**{k: round(v, 4) for k, v in reg.seconds.items()},
+                         "total": round(time.perf_counter() - start, 4)}
+    artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
+    return report
+
+
+def _label_report(reg: Registration, labels: tuple[sitk.Image, sitk.Image]
+                  ) -> tuple[dict[str, Any], sitk.Image]:
+    """Dice/HD95 before and after, and the moving labels warped by nearest neighbour."""
+    fixed_labels, moving_labels = labels
+    nearest = sitk.sitkNearestNeighbor
+    grid = Grid.of(reg.field)
+    before = grid.resample(moving_labels, reg.init_transform, nearest, extrapolate=False)
+    after = sitk.Cast(resample_through(reg.field, moving_labels, nearest), sitk.sitkInt32)
+    spacing = _numpy_spacing(reg.field)
+    reference = _array(fixed_labels)
+    report = {"before": metrics.label_overlap_report(reference, _array(before), spacing),
+              "after": metrics.label_overlap_report(reference, _array(after), spacing)}
+    return report, after
+
+
+def register_series_file(series_path: Path, out_dir: Path, options: Options = Options(), *,
+                         template: int = -1, progress: Progress | None = None,
+                         limits: imageio.Limits = imageio.DEFAULT_LIMITS) -> dict[str, Any]:
+    """Register every frame of a 4-D series to its template frame (default: the last)."""
+    start = time.perf_counter()
+    series_path, out_dir = Path(series_path), Path(out_dir)
+    frames_as_read = imageio.read_series(series_path, "series", limits)
+    frames = [imageio.slice_as_2d(frame) for frame in frames_as_read]
+    n = len(frames)
+    if not -n <= template < n:
+        raise InputError(f"template frame {template} is outside the series' {n} frames")
+    template %= n
+    fixed = frames[template]
+    engine = _engine(options, fixed)
+    steps = options.steps or engine.steps
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fields_dir = out_dir / artifacts.SERIES_DISPLACEMENTS
+    fields_dir.mkdir(exist_ok=True)
+    grid = Grid.of(fixed)
+
+    warped_frames, before, after, jacobians, phis = [], [], [], [], []
+    for i, frame in enumerate(frames):
+        def frame_progress(t: int, total: int, i: int = i) -> None:
+            if progress is not None:
+                progress(i * steps + t, n * steps)
+
+        if i == template:  # the template stays where it is: a zero field, not a registration
+            field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+            moved, initial = frame, frame
+            frame_progress(steps, steps)
+        else:
+            reg = register_images(engine, fixed, frame, steps=options.steps, init=options.init,
+                                  similarity=options.similarity, progress=frame_progress)
+            field, moved, initial = reg.field, reg.warped, reg.initial
+        imageio.write_displacement(imageio.restore_layout(field, frames_as_read[template]),
+                                   fields_dir / f"frame_{i:03d}.nii.gz")
+        phis.append(grid.field_to_voxel(field))
+        jacobians.append(metrics.jacobian_determinant(phis[-1]))
+        warped_frames.append(imageio.restore_layout(moved, frames_as_read[template]))
+        before.append(_array(initial))
+        after.append(_array(moved))
+
+    series_warped = sitk.JoinSeries(warped_frames)
+    original = sitk.ReadImage(str(series_path))  # already validated; for the 4th axis geometry
+    series_warped.CopyInformation(original)
+    imageio.write_image(series_warped, out_dir / artifacts.filename("warped"))
+    report: dict[str, Any] = _header(engine, options, frames_as_read[template])
+    report.update({"frames": n, "template": template,
+                   "pca_before": metrics.pca_groupwise(np.stack(before)),
+                   "pca_after": metrics.pca_groupwise(np.stack(after)),
+                   "jacobian": metrics.jacobian_stats(np.stack(jacobians))})
+    shown = (template + 1) % n  # a frame that was registered
+    write_preview(out_dir / artifacts.filename("preview"), normalize(before[template]),
+                  normalize(before[shown]), normalize(after[shown]), phis[shown])
+    report["seconds"] = {"total": round(time.perf_counter() - start, 4)}
+    artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
+    return report
