@@ -16,6 +16,7 @@ from riir.errors import RiirError
 
 COMMAND_MODULES = (
     "riir.commands",  # register, register-series, models
+    "service.serve",  # serve
 )
 
 

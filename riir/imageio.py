@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from isal import igzip
 
 from riir.errors import InputError
 
@@ -267,14 +269,28 @@ def atomic_path(path: Path) -> Path:
 
 
 def write_image(img: sitk.Image, path: str | os.PathLike) -> Path:
-    """Write an image atomically (temporary name, then rename), so readers never see half."""
+    """Write an image atomically (temporary name, then rename), so readers never see half.
+
+    A .nii.gz is written uncompressed by ITK and gzipped by ISA-L at level 1: ITK's own zlib
+    compression takes ~7 s for a 160×192×224 displacement field, ISA-L under one second,
+    and any gzip reader opens the result.
+    """
     path = Path(path)
+    compress = path.name.endswith(".gz")
+    raw = atomic_path(path.with_name(path.name.removesuffix(".gz"))) if compress else None
     tmp = atomic_path(path)
     try:
-        sitk.WriteImage(img, str(tmp), useCompression=path.name.endswith(".gz"))
+        if raw is None:
+            sitk.WriteImage(img, str(tmp), useCompression=False)
+        else:
+            sitk.WriteImage(img, str(raw), useCompression=False)
+            with open(raw, "rb") as src, igzip.open(tmp, "wb", compresslevel=1) as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        if raw is not None:
+            raw.unlink(missing_ok=True)
     return path
 
 
@@ -283,7 +299,8 @@ def write_displacement(field: sitk.Image, path: str | os.PathLike) -> Path:
 
     ``field`` is a vector image on the fixed grid, LPS millimetres, fixed point -> moving point.
     SimpleITK stores it as a 5-D NIfTI (X, Y, Z, 1, D) with the vector intent; float64 because
-    ``sitk.DisplacementFieldTransform`` accepts nothing else.
+    ``sitk.DisplacementFieldTransform`` accepts nothing else. (The engine rounds the values to
+    float32 precision first, so the zero low mantissa bits halve the compressed size.)
     """
     if field.GetPixelID() != sitk.sitkVectorFloat64:
         field = sitk.Cast(field, sitk.sitkVectorFloat64)

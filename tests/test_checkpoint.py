@@ -1,0 +1,58 @@
+import pytest
+import torch
+from helpers import as_tensor, blobs
+
+from model.checkpoint import FORMAT_VERSION, load_checkpoint, read_checkpoint, save_checkpoint
+from model.riir import RIIR, RIIRConfig
+from riir.errors import ModelNotFoundError
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
+    torch.manual_seed(0)
+    config = RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5),
+                        hidden_states=(True, False), inputs="explicit", inner_loss="ncc",
+                        cell_stride=2, gru_kernel=1)
+    model = RIIR(config)
+    torch.nn.init.normal_(model.cell.conv_out.weight, std=0.1)
+    path = save_checkpoint(tmp_path / "m.pt", model, "riir", {"name": "m", "version": "1"})
+    # The file alone rebuilds the model, and loads under weights_only=True.
+    payload = torch.load(path, weights_only=True)
+    assert payload["arch"] == "riir" and payload["format_version"] == FORMAT_VERSION
+    loaded, meta = load_checkpoint(path)
+    assert loaded.config == config
+    assert meta == {"name": "m", "version": "1", "arch": "riir"}
+    shape = (20, 18) if d == 2 else (12, 10, 14)
+    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
+    with torch.no_grad():
+        expected = model.eval()(moving, fixed)
+        actual = loaded(moving, fixed)
+    for a, b in zip(actual, expected, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unusable_files_raise_model_not_found(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelNotFoundError, match="not a readable"):
+        read_checkpoint(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelNotFoundError, match="not a RIIR checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pt")
+    path = save_checkpoint(tmp_path / "new.pt", RIIR(RIIRConfig(spatial_dims=2)), "riir")
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    torch.save(payload, path)
+    with pytest.raises(ModelNotFoundError, match="newer RIIR"):
+        read_checkpoint(path)
+
+
+def test_a_pickled_object_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"format": "riir-checkpoint", "evil": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ModelNotFoundError, match="not a readable"):
+        read_checkpoint(tmp_path / "evil.pt")
