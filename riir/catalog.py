@@ -58,12 +58,14 @@ def resolve(spec: str | None, spatial_dims: int, voxels: int) -> Path:
     """A checkpoint path from a model name, a path, or (None) the default for the input."""
     shipped = {card["name"]: card for card in list_models()}
     if spec is None:
-        name = default_name(spatial_dims, voxels)
-        if name not in shipped:
-            raise ModelNotFoundError(
-                f"no shipped model '{name}' for {spatial_dims}-D images in {weights_dir()}; "
-                "pass a checkpoint with --model PATH")
-        spec = name
+        spec = default_name(spatial_dims, voxels)
+        if spec not in shipped:  # the preferred one is missing: any model of that dimension
+            same_dims = [n for n, c in shipped.items() if c.get("spatial_dims") == spatial_dims]
+            if not same_dims:
+                raise ModelNotFoundError(
+                    f"no shipped model for {spatial_dims}-D images in {weights_dir()}; "
+                    "pass a checkpoint with --model PATH")
+            spec = same_dims[0]
     if spec in shipped:
         return weights_dir() / f"{spec}.pt"
     path = Path(spec).expanduser()

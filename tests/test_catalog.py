@@ -1,0 +1,42 @@
+import json
+
+import pytest
+
+from riir import catalog
+from riir.errors import ModelNotFoundError
+
+
+def _ship(folder, name, dims):
+    (folder / f"{name}.pt").write_bytes(b"weights")
+    (folder / f"{name}.json").write_text(json.dumps({"name": name, "spatial_dims": dims}))
+
+
+def test_default_model_by_dimension_and_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
+    for name, dims in (("cardiac-2d", 2), ("hippocampus-3d", 3), ("brain-3d", 3)):
+        _ship(tmp_path, name, dims)
+    (tmp_path / "orphan.json").write_text(json.dumps({"name": "orphan"}))  # no weights
+    assert [c["name"] for c in catalog.list_models()] == ["brain-3d", "cardiac-2d",
+                                                          "hippocampus-3d"]
+    assert catalog.resolve(None, 2, 256 * 216).name == "cardiac-2d.pt"
+    assert catalog.resolve(None, 3, 64**3).name == "hippocampus-3d.pt"
+    assert catalog.resolve(None, 3, 160 * 192 * 224).name == "brain-3d.pt"
+    assert catalog.resolve("hippocampus-3d", 3, 10**7).name == "hippocampus-3d.pt"
+    with pytest.raises(ModelNotFoundError, match="unknown model 'orphan'"):
+        catalog.resolve("orphan", 3, 64**3)
+
+
+def test_missing_default_falls_back_to_a_model_of_the_same_dimension(tmp_path, monkeypatch):
+    monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
+    _ship(tmp_path, "hippocampus-3d", 3)
+    assert catalog.resolve(None, 3, 160 * 192 * 224).name == "hippocampus-3d.pt"
+    with pytest.raises(ModelNotFoundError, match="no shipped model for 2-D"):
+        catalog.resolve(None, 2, 64 * 64)
+
+
+def test_paths_are_accepted_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
+    (tmp_path / "mine.pt").write_bytes(b"x")
+    assert catalog.resolve(str(tmp_path / "mine.pt"), 3, 1) == tmp_path / "mine.pt"
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        catalog.resolve(str(tmp_path / "other.pt"), 3, 1)
