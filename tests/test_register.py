@@ -238,6 +238,11 @@ def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
     (tmp_path / "short.nii").write_bytes(header.binaryblock + bytes(4 + 4096))
     one = tmp_path / "one.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((1, 1, 1), np.float32), np.eye(4)), one)
+    nib.save(nib.Nifti1Image(good[..., None, None].repeat(2, 3).repeat(3, 4), np.eye(4)),
+             tmp_path / "five.nii.gz")
+    nib.save(nib.Nifti1Image(good, np.diag([1e4, 1, 1, 1])), tmp_path / "spacing.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.complex64), np.eye(4)),
+             tmp_path / "complex.nii.gz")
     out, good_path, model = str(tmp_path / "out"), str(tmp_path / "good.nii.gz"), checkpoints[3]
     base = ["register", "--out", out, "--quiet", "--model", model["riir"]]
     cases = [
@@ -249,6 +254,9 @@ def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
         ("huge.nii", "more than"),
         ("short.nii", "truncated"),
         ("one.nii.gz", "fewer than two axes"),
+        ("five.nii.gz", "expected a 2-D (H, W), (H, W, 1) or 3-D image"),
+        ("spacing.nii.gz", "voxel spacing"),
+        ("complex.nii.gz", "not a scalar number type"),
     ]
     for name, message in cases:
         _fails_with(capsys, [*base, good_path, str(tmp_path / name)], message)
