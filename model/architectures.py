@@ -12,6 +12,8 @@ from importlib import import_module
 _ARCHITECTURES = {
     "riir": ("model.riir", "RIIR", "RIIRConfig"),
     "descent": ("model.descent", "Descent", "DescentConfig"),
+    "voxelmorph": ("model.voxelmorph", "VoxelMorph", "VoxelMorphConfig"),
+    "gradirn": ("model.gradirn", "GraDIRN", "GraDIRNConfig"),
 }
 
 

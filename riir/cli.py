@@ -17,6 +17,7 @@ from riir.errors import RiirError
 COMMAND_MODULES = (
     "riir.commands",  # register, register-series, models
     "service.serve",  # serve
+    "model.training.commands",  # train, evaluate, experiment
 )
 
 

@@ -1,0 +1,1 @@
+"""Training module: datasets, synthetic data, training and evaluation commands."""

@@ -1,0 +1,434 @@
+"""Training and evaluation data: image pairs prepared exactly as inference prepares them.
+
+Every pair reaches a model through ``prepare_pair``, which repeats the engine's steps
+(``worker/engine.py: register_images`` with the default physical initialisation): the fixed
+image's working grid from ``riir.grid.model_grid`` with the model's preprocessing (spacing,
+shape multiple, voxel budget), both images resampled onto it with ``Grid.resample``, intensities
+mapped by ``riir.intensity.normalize``. A shipped model therefore sees at inference the very
+arrays it saw in training. Images are read with ``riir.imageio`` (the service's own reader).
+
+Sources of pairs (``PairSource``):
+
+- ``FolderPairs``: a folder of NIfTI images ``img/`` (+ ``label/``), inter-subject pairs drawn
+  at random for training, fixed pairs for validation and test (the hippocampus set).
+- ``AcdcPairs``: intra-subject end-diastole/end-systole slices of the ACDC HDF5 files, both
+  directions for training; evaluated ES -> ED.
+- ``SeriesPairs``: frames of 4-D NIfTI series (qMRI), a frame registered to another frame.
+- ``SynthBrainPairs``: SynthMorph-style brain pairs from label maps (``synthesis.py``).
+
+Splits are by subject (patient, series, label map) from a seeded permutation that does not
+depend on the training fraction, so the held-out test subjects stay the same when only 5 % of
+the training subjects are used (the paper's data-availability experiment).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from riir import imageio
+from riir.errors import InputError
+from riir.grid import model_grid
+from riir.intensity import normalize
+
+SPLITS = ("train", "val", "test")
+DATA_KINDS = ("folder", "acdc", "series", "brain")
+ACDC_SPACING_MM = 1.5  # the HDF5 files keep no spacing; ACDC's in-plane spacing is ~1.5 mm
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What inference must repeat to see data the way training did (``meta.preprocessing``)."""
+
+    spacing_mm: float | None = None  # working-grid spacing; None keeps the fixed image's
+    shape_multiple: int = 1
+    max_voxels: int | None = None
+
+    def as_meta(self) -> dict[str, Any]:
+        return {"spacing_mm": self.spacing_mm, "shape_multiple": self.shape_multiple,
+                "max_voxels": self.max_voxels}
+
+
+@dataclass
+class Subject:
+    """One image (a sitk image in the model's dimension) and its optional label map."""
+
+    name: str
+    image: sitk.Image
+    labels: sitk.Image | None = None
+
+
+@dataclass(frozen=True)
+class SubjectPair:
+    fixed: Subject
+    moving: Subject
+
+    @property
+    def name(self) -> str:
+        return f"{self.moving.name}->{self.fixed.name}"
+
+
+@dataclass
+class Pair:
+    """A prepared pair on the fixed image's working grid (numpy order)."""
+
+    moving: np.ndarray  # float32 in [0, 1]
+    fixed: np.ndarray
+    moving_labels: np.ndarray | None = None  # int32, nearest-neighbour resampled
+    fixed_labels: np.ndarray | None = None
+
+    def crop(self, size: Sequence[int], rng: np.random.Generator) -> Pair:
+        """The same random window of every array (axes shorter than ``size`` are kept)."""
+        starts = [int(rng.integers(0, max(n - s, 0) + 1))
+                  for n, s in zip(self.fixed.shape, size, strict=True)]
+        window = tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))
+        return Pair(*(None if a is None else a[window] for a in
+                      (self.moving, self.fixed, self.moving_labels, self.fixed_labels)))
+
+
+def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
+    """The engine's preprocessing (physical initialisation) applied to a pair of subjects."""
+    grid = model_grid(pair.fixed.image, pre.spacing_mm, pre.shape_multiple, pre.max_voxels)
+
+    def image(subject: Subject) -> np.ndarray:
+        return normalize(sitk.GetArrayFromImage(grid.resample(subject.image)))
+
+    def labels(subject: Subject) -> np.ndarray | None:
+        if subject.labels is None:
+            return None
+        resampled = grid.resample(subject.labels, interpolator=sitk.sitkNearestNeighbor,
+                                  extrapolate=False)
+        return sitk.GetArrayFromImage(resampled).astype(np.int32)
+
+    return Pair(image(pair.moving), image(pair.fixed), labels(pair.moving), labels(pair.fixed))
+
+
+# -- splits -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """Subject names per split; ``train`` already reduced to the training fraction."""
+
+    train: list[str]
+    val: list[str]
+    test: list[str]
+
+    def __getitem__(self, split: str) -> list[str]:
+        if split not in SPLITS:
+            raise InputError(f"unknown split '{split}'; choose {', '.join(SPLITS)}")
+        return list(getattr(self, split))
+
+
+def split_subjects(names: Sequence[str], test_fraction: float = 0.2, val_count: int = 2,
+                   fraction: float = 1.0, seed: int = 0) -> Split:
+    """Test and validation subjects from a seeded permutation of the sorted names; the
+    training subjects are the first ``ceil(fraction · n)`` of a second seeded permutation of
+    the rest. Neither permutation depends on ``fraction``: the test set never moves, and a
+    smaller fraction is a subset of a larger one."""
+    names = sorted(names)
+    if not 0.0 < fraction <= 1.0:
+        raise InputError(f"the training fraction must be in (0, 1]; got {fraction}")
+    n_test = max(1, round(test_fraction * len(names)))
+    if len(names) < n_test + val_count + 1:
+        raise InputError(f"{len(names)} subjects are too few for {n_test} test, {val_count} "
+                         "validation and at least one training subject")
+    order = np.random.default_rng(seed).permutation(len(names))
+    test = sorted(names[k] for k in order[:n_test])
+    val = sorted(names[k] for k in order[n_test:n_test + val_count])
+    rest = sorted(names[k] for k in order[n_test + val_count:])
+    rest = [rest[k] for k in np.random.default_rng(seed + 1).permutation(len(rest))]
+    train = sorted(rest[:max(1, math.ceil(fraction * len(rest)))])
+    return Split(train, val, test)
+
+
+# -- pair sources -------------------------------------------------------------------------
+
+
+@dataclass
+class PairSource:
+    """Pairs for training (random), validation and test (fixed)."""
+
+    name: str
+    spatial_dims: int
+    split: Split
+    label_values: tuple[int, ...] = ()  # labels scored and supervised (0 = background)
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def training_pair(self, rng: np.random.Generator, pre: Preprocessing) -> Pair:
+        return prepare_pair(self.sample(rng), pre)
+
+
+def _nifti_name(path: Path) -> str | None:
+    for suffix in imageio.NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return None
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"folder '{folder}' not found")
+    files = {}
+    for path in sorted(folder.iterdir()):
+        name = _nifti_name(path)
+        if name is not None and path.is_file():
+            files[name] = path
+    return files
+
+
+class FolderPairs(PairSource):
+    """Inter-subject pairs of a folder with ``img/`` (and optionally ``label/``) NIfTI files of
+    the same names; ``unlabelled`` folders add images to the training pool only."""
+
+    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
+                 test_fraction: float = 0.2, val_count: int | None = None,
+                 unlabelled: Sequence[str | os.PathLike] = ()):
+        root = Path(root)
+        images = _nifti_files(root / "img")
+        label_dir = root / "label"
+        labels = _nifti_files(label_dir) if label_dir.is_dir() else {}
+        if len(images) < 2:
+            raise InputError(f"'{root / 'img'}' holds {len(images)} NIfTI images; need 2 or more")
+        self.subjects: dict[str, Subject] = {}
+        for name, path in images.items():
+            image = imageio.read_image(path, f"image {name}")
+            label = (imageio.read_labels(labels[name], f"labels {name}", image)
+                     if name in labels else None)
+            self.subjects[name] = Subject(name, imageio.slice_as_2d(image),
+                                          None if label is None else imageio.slice_as_2d(label))
+        if val_count is None:  # 5 % of the subjects (10 of the 200 hippocampus images); a
+            val_count = max(2, round(0.05 * len(images)))  # pair needs two
+        split = split_subjects(list(images), test_fraction, val_count, fraction, split_seed)
+        self.extra: list[str] = []
+        for folder in unlabelled:
+            for name, path in _nifti_files(Path(folder)).items():
+                key = f"unlabelled/{name}"
+                image = imageio.read_image(path, f"image {name}")
+                self.subjects[key] = Subject(key, imageio.slice_as_2d(image))
+                self.extra.append(key)
+        dims = {imageio.spatial_dims(s.image) for s in self.subjects.values()}
+        if len(dims) != 1:
+            raise InputError(f"'{root}' mixes 2-D and 3-D images")
+        values = set()
+        for subject in self.subjects.values():
+            if subject.labels is not None:
+                values |= set(np.unique(sitk.GetArrayViewFromImage(subject.labels)).tolist())
+        super().__init__(root.name, dims.pop(), split,
+                         tuple(sorted(int(v) for v in values if v > 0)),
+                         {"kind": "folder", "root": str(root), "fraction": fraction,
+                          "split_seed": split_seed, "unlabelled": [str(u) for u in unlabelled],
+                          "subjects": {k: len(split[k]) for k in SPLITS},
+                          "unlabelled_images": len(self.extra)})
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        pool = self.split.train + self.extra
+        moving, fixed = rng.choice(len(pool), 2, replace=False)
+        return SubjectPair(self.subjects[pool[fixed]], self.subjects[pool[moving]])
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        """Ordered pairs of distinct subjects of ``split``: all of them, or ``count`` drawn
+        without repetition by a seeded generator."""
+        names = self.split[split]
+        every = [(m, f) for m in names for f in names if m != f]
+        if count is not None and count < len(every):
+            chosen = np.random.default_rng(seed).choice(len(every), count, replace=False)
+            every = [every[k] for k in sorted(chosen)]
+        return [SubjectPair(self.subjects[f], self.subjects[m]) for m, f in every]
+
+
+def _slice_image(array: np.ndarray, spacing_mm: float) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing((spacing_mm, spacing_mm))
+    return image
+
+
+class AcdcPairs(PairSource):
+    """Intra-subject cardiac pairs: the same short-axis slice at end-diastole (``frame01``)
+    and end-systole (``frame02``). Training draws a slice and a direction at random; the fixed
+    pairs of ``pairs(split)`` are ES -> ED (moving ES, fixed ED), or ``direction="ED->ES"``,
+    on slices labelled in both frames. The files keep no voxel spacing: ``spacing_mm``
+    (1.5 mm, ACDC's typical in-plane spacing) is assumed."""
+
+    FILE = re.compile(r"(patient\d+)_frame0([12])\.h5$")
+    LABELS = {1: "RV", 2: "myocardium", 3: "LV"}
+
+    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
+                 test_fraction: float = 0.25, val_count: int = 2,
+                 spacing_mm: float = ACDC_SPACING_MM):
+        import h5py
+
+        root = Path(root)
+        if not root.is_dir():
+            raise InputError(f"ACDC folder '{root}' not found")
+        frames: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+        for path in sorted(root.iterdir()):
+            match = self.FILE.search(path.name)
+            if match is None:
+                continue
+            with h5py.File(path, "r") as f:
+                image, label = f["image"][()].astype(np.float32), f["label"][()].astype(np.int32)
+            phase = "ED" if match.group(2) == "1" else "ES"
+            frames.setdefault(match.group(1), {})[phase] = (image, label)
+        patients = sorted(p for p, f in frames.items() if set(f) == {"ED", "ES"})
+        if len(patients) < 4:
+            raise InputError(f"'{root}' holds {len(patients)} patients with both frames "
+                             "(patientNNN_frame01.h5 and _frame02.h5); need 4 or more")
+        self.slices: dict[str, list[dict[str, Subject]]] = {}
+        for patient in patients:
+            ed, es = frames[patient]["ED"], frames[patient]["ES"]
+            self.slices[patient] = [
+                {phase: Subject(f"{patient}_{phase}_s{k:02d}",
+                                _slice_image(volume[0][k], spacing_mm),
+                                _slice_image(volume[1][k], spacing_mm))
+                 for phase, volume in (("ED", ed), ("ES", es))}
+                for k in range(min(len(ed[0]), len(es[0])))]
+        split = split_subjects(patients, test_fraction, val_count, fraction, split_seed)
+        super().__init__("acdc", 2, split, tuple(self.LABELS),
+                         {"kind": "acdc", "root": str(root), "fraction": fraction,
+                          "split_seed": split_seed, "spacing_mm_assumed": spacing_mm,
+                          "patients": {k: len(split[k]) for k in SPLITS}})
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        patient = self.split.train[int(rng.integers(len(self.split.train)))]
+        frames = self.slices[patient][int(rng.integers(len(self.slices[patient])))]
+        moving, fixed = ("ES", "ED") if rng.random() < 0.5 else ("ED", "ES")
+        return SubjectPair(frames[fixed], frames[moving])
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0,
+              direction: str = "ES->ED") -> list[SubjectPair]:
+        moving, fixed = direction.split("->")
+        out = []
+        for patient in self.split[split]:
+            for frames in self.slices[patient]:
+                if all(sitk.GetArrayViewFromImage(frames[p].labels).any() for p in ("ED", "ES")):
+                    out.append(SubjectPair(frames[fixed], frames[moving]))
+        if count is not None and count < len(out):
+            chosen = np.random.default_rng(seed).choice(len(out), count, replace=False)
+            out = [out[k] for k in sorted(chosen)]
+        return out
+
+
+class SeriesPairs(PairSource):
+    """Frames of 4-D NIfTI series (X, Y, Z, N; Z = 1 for 2-D): a random frame registered to
+    another frame of the same series for training; each frame to the template frame
+    (default the last, as the paper does) for validation and test. Split by series."""
+
+    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
+                 test_fraction: float = 0.2, val_count: int = 1, template: int = -1):
+        root = Path(root)
+        files = _nifti_files(root) if root.is_dir() else {_nifti_name(root) or root.name: root}
+        self.series: dict[str, list[Subject]] = {}
+        for name, path in files.items():
+            frames = [imageio.slice_as_2d(f) for f in imageio.read_series(path, f"series {name}")]
+            self.series[name] = [Subject(f"{name}_f{k:03d}", f) for k, f in enumerate(frames)]
+        if not self.series:
+            raise InputError(f"no 4-D NIfTI series in '{root}'")
+        dims = {imageio.spatial_dims(s[0].image) for s in self.series.values()}
+        if len(dims) != 1:
+            raise InputError(f"'{root}' mixes 2-D and 3-D series")
+        self.template = template
+        names = list(self.series)
+        split = (Split(names, names, names) if len(names) < 3 + val_count else
+                 split_subjects(names, test_fraction, val_count, fraction, split_seed))
+        super().__init__(root.name, dims.pop(), split, (),
+                         {"kind": "series", "root": str(root), "fraction": fraction,
+                          "series": {k: len(split[k]) for k in SPLITS},
+                          "shared_split": len(names) < 3 + val_count})
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        frames = self.series[self.split.train[int(rng.integers(len(self.split.train)))]]
+        moving, fixed = rng.choice(len(frames), 2, replace=False)
+        return SubjectPair(frames[fixed], frames[moving])
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        out = []
+        for name in self.split[split]:
+            frames = self.series[name]
+            template = self.template % len(frames)
+            out += [SubjectPair(frames[template], f) for k, f in enumerate(frames)
+                    if k != template]
+        return out[:count] if count is not None else out
+
+
+class SynthBrainPairs(PairSource):
+    """SynthMorph-style brain pairs (``synthesis.BrainSynth``) from whole-head label maps on
+    the working grid inference uses for a 160×192×224 1-mm brain. Training pairs are drawn on
+    the fly from the training maps (random contrasts, ``contrast``); validation and test pairs
+    are seeded draws from their own maps with T1-like contrast, as a real scan would look."""
+
+    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
+                 test_fraction: float = 0.2, val_count: int = 2,
+                 spacing_mm: float = 2.0, contrast: str = "random",
+                 cache_dir: str | os.PathLike | None = None):
+        from model.training.synthesis import BrainLabels, BrainSynth, standard_labels
+
+        self.labels = BrainLabels(root, spacing_mm=spacing_mm, cache_dir=cache_dir)
+        split = split_subjects(self.labels.ids, test_fraction, val_count, fraction, split_seed)
+        self.synth = {"train": BrainSynth(self.labels, split.train, contrast=contrast)
+                      if len(split.train) > 1 else
+                      BrainSynth(self.labels, split.train, contrast=contrast, intra_fraction=1.0)}
+        for part in ("val", "test"):
+            self.synth[part] = BrainSynth(self.labels, split[part], contrast="t1")
+        grid = self.labels.grid
+        self.grid = grid
+        super().__init__("synthseg-brain", 3, split, tuple(standard_labels()),
+                         {"kind": "brain", "root": str(root), "fraction": fraction,
+                          "split_seed": split_seed, "spacing_mm": spacing_mm,
+                          "contrast": contrast, "grid_shape": list(grid.shape),
+                          "label_maps": {k: len(split[k]) for k in SPLITS}})
+
+    def _subject(self, name: str, image: np.ndarray, labels: np.ndarray) -> Subject:
+        def on_grid(array: np.ndarray) -> sitk.Image:
+            out = sitk.GetImageFromArray(array)
+            out.SetSpacing(self.grid.spacing)
+            out.SetOrigin(self.grid.origin)
+            out.SetDirection(self.grid.direction)
+            return out
+
+        return Subject(name, on_grid(image.astype(np.float32)),
+                       on_grid(labels.astype(np.int32)))
+
+    def _draw(self, part: str, rng: np.random.Generator, name: str) -> SubjectPair:
+        p = self.synth[part].pair(rng)
+        return SubjectPair(self._subject(f"{name}_fixed", p["fixed"], p["fixed_labels"]),
+                           self._subject(f"{name}_moving", p["moving"], p["moving_labels"]))
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        return self._draw("train", rng, "train")
+
+    def training_pair(self, rng: np.random.Generator, pre: Preprocessing) -> Pair:
+        if pre.shape_multiple == 1 and pre.max_voxels is None:
+            # Already on the working grid: skip the (identity) resampling.
+            p = self.synth["train"].pair(rng)
+            return Pair(p["moving"], p["fixed"], p["moving_labels"].astype(np.int32),
+                        p["fixed_labels"].astype(np.int32))
+        return prepare_pair(self.sample(rng), pre)
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        rng = np.random.default_rng(seed)
+        return [self._draw(split, rng, f"{split}{k:03d}") for k in range(count or 20)]
+
+
+def open_source(kind: str, path: str | os.PathLike, **options: Any) -> PairSource:
+    """A pair source by kind (``DATA_KINDS``); options are the class's keyword arguments."""
+    classes = {"folder": FolderPairs, "acdc": AcdcPairs, "series": SeriesPairs,
+               "brain": SynthBrainPairs}
+    if kind not in classes:
+        raise InputError(f"unknown data kind '{kind}'; choose {', '.join(DATA_KINDS)}")
+    options = {k: v for k, v in options.items() if v is not None}
+    return classes[kind](path, **options)

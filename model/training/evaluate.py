@@ -1,0 +1,348 @@
+"""Scoring registration methods on the fixed pairs of a dataset split.
+
+A *method* registers a ``SubjectPair`` and returns the displacement field on the fixed image's
+grid (ITK convention, LPS mm) and the moving labels warped onto that grid:
+
+- a trained model runs through the inference engine itself (``worker.engine.register_images``,
+  physical initialisation), so the numbers are those a user of ``riir register`` gets;
+- ``identity``: no registration (the moving labels resampled onto the fixed grid), the
+  "before" row;
+- ``ants``: ANTs SyN through antspyx (``ants.registration(type_of_transform="SyN")``, its
+  defaults), an optional extra (``pip install antspyx``).
+
+Every pair is scored on the fixed grid with ``model.metrics``: Dice and HD95 (mm) per label and
+their means, std log|J| and % folding voxels (|J| <= 0) of the field, and the seconds the method
+took (preprocessing, model and resampling back, as ``riir register`` times them; not reading
+files). ``evaluate`` writes ``pairs.csv`` (one row per method and pair), ``summary.csv`` and
+``summary.md`` (mean ± std per method) and ``dice.png`` (box plots).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from model import metrics
+from model.training.datasets import SubjectPair
+from riir.errors import InputError
+from riir.grid import Grid
+
+Registered = tuple[sitk.Image, sitk.Image]  # (field on the fixed grid, warped moving labels)
+
+
+@dataclass
+class Method:
+    name: str
+    register: Callable[[SubjectPair], Registered]
+    info: dict[str, Any]
+
+
+def model_method(spec: str, label: str | None = None, device: str = "auto",
+                 steps: int | None = None) -> Method:
+    """A shipped model (name) or checkpoint (path), run through the inference engine."""
+
+    from model.checkpoint import load_checkpoint
+    from riir import catalog
+    from worker.device import select_device
+    from worker.engine import Engine, register_images, resample_through
+
+    path = Path(spec) if Path(spec).is_file() else catalog.resolve(spec, 0, 0)
+    torch_device = select_device(device)
+    model, meta = load_checkpoint(path, torch_device)
+    engine = Engine(model, meta, Path(path), torch_device)
+
+    def register(pair: SubjectPair) -> Registered:
+        reg = register_images(engine, pair.fixed.image, pair.moving.image, steps=steps)
+        warped = resample_through(reg.field, pair.moving.labels, sitk.sitkNearestNeighbor)
+        return reg.field, warped
+
+    name = label or meta.get("name", Path(path).stem)
+    return Method(name, register, {"kind": "model", "checkpoint": str(path),
+                                   "arch": meta.get("arch"), "version": meta.get("version")})
+
+
+def identity_method() -> Method:
+    def register(pair: SubjectPair) -> Registered:
+        grid = Grid.of(pair.fixed.image)
+        field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+        warped = grid.resample(pair.moving.labels, interpolator=sitk.sitkNearestNeighbor,
+                               extrapolate=False)
+        return field, warped
+
+    return Method("identity", register, {"kind": "identity"})
+
+
+def ants_method(transform: str = "SyN") -> Method:
+    """ANTs through antspyx with its defaults (SyN: an affine stage, then SyN with mutual
+    information). The field scored is ANTs' whole transform (affine and SyN) composed into one
+    displacement field, as ANTs applies it."""
+    try:
+        import ants
+    except ImportError as exc:
+        raise InputError("ANTs needs antspyx: pip install antspyx (or pip install "
+                         "'riir[ants]')") from exc
+
+    def register(pair: SubjectPair) -> Registered:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = {}
+            for key, image in (("fixed", pair.fixed.image), ("moving", pair.moving.image),
+                               ("labels", pair.moving.labels)):
+                files[key] = os.path.join(tmp, f"{key}.nii.gz")
+                sitk.WriteImage(image, files[key])
+            fixed, moving = ants.image_read(files["fixed"]), ants.image_read(files["moving"])
+            result = ants.registration(fixed, moving, type_of_transform=transform)
+            labels = ants.apply_transforms(fixed, ants.image_read(files["labels"]),
+                                           result["fwdtransforms"],
+                                           interpolator="nearestNeighbor")
+            composite = ants.apply_transforms(fixed, moving, result["fwdtransforms"],
+                                              compose=os.path.join(tmp, "composite"))
+            field = sitk.ReadImage(composite)
+            warped = sitk.ReadImage(_write(labels, os.path.join(tmp, "warped.nii.gz")))
+        warped = sitk.Cast(warped, sitk.sitkInt32)
+        warped.CopyInformation(pair.fixed.image)
+        field.CopyInformation(pair.fixed.image)
+        return field, warped
+
+    return Method(f"ants-{transform.lower()}", register,
+                  {"kind": "ants", "transform": transform, "antspyx": ants.__version__})
+
+
+def _write(image: Any, path: str) -> str:
+    image.to_file(path)
+    return path
+
+
+# -- scoring ------------------------------------------------------------------------------
+
+
+def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict[str, Any]:
+    if pair.fixed.labels is None or pair.moving.labels is None:
+        raise InputError(f"pair {pair.name} has no labels to score")
+    start = time.perf_counter()
+    field, warped = method.register(pair)
+    seconds = time.perf_counter() - start
+    grid = Grid.of(pair.fixed.image)
+    phi = grid.field_to_voxel(field)
+    jacobian = metrics.jacobian_stats(metrics.jacobian_determinant(phi))
+    fixed_labels = sitk.GetArrayFromImage(pair.fixed.labels)
+    warped_labels = sitk.GetArrayFromImage(warped)
+    present = [v for v in labels if (fixed_labels == v).any()] if labels else None
+    spacing = grid.spacing[::-1]
+    dice = metrics.dice(fixed_labels, warped_labels, present)
+    hd95 = metrics.hausdorff95(fixed_labels, warped_labels, present, spacing)
+    row: dict[str, Any] = {"method": method.name, "pair": pair.name,
+                           "dice_mean": _nanmean(dice.values()),
+                           "hd95_mean": _nanmean(hd95.values()),
+                           "std_log_jacobian": jacobian["std_log_jacobian"],
+                           "folding_percent": jacobian["folding_percent"],
+                           "seconds": seconds}
+    for label in labels:
+        row[f"dice_{label}"] = dice.get(label, math.nan)
+    return row
+
+
+def _nanmean(values: Any) -> float:
+    values = [v for v in values if not math.isnan(v)]
+    return float(np.mean(values)) if values else math.nan
+
+
+SUMMARY_COLUMNS = ("dice_mean", "hd95_mean", "std_log_jacobian", "folding_percent", "seconds")
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std per method of the summary columns and of the per-label Dice."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        entry: dict[str, Any] = {"method": method, "pairs": len(mine)}
+        keys = list(SUMMARY_COLUMNS) + sorted(k for k in mine[0] if k.startswith("dice_")
+                                               and k != "dice_mean")
+        for key in keys:
+            values = np.array([float(r[key]) for r in mine], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            entry[key] = float(values.mean()) if values.size else math.nan
+            entry[f"{key}_std"] = float(values.std()) if values.size else math.nan
+        out.append(entry)
+    return out
+
+
+def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | None = None
+                   ) -> str:
+    label_keys = sorted((k for k in summary[0] if k.startswith("dice_") and k != "dice_mean"
+                         and not k.endswith("_std")), key=lambda k: int(k.split("_")[1]))
+    if label_names is None or len(label_keys) > 6:
+        label_keys = []  # many labels (brain): the per-label Dice lives in the CSV
+    head = ["method", "pairs", "Dice", "HD95 (mm)", "std log\\|J\\|", "folding %", "s / pair"]
+    head += [f"Dice {label_names.get(int(k.split('_')[1]), k)}" for k in label_keys]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in summary:
+        cells = [s["method"], str(s["pairs"]),
+                 f"{s['dice_mean']:.3f} ± {s['dice_mean_std']:.3f}",
+                 f"{s['hd95_mean']:.2f} ± {s['hd95_mean_std']:.2f}",
+                 f"{s['std_log_jacobian']:.3f}", f"{s['folding_percent']:.3f}",
+                 f"{s['seconds']:.2f}"]
+        cells += [f"{s[k]:.3f}" for k in label_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def box_plot(rows: list[dict[str, Any]], path: Path, title: str = "",
+             key: str = "dice_mean", ylabel: str = "Dice (mean over labels)") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    data = [[float(r[key]) for r in rows if r["method"] == m and not math.isnan(float(r[key]))]
+            for m in methods]
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(methods) + 1.5), 3.6))
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def evaluate(methods: Sequence[Method], pairs: Sequence[SubjectPair], labels: Sequence[int],
+             out_dir: str | os.PathLike, *, title: str = "",
+             label_names: dict[int, str] | None = None, progress: bool = True,
+             info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Score every method on every pair; write the tables and the plot; return the summary."""
+    from tqdm import tqdm
+
+    if not pairs:
+        raise InputError("no pairs to evaluate (is the split empty or unlabelled?)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    bar = tqdm(total=len(methods) * len(pairs), desc="evaluating", disable=not progress,
+               dynamic_ncols=True)
+    for method in methods:
+        for pair in pairs:
+            rows.append(score_pair(method, pair, labels))
+            bar.set_postfix({"method": method.name, "dice": f"{rows[-1]['dice_mean']:.3f}"},
+                            refresh=False)
+            bar.update(1)
+    bar.close()
+    summary = summarise(rows)
+    write_csv(rows, out_dir / "pairs.csv")
+    write_csv(summary, out_dir / "summary.csv")
+    table = markdown_table(summary, label_names)
+    (out_dir / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
+    box_plot(rows, out_dir / "dice.png", title)
+    (out_dir / "evaluation.json").write_text(json.dumps(
+        {"title": title, "pairs": len(pairs), "labels": list(labels),
+         "methods": {m.name: m.info for m in methods}, "summary": summary, **(info or {})},
+        indent=2) + "\n")
+    return summary
+
+
+# -- shipping -----------------------------------------------------------------------------
+
+
+def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
+         weights_dir: str | os.PathLike, method: str | None = None) -> Path:
+    """Copy a trained checkpoint into the weights folder as ``NAME.pt`` with its card:
+    ``NAME.json`` (name, version, arch, spatial_dims, description, metrics measured by
+    ``riir evaluate`` on a split it did not train on) and ``NAME.md``."""
+    from model.checkpoint import read_checkpoint
+
+    payload = read_checkpoint(checkpoint)
+    meta, training = payload["meta"], payload["meta"].get("training", {})
+    name = meta.get("name")
+    if not name:
+        raise InputError(f"checkpoint '{checkpoint}' has no name in its meta")
+    evaluation = json.loads((Path(evaluation_dir) / "evaluation.json").read_text())
+    rows = {s["method"]: s for s in evaluation["summary"]}
+    mine = rows.get(method or name)
+    if mine is None:
+        raise InputError(f"the evaluation in '{evaluation_dir}' has no method '{method or name}'"
+                         f"; it has {', '.join(rows)}")
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(checkpoint, weights_dir / f"{name}.pt")
+    card = {
+        "name": name,
+        "version": meta.get("version"),
+        "arch": payload["arch"],
+        "spatial_dims": payload["config"]["spatial_dims"],
+        "description": meta.get("description", ""),
+        "preprocessing": meta.get("preprocessing", {}),
+        "metrics": {
+            "split": evaluation.get("split", "test"),
+            "pairs": mine["pairs"],
+            "dice": round(mine["dice_mean"], 4),
+            "hd95_mm": round(mine["hd95_mean"], 3),
+            "std_log_jacobian": round(mine["std_log_jacobian"], 4),
+            "folding_percent": round(mine["folding_percent"], 4),
+            "seconds_per_pair": round(mine["seconds"], 3),
+        },
+        "training": {k: training.get(k) for k in ("command", "data", "iterations", "seconds")},
+    }
+    (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    table = (Path(evaluation_dir) / "summary.md").read_text()
+    (weights_dir / f"{name}.md").write_text(_card_markdown(card, payload, evaluation, table))
+    return weights_dir / f"{name}.pt"
+
+
+def _card_markdown(card: dict[str, Any], payload: dict[str, Any], evaluation: dict[str, Any],
+                   table: str) -> str:
+    training = payload["meta"].get("training", {})
+    config = training.get("config", {})
+    lines = [
+        f"# Model card: {card['name']} ({card['version']})",
+        "",
+        card["description"],
+        "",
+        f"- Architecture: `{card['arch']}`, {card['spatial_dims']}-D, configuration "
+        f"`{json.dumps(payload['config'])}`",
+        f"- Preprocessing at inference (from the checkpoint): "
+        f"`{json.dumps(card['preprocessing'])}`",
+        f"- Trained by: `{training.get('command', '?')}`",
+        f"- Training data: `{json.dumps(training.get('data', {}))}`",
+        f"- Iterations: {training.get('iterations')}, {training.get('seconds')} s on "
+        f"{training.get('device')} (torch {training.get('torch')})",
+        f"- Outer loss: similarity `{config.get('similarity')}`, λ = {config.get('lam')}, "
+        f"weights `{config.get('weights')}`, label supervision (Dice weight) "
+        f"{config.get('dice_weight')}",
+        f"- Validation at the end of training: `{json.dumps(training.get('final_metrics', {}))}`",
+        "",
+        "## Evaluation",
+        "",
+        f"Measured by `{evaluation.get('command', 'riir evaluate')}` on the "
+        f"`{evaluation.get('split', 'test')}` split ({evaluation['pairs']} pairs), which the "
+        "model did not train on.",
+        "",
+        table.split("\n", 2)[-1] if table.startswith("# ") else table,
+    ]
+    notes = evaluation.get("notes")
+    if notes:
+        lines += ["", notes]
+    return "\n".join(lines).rstrip() + "\n"

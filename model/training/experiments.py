@@ -1,0 +1,243 @@
+"""The RIIR paper's experiments, one command each: train every variant, evaluate, tabulate.
+
+- ``data-fraction``: RIIR, VoxelMorph and GraDIRN trained on 5, 10, 25, 50 and 100 % of the
+  training subjects (the test split fixed);
+- ``hidden-states``: RIIR with hidden states [0,0], [0,1], [1,0], [1,1];
+- ``inner-loss``: the similarity whose gradient drives the cell, MSE, NCC or NMI (the outer
+  loss stays the base setting's, so only the cell's input changes);
+- ``inputs``: the cell's input, gradient [phi, ∇L], explicit [phi, I_mov∘phi, I_fix] or
+  implicit [phi, I_mov, I_fix];
+- ``steps``: T = 2 … 10 with exponential and uniform step weights.
+
+Every variant is a ``riir train`` run in ``OUT/VARIANT`` from the same base settings plus its
+own, evaluated on the test split by the inference engine (``evaluate.py``) into
+``OUT/VARIANT/eval``. A finished variant is not redone and an interrupted one resumes, so the
+command can be repeated until it completes. The summary is ``OUT/results.csv``,
+``OUT/results.md`` and ``OUT/results.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from model.training.datasets import SubjectPair
+from model.training.train import TrainConfig, load_source, train
+from riir.errors import InputError
+
+FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
+ARCHS = ("riir", "voxelmorph", "gradirn")
+RIIR_ONLY = ("steps", "hidden_channels", "hidden_states", "inputs", "cell_stride", "gru_kernel",
+             "second_order")
+DEFAULT_VALUES = {
+    "hidden-states": ("00", "01", "10", "11"),
+    "inner-loss": ("mse", "ncc", "nmi"),
+    "inputs": ("gradient", "explicit", "implicit"),
+    "steps": ("2", "4", "6", "8", "10"),
+}
+
+
+def variants(experiment: str, base: dict[str, Any], values: list[str] | None = None,
+             archs: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Variant name -> the settings it adds to (or removes from) ``base``."""
+    if experiment == "data-fraction":
+        fractions = [float(v) for v in values] if values else list(FRACTIONS)
+        out = {}
+        for arch in archs or ARCHS:
+            for f in fractions:
+                settings: dict[str, Any] = {"arch": arch, "fraction": f}
+                if arch != "riir":  # drop RIIR's own settings from the base for the baselines
+                    settings.update({k: None for k in RIIR_ONLY})
+                    if arch == "voxelmorph":
+                        settings["inner_loss"] = None
+                out[f"{arch}-{_percent(f)}"] = settings
+        return out
+    if experiment not in DEFAULT_VALUES:
+        raise InputError(f"unknown experiment '{experiment}'")
+    chosen = [str(v) for v in values] if values else list(DEFAULT_VALUES[experiment])
+    if experiment == "hidden-states":
+        for v in chosen:
+            if len(v) != 2 or set(v) - {"0", "1"}:
+                raise InputError(f"hidden states are given as 00, 01, 10 or 11; got '{v}'")
+        return {f"h{v}": {"hidden_states": [c == "1" for c in v]} for v in chosen}
+    if experiment == "inner-loss":
+        return {f"inner-{v}": {"inner_loss": v} for v in chosen}
+    if experiment == "inputs":
+        return {f"inputs-{v}": {"inputs": v} for v in chosen}
+    schemes = [base["weights"]] if base.get("weights") else ["exponential", "uniform"]
+    return {f"T{int(v)}-{w[:3]}": {"steps": int(v), "weights": w}
+            for w in schemes for v in chosen}
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}pct"
+
+
+def _trained_iterations(run: Path) -> int:
+    state = run / "optimizer.pt"
+    if not state.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(state, map_location="cpu", weights_only=True)["iteration"])
+
+
+def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
+        values: list[str] | None = None, archs: list[str] | None = None,
+        pairs: int | None = None, progress: bool = True, command: str = ""
+        ) -> list[dict[str, Any]]:
+    from model.training import evaluate as ev
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = dict(base)
+    base.setdefault("name", experiment)
+    plan = variants(experiment, base, values, archs)
+    (out / "experiment.json").write_text(json.dumps(
+        {"experiment": experiment, "base": base, "variants": plan, "command": command},
+        indent=2) + "\n")
+    rows = []
+    test_pairs: list[SubjectPair] | None = None
+    for name, settings in plan.items():
+        values_ = {**base, **settings, "name": f"{base['name']}-{name}"}
+        cfg = TrainConfig.from_dict({k: v for k, v in values_.items() if v is not None})
+        run_dir = out / name
+        source = load_source(cfg)
+        _reuse_identical(cfg, run_dir, out.parent)
+        done = _trained_iterations(run_dir)
+        if done < cfg.iterations:
+            train(cfg, run_dir, resume=done > 0, command=command, progress=progress,
+                  source=source)
+        eval_dir = run_dir / "eval"
+        if not (eval_dir / "evaluation.json").is_file() or _stale(eval_dir, run_dir):
+            if test_pairs is None:  # the test split does not depend on the variant
+                test_pairs = _test_pairs(source, pairs)
+            ev.evaluate([ev.model_method(str(run_dir / "checkpoint.pt"), name, cfg.device)],
+                        test_pairs, source.label_values, eval_dir, title=name,
+                        progress=progress, info={"split": "test", "command": command})
+        summary = json.loads((eval_dir / "evaluation.json").read_text())["summary"][0]
+        training = json.loads((run_dir / "config.json").read_text())
+        rows.append({"variant": name, **{k: _plain(v) for k, v in settings.items()
+                                         if v is not None},
+                     **{k: summary[k] for k in ("pairs", "dice_mean", "dice_mean_std",
+                                                "hd95_mean", "std_log_jacobian",
+                                                "folding_percent", "seconds")},
+                     "iterations": training["iterations"],
+                     "train_seconds": _train_seconds(run_dir)})
+    _write_results(experiment, rows, out)
+    return rows
+
+
+def _resolved(values: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings with the architecture's defaults filled in, so that RIIR's default
+    variant reads the same whether or not a setting was spelled out; identity fields dropped."""
+    from model.architectures import architecture
+    from model.training.train import MODEL_FIELDS, model_config
+
+    cfg = TrainConfig.from_dict(values)
+    _, config_cls = architecture(cfg.arch)
+    model = dataclasses.asdict(config_cls(**{
+        k: tuple(v) if isinstance(v, list) else v for k, v in model_config(cfg, 2).items()}))
+    ignore = {"name", "description", "threads", "device", "version", "model", *MODEL_FIELDS}
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore},
+            "model": model}
+
+
+def _reuse_identical(cfg: TrainConfig, run_dir: Path, root: Path) -> None:
+    """Variants shared between experiments (RIIR's defaults appear in every ablation) are
+    trained once: a finished run with the same settings under ``root`` is copied."""
+    import shutil
+
+    if (run_dir / "checkpoint.pt").is_file():
+        return
+    wanted = _resolved(dataclasses.asdict(cfg))
+    for config in sorted(root.glob("*/*/config.json")):
+        other = config.parent
+        if other == run_dir or _trained_iterations(other) < cfg.iterations:
+            continue
+        if _resolved(json.loads(config.read_text())) == wanted:
+            shutil.copytree(other, run_dir, ignore=shutil.ignore_patterns("eval"),
+                            dirs_exist_ok=True)
+            (run_dir / "REUSED_FROM").write_text(f"{other}\n")
+            return
+
+
+def _test_pairs(source: Any, count: int | None) -> list[SubjectPair]:
+    return source.pairs("test", count, seed=0)
+
+
+def _stale(eval_dir: Path, run_dir: Path) -> bool:
+    """The evaluation predates the checkpoint (the run was trained further)."""
+    return (run_dir / "checkpoint.pt").stat().st_mtime > (eval_dir / "evaluation.json").stat(
+    ).st_mtime
+
+
+def _train_seconds(run_dir: Path) -> float:
+    from model.checkpoint import read_checkpoint
+
+    meta = read_checkpoint(run_dir / "checkpoint.pt")["meta"]
+    return float(meta.get("training", {}).get("seconds", math.nan))
+
+
+def _plain(value: Any) -> Any:
+    return "".join("1" if v else "0" for v in value) if isinstance(value, list) else value
+
+
+def _write_results(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
+    from model.training.evaluate import write_csv
+
+    write_csv(rows, out / "results.csv")
+    lines = [f"# Experiment: {experiment}", "",
+             "| variant | pairs | Dice | HD95 (mm) | std log\\|J\\| | folding % | s / pair | "
+             "iterations | training (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['pairs']} | {r['dice_mean']:.3f} ± "
+                     f"{r['dice_mean_std']:.3f} | {r['hd95_mean']:.2f} | "
+                     f"{r['std_log_jacobian']:.3f} | {r['folding_percent']:.3f} | "
+                     f"{r['seconds']:.2f} | {r['iterations']} | {r['train_seconds']:.0f} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(experiment, rows, out)
+
+
+def _plot(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if experiment in ("data-fraction", "steps"):
+        key, group = ("fraction", "arch") if experiment == "data-fraction" else ("steps",
+                                                                                  "weights")
+        for name in dict.fromkeys(r[group] for r in rows):
+            mine = sorted((r for r in rows if r[group] == name), key=lambda r: r[key])
+            xs = [r[key] * (100 if key == "fraction" else 1) for r in mine]
+            ax.errorbar(xs, [r["dice_mean"] for r in mine],
+                        yerr=[r["dice_mean_std"] for r in mine], marker="o", capsize=3,
+                        label=name)
+        ax.set_xlabel("training data (%)" if key == "fraction" else "T (recurrent steps)")
+        if key == "fraction":
+            ax.set_xscale("log")
+            ax.set_xticks([5, 10, 25, 50, 100], ["5", "10", "25", "50", "100"])
+        ax.legend()
+    else:
+        data = []
+        for r in rows:
+            with (out / r["variant"] / "eval" / "pairs.csv").open(newline="") as f:
+                data.append([float(p["dice_mean"]) for p in csv.DictReader(f)
+                             if p["dice_mean"] != "nan"])
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(range(1, len(rows) + 1), [r["variant"] for r in rows])
+    ax.set_ylabel("Dice (test pairs)")
+    ax.set_title(experiment)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,443 @@
+"""The training loop: a model, a pair source, the outer loss, Adam, checkpoints and a log.
+
+Outer loss over the iterates phi_1 … phi_T of any architecture (the paper's Eq. for RIIR):
+
+    L = Σ_t w_t (L_sim(I_mov ∘ phi_t, I_fix) + λ L_reg(phi_t) + β L_dice(S_mov ∘ phi_t, S_fix))
+
+with uniform (1/T) or exponential (10^((t-1)/(T-1)), normalised) weights ``w_t``, the diffusion
+regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot labels (``β`` =
+``dice_weight``, 0 by default: the paper's unsupervised setting).
+
+A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
+(the model, rebuilt by ``model.checkpoint.load_checkpoint``, with the ``meta`` inference needs),
+``best.pt`` (best validation Dice), ``optimizer.pt`` (Adam's state and the iteration, for
+``resume``) and ``log.csv`` (one row per iteration; validation columns every
+``validate_every``). Training pairs of iteration ``i`` come from a generator seeded with
+``(seed, i)``, so a resumed run draws the same pairs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from model import metrics
+from model.architectures import architecture
+from model.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from model.losses import diffusion, similarity_loss, soft_dice
+from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
+from model.warp import warp
+from riir.errors import InputError
+
+WEIGHTS = ("uniform", "exponential")
+ARCHS = ("riir", "voxelmorph", "gradirn")
+# TrainConfig fields that set a field of the architecture's config of the same name.
+MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_loss",
+                "cell_stride", "gru_kernel", "second_order", "ncc_window")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = ""  # path of the data (folder, ACDC folder, series, label maps)
+    data_kind: str = "folder"  # folder | acdc | series | brain
+    fraction: float = 1.0  # share of the training subjects used (the test split never moves)
+    split_seed: int = 0
+    unlabelled: list[str] = field(default_factory=list)  # extra unlabelled image folders
+    crop: list[int] | None = None  # random training window (voxels on the working grid)
+    data_options: dict[str, Any] = field(default_factory=dict)  # the data source's own options
+    spacing_mm: float | None = None  # working-grid spacing (meta.preprocessing)
+    max_voxels: int | None = None
+    # model (None: the architecture's default)
+    arch: str = "riir"
+    steps: int | None = None  # T
+    hidden_channels: list[int] | None = None
+    hidden_states: list[bool] | None = None
+    inputs: str | None = None  # gradient | explicit | implicit
+    inner_loss: str | None = None  # mse | ncc | nmi
+    cell_stride: int | None = None
+    gru_kernel: int | None = None
+    second_order: bool | None = None
+    ncc_window: int | None = None
+    model: dict[str, Any] = field(default_factory=dict)  # any other architecture field
+    # outer loss
+    similarity: str = "mse"
+    weights: str = "exponential"
+    lam: float = 0.05  # λ, diffusion regulariser
+    dice_weight: float = 0.0  # β, label supervision (0: unsupervised, the paper's setting)
+    # optimisation
+    lr: float = 8e-4
+    batch_size: int = 1
+    iterations: int = 1000
+    seed: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    val_pairs: int = 8
+    device: str = "auto"
+    threads: int | None = None
+    # identity of the result
+    name: str = "riir-model"
+    version: str = "0.1.0"
+    description: str = ""
+    tensorboard: bool = False
+
+    def check(self) -> None:
+        if self.arch not in ARCHS:
+            raise InputError(f"unknown architecture '{self.arch}'; choose {', '.join(ARCHS)}")
+        if self.weights not in WEIGHTS:
+            raise InputError(f"weights must be uniform or exponential; got '{self.weights}'")
+        for name in ("iterations", "batch_size", "checkpoint_every", "validate_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.lam < 0 or self.dice_weight < 0:
+            raise InputError("lam and dice_weight must not be negative")
+        if not self.data:
+            raise InputError("no training data given (--data PATH)")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise InputError(f"unknown training settings: {', '.join(unknown)}")
+        return cls(**values)
+
+
+# -- model and loss -----------------------------------------------------------------------
+
+
+def model_config(cfg: TrainConfig, spatial_dims: int) -> dict[str, Any]:
+    """The architecture's config dict from the training settings that apply to it."""
+    _, config_cls = architecture(cfg.arch)
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    values: dict[str, Any] = {"spatial_dims": spatial_dims}
+    for name in MODEL_FIELDS:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if name not in fields:
+            raise InputError(f"'{name}' does not apply to the {cfg.arch} architecture")
+        values[name] = value
+    for name, value in cfg.model.items():
+        if name not in fields:
+            raise InputError(f"'{name}' is not a setting of the {cfg.arch} architecture")
+        values[name] = value
+    return values
+
+
+def step_weights(count: int, scheme: str) -> torch.Tensor:
+    """w_1 … w_T: uniform 1/T, or exponential 10^((t-1)/(T-1)) normalised to sum to 1."""
+    if scheme == "uniform" or count == 1:
+        w = torch.ones(count)
+    else:
+        w = 10.0 ** (torch.arange(count, dtype=torch.float32) / (count - 1))
+    return w / w.sum()
+
+
+def one_hot(labels: torch.Tensor, values: Sequence[int]) -> torch.Tensor:
+    """(B, 1, *S) integer labels -> (B, 1 + K, *S) float: channel 0 everything else."""
+    channels = [labels == v for v in values]
+    background = ~torch.stack(channels).any(0) if channels else torch.ones_like(labels, dtype=bool)
+    return torch.cat([background, *channels], 1).float()
+
+
+@dataclass
+class Batch:
+    moving: torch.Tensor  # (B, 1, *S)
+    fixed: torch.Tensor
+    moving_onehot: torch.Tensor | None = None  # (B, 1 + K, *S)
+    fixed_onehot: torch.Tensor | None = None
+
+
+def outer_loss(phis: list[torch.Tensor], batch: Batch, weights: torch.Tensor,
+               similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lam: float,
+               dice_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Σ_t w_t (L_sim + λ L_reg + β L_dice) and the terms at the last iterate (for the log)."""
+    total = batch.fixed.new_zeros(())
+    parts: dict[str, float] = {}
+    for w, phi in zip(weights, phis, strict=True):
+        sim = similarity(warp(batch.moving, phi), batch.fixed)
+        reg = diffusion(phi)
+        term = sim + lam * reg
+        dice = None
+        if dice_weight > 0 and batch.moving_onehot is not None:
+            dice = soft_dice(warp(batch.moving_onehot, phi), batch.fixed_onehot)
+            term = term + dice_weight * dice
+        total = total + w * term
+        parts = {"similarity": sim.item(), "regularisation": reg.item()}
+        if dice is not None:
+            parts["dice_loss"] = dice.item()
+    return total, parts
+
+
+def to_batches(pairs: list[Pair], labels: Sequence[int], device: torch.device,
+               with_labels: bool) -> list[Batch]:
+    """Stack pairs of one shape into one batch (pairs of other shapes make their own)."""
+    groups: dict[tuple[int, ...], list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(pair.fixed.shape, []).append(pair)
+    batches = []
+    for group in groups.values():
+        def stack(name: str, group: list[Pair] = group) -> torch.Tensor:
+            return torch.from_numpy(np.stack([getattr(p, name) for p in group]))[:, None]
+
+        batch = Batch(stack("moving").to(device), stack("fixed").to(device))
+        if with_labels and all(p.fixed_labels is not None and p.moving_labels is not None
+                               for p in group):
+            batch.moving_onehot = one_hot(stack("moving_labels").to(device), labels)
+            batch.fixed_onehot = one_hot(stack("fixed_labels").to(device), labels)
+        batches.append(batch)
+    return batches
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
+             device: torch.device) -> dict[str, float]:
+    """Mean Dice (labels warped by nearest neighbour), std log|J| and % folding on the
+    working grid, over fixed validation pairs."""
+    if not pairs:
+        return {}
+    was_training = model.training
+    model.eval()
+    dice, std_log_j, folding = [], [], []
+    for pair in pairs:
+        moving = torch.from_numpy(pair.moving)[None, None].to(device)
+        fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
+        phi = model(moving, fixed, return_all=False)[-1]
+        det = metrics.jacobian_determinant(phi[0].cpu().numpy())
+        stats = metrics.jacobian_stats(det)
+        std_log_j.append(stats["std_log_jacobian"])
+        folding.append(stats["folding_percent"])
+        if pair.moving_labels is not None and pair.fixed_labels is not None:
+            moved = warp(torch.from_numpy(pair.moving_labels)[None, None].float().to(device),
+                         phi, mode="nearest")
+            scores = metrics.dice(pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32),
+                                  labels or None)
+            dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
+    model.train(was_training)
+    out = {"val_std_log_jacobian": float(np.mean(std_log_j)),
+           "val_folding_percent": float(np.mean(folding))}
+    if dice:
+        out["val_dice"] = float(np.nanmean(dice))
+    return out
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+class CsvLog:
+    """``log.csv`` with a fixed header; a resumed run drops rows past its checkpoint."""
+
+    COLUMNS = ("iteration", "loss", "similarity", "regularisation", "dice_loss", "seconds",
+               "val_dice", "val_std_log_jacobian", "val_folding_percent")
+
+    def __init__(self, path: Path, start: int):
+        self.path = path
+        rows = []
+        if start > 0 and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.COLUMNS, extrasaction="ignore").writerow(
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _tensorboard(out: Path, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise InputError("--tensorboard needs the 'tensorboard' package "
+                         "(pip install tensorboard)") from exc
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _meta(cfg: TrainConfig, source: PairSource, pre: Preprocessing, iteration: int,
+          command: str, final: dict[str, Any], seconds: float, device: torch.device
+          ) -> dict[str, Any]:
+    return {
+        "name": cfg.name,
+        "version": cfg.version,
+        "description": cfg.description,
+        "preprocessing": pre.as_meta(),
+        "training": {
+            "command": command,
+            "data": source.description,
+            "label_values": list(source.label_values),
+            "iterations": iteration,
+            "final_metrics": final,
+            "seconds": round(seconds, 1),
+            "device": str(device),
+            "torch": str(torch.__version__),  # TorchVersion is not a plain str
+            "host": platform.node(),
+            "config": dataclasses.asdict(cfg),
+        },
+    }
+
+
+def load_source(cfg: TrainConfig) -> PairSource:
+    options: dict[str, Any] = {"fraction": cfg.fraction, "split_seed": cfg.split_seed,
+                               **cfg.data_options}
+    if cfg.data_kind == "folder":
+        options["unlabelled"] = cfg.unlabelled
+    if cfg.data_kind == "brain" and cfg.spacing_mm is not None:
+        options["spacing_mm"] = cfg.spacing_mm  # the label maps are put on the working grid
+    return open_source(cfg.data_kind, cfg.data, **options)
+
+
+def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
+          command: str = "", progress: bool = True,
+          source: PairSource | None = None) -> dict[str, Any]:
+    """Train (or resume) a run in ``out``; returns the final metrics. ``source`` may be given
+    to share loaded data between runs (experiments)."""
+    from tqdm import tqdm
+
+    from worker.device import select_device
+
+    out = Path(out)
+    cfg.check()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = select_device(cfg.device)
+    source = source or load_source(cfg)
+    labels = source.label_values
+
+    start, elapsed = 0, 0.0
+    state = None
+    if resume:
+        if not (out / "checkpoint.pt").is_file():
+            raise InputError(f"nothing to resume in '{out}' (no checkpoint.pt)")
+        model, meta = load_checkpoint(out / "checkpoint.pt", device)
+        state = torch.load(out / "optimizer.pt", map_location=device, weights_only=True)
+        start, elapsed = int(state["iteration"]), float(state["seconds"])
+    else:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, model_config(cfg, source.spatial_dims)).to(device)
+    model.train()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    pre = Preprocessing(cfg.spacing_mm, int(getattr(model, "shape_multiple", 1)), cfg.max_voxels)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    similarity = similarity_loss(cfg.similarity)
+    val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
+    log = CsvLog(out / "log.csv", start)
+    board = _tensorboard(out, cfg.tensorboard)
+    best = _best_dice(out) if resume else -1.0
+    final: dict[str, Any] = {}
+    ema = None
+    bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress,
+               dynamic_ncols=True)
+    iteration = start
+    for iteration in range(start + 1, cfg.iterations + 1):
+        tick = time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, iteration])
+        pairs = []
+        for _ in range(cfg.batch_size):
+            pair = source.training_pair(rng, pre)
+            pairs.append(pair.crop(cfg.crop, rng) if cfg.crop else pair)
+        optimizer.zero_grad(set_to_none=True)
+        loss_value, parts = 0.0, {}
+        for batch in to_batches(pairs, labels, device, cfg.dice_weight > 0):
+            phis = model(batch.moving, batch.fixed)
+            loss, parts = outer_loss(phis, batch, step_weights(len(phis), cfg.weights).to(device),
+                                     similarity, cfg.lam, cfg.dice_weight)
+            share = batch.fixed.shape[0] / len(pairs)
+            (loss * share).backward()
+            loss_value += loss.item() * share
+        optimizer.step()
+        seconds = time.perf_counter() - tick
+        elapsed += seconds
+        ema = loss_value if ema is None else 0.95 * ema + 0.05 * loss_value
+        row: dict[str, Any] = {"iteration": iteration, "loss": loss_value, "seconds": seconds,
+                               **parts}
+        if iteration % cfg.validate_every == 0 or iteration == cfg.iterations:
+            row.update(validate(model, val_pairs, labels, device))
+            final = {k: row[k] for k in row if k.startswith("val_")}
+            if row.get("val_dice", -1.0) > best:
+                best = row["val_dice"]
+                save_checkpoint(out / "best.pt", model, cfg.arch,
+                                _meta(cfg, source, pre, iteration, command, final, elapsed,
+                                      device))
+        log.write(row)
+        if board is not None:
+            for key, value in row.items():
+                if key != "iteration":
+                    board.add_scalar(key, value, iteration)
+        postfix = {"loss": f"{ema:.4g}"}
+        if "val_dice" in final:
+            postfix["val_dice"] = f"{final['val_dice']:.3f}"
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+            final_metrics = {**final, "train_loss": round(ema, 6)}
+            save_checkpoint(out / "checkpoint.pt", model, cfg.arch,
+                            _meta(cfg, source, pre, iteration, command, final_metrics, elapsed,
+                                  device))
+            _save_state(out / "optimizer.pt", optimizer, iteration, elapsed)
+    bar.close()
+    if board is not None:
+        board.close()
+    return {**final, "iterations": iteration, "seconds": round(elapsed, 1)}
+
+
+def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
+                seconds: float) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration,
+                "seconds": seconds}, tmp)
+    os.replace(tmp, path)
+
+
+def _best_dice(out: Path) -> float:
+    path = out / "best.pt"
+    if not path.is_file():
+        return -1.0
+    final = read_checkpoint(path)["meta"].get("training", {}).get("final_metrics", {})
+    return float(final.get("val_dice", -1.0))
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a JSON or YAML file (YAML needs PyYAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file '{path}' not found")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as exc:
+            raise InputError("YAML config files need PyYAML (pip install pyyaml); "
+                             "or use JSON") from exc
+        values = yaml.safe_load(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"config file '{path}' is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file '{path}' must hold a mapping of settings")
+    return values

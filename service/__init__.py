@@ -1,0 +1,1 @@
+"""The FastAPI gateway of the registration service. Torch-free: it never imports ``model``."""

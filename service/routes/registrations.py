@@ -1,0 +1,117 @@
+"""``POST /register`` and ``POST /register-series``: receive, validate, record, queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from service import broker, formdata, uploads
+from service.deps import CeleryDep, RootDep, SettingsDep, StorageDep, StoreDep
+from service.errors import InvalidParameters, problem_responses
+from service.jobstore import Job, Kind, new_job_id
+from service.schemas import JobOut, PairParams, SeriesParams, job_out
+
+router = APIRouter(tags=["registration"])
+
+FILE_DOCS = {
+    "fixed": "fixed (reference) image, NIfTI .nii or .nii.gz; 2-D as (H, W) or (H, W, 1)",
+    "moving": "moving image, resampled onto the fixed grid",
+    "fixed_labels": "optional label map on the fixed grid (integers, 0 = background)",
+    "moving_labels": "optional label map on the moving grid; warped by nearest neighbour",
+    "series": "4-D NIfTI series (X, Y, Z, frames), Z = 1 for 2-D frames",
+}
+
+
+def multipart_body(files: dict[str, bool], params: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a form that the route parses itself (streamed, see service.formdata)."""
+    properties: dict[str, Any] = {
+        name: {"type": "string", "format": "binary", "description": FILE_DOCS[name]}
+        for name in files}
+    properties.update(params.model_json_schema()["properties"])
+    schema = {"type": "object", "properties": properties,
+              "required": [name for name, required in files.items() if required]}
+    return {"requestBody": {"required": True,
+                            "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _parse(model: type[BaseModel], fields: dict[str, str]) -> Any:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidParameters(detail) from None
+
+
+async def _submit(request: Request, response: Response, kind: Kind,
+                  params_model: type[PairParams], file_fields: tuple[str, ...],
+                  validate: Callable[[dict[str, Path], Any], dict[str, str]],
+                  settings: SettingsDep, store: StoreDep, storage: StorageDep,
+                  celery: CeleryDep, root: str) -> JobOut:
+    job_id = new_job_id()
+    folder = storage.create(job_id)
+    recorded = False
+    try:
+        form = await formdata.receive(request, folder, file_fields=file_fields,
+                                      text_fields=tuple(params_model.model_fields),
+                                      max_bytes=settings.max_upload_bytes)
+        params = _parse(params_model, form.fields)
+        # Reading headers and streaming voxels is blocking work: off the event loop.
+        inputs = await run_in_threadpool(validate, form.files, params)
+        job = Job(id=job_id, kind=kind, params=params.model_dump(), inputs=inputs)
+        await run_in_threadpool(store.create, job)
+        recorded = True
+        await run_in_threadpool(broker.dispatch, celery, job)
+    except BaseException:
+        # Nothing half-made stays behind: no files, no record, nothing queued.
+        storage.remove(job_id)
+        if recorded:
+            await run_in_threadpool(store.delete, job_id)
+        raise
+    out = job_out(job, root)
+    response.headers["Location"] = out.links["self"]
+    return out
+
+
+SUBMIT_ERRORS = problem_responses(400, 401, 413, 415, 422, 503)
+
+
+@router.post("/register", status_code=202, response_model=JobOut, responses=SUBMIT_ERRORS,
+             openapi_extra=multipart_body({"fixed": True, "moving": True,
+                                           "fixed_labels": False, "moving_labels": False},
+                                          PairParams),
+             summary="Register a moving image to a fixed image")
+async def register(request: Request, response: Response, settings: SettingsDep,
+                   store: StoreDep, storage: StorageDep, celery: CeleryDep,
+                   root: RootDep) -> JobOut:
+    """Queue a pairwise registration. Poll the job at the ``Location`` header's URL; when it
+    has succeeded, download displacement, warped, jacobian, metrics, preview (and labels)."""
+
+    def validate(files: dict[str, Path], params: PairParams) -> dict[str, str]:
+        return uploads.validate_pair(files, settings.limits, params.model)
+
+    return await _submit(request, response, "pair", PairParams, uploads.PAIR_FILES, validate,
+                         settings, store, storage, celery, root)
+
+
+@router.post("/register-series", status_code=202, response_model=JobOut,
+             responses=SUBMIT_ERRORS,
+             openapi_extra=multipart_body({"series": True}, SeriesParams),
+             summary="Register every frame of a 4-D series to one template frame")
+async def register_series(request: Request, response: Response, settings: SettingsDep,
+                          store: StoreDep, storage: StorageDep, celery: CeleryDep,
+                          root: RootDep) -> JobOut:
+    """Queue a series registration (as ``riir register-series``). Artifacts: warped,
+    metrics (D_PCA1/D_PCA2 before and after), preview, and one displacement field per frame
+    at ``/jobs/{id}/artifacts/displacements/{frame}``."""
+
+    def validate(files: dict[str, Path], params: SeriesParams) -> dict[str, str]:
+        return uploads.validate_series(files, settings.limits, params.model, params.template)
+
+    return await _submit(request, response, "series", SeriesParams, uploads.SERIES_FILES,
+                         validate, settings, store, storage, celery, root)
+

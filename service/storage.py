@@ -1,0 +1,98 @@
+"""The storage folder shared by the gateway and the workers: one folder per job.
+
+Layout (``STORAGE`` is ``RIIR_STORAGE_DIR``; in compose, a named volume)::
+
+    STORAGE/jobs/{job_id}/inputs/{role}.nii[.gz]   uploads, written by the gateway
+    STORAGE/jobs/{job_id}/out/                     artifacts, written by the worker
+
+Every path is built from a validated job id and names of our own, never from a client's
+file name. Artifacts are served only from ``out/``, by name from ``riir.artifacts.ARTIFACTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from riir import artifacts
+from service.jobstore import JobStore, is_job_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Storage:
+    root: Path
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    def folder(self, job_id: str) -> Path:
+        if not is_job_id(job_id):  # the id is the only client text that reaches a path
+            raise ValueError(f"not a job id: {job_id!r}")
+        return self.jobs / job_id
+
+    def inputs(self, job_id: str) -> Path:
+        return self.folder(job_id) / "inputs"
+
+    def out(self, job_id: str) -> Path:
+        return self.folder(job_id) / "out"
+
+    def create(self, job_id: str) -> Path:
+        """The job's (new, empty) inputs folder."""
+        folder = self.inputs(job_id)
+        folder.mkdir(parents=True, exist_ok=False)
+        return folder
+
+    def remove(self, job_id: str) -> None:
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+    def artifact(self, job_id: str, name: str) -> Path | None:
+        """Path of a finished artifact, or None when the job does not have it."""
+        path = self.out(job_id) / artifacts.filename(name)
+        return path if path.is_file() else None
+
+    def frame_displacement(self, job_id: str, frame: int) -> Path | None:
+        path = self.out(job_id) / artifacts.SERIES_DISPLACEMENTS / f"frame_{frame:03d}.nii.gz"
+        return path if frame >= 0 and path.is_file() else None
+
+    def frames(self, job_id: str) -> list[int]:
+        """Frame indices of a series job's per-frame displacement fields."""
+        folder = self.out(job_id) / artifacts.SERIES_DISPLACEMENTS
+        found = (p.name.removeprefix("frame_").removesuffix(".nii.gz")
+                 for p in folder.glob("frame_*.nii.gz"))
+        return sorted(int(n) for n in found if n.isdigit())
+
+
+def cleanup(store: JobStore, storage: Storage, retention_s: float,
+            now: float | None = None) -> int:
+    """Remove expired jobs (record and files) and orphan folders; return how many went.
+
+    Idempotent and safe to run from several gateways at once. An orphan is a job folder
+    without a record (an upload interrupted by a crash, or a record lost with Redis); it is
+    removed once its folder is older than the retention, so uploads in flight are kept.
+    """
+    now = time.time() if now is None else now
+    removed = 0
+    for job_id in store.expired(now):
+        storage.remove(job_id)
+        store.delete(job_id)
+        removed += 1
+    if storage.jobs.is_dir():
+        for folder in storage.jobs.iterdir():
+            if not is_job_id(folder.name) or store.exists(folder.name):
+                continue
+            try:
+                age = now - folder.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            if age > retention_s:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    if removed:
+        log.info("cleanup removed %d expired or orphaned jobs", removed)
+    return removed

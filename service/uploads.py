@@ -1,0 +1,183 @@
+"""Validating uploads before anything is queued: a bad file gets a 422 the user can act on.
+
+Per file: the header is checked by ``riir.imageio.inspect_header`` (the same check the
+worker makes), then the voxels are streamed once in bounded chunks to check that
+
+- the data is exactly as long as the header says (a header that lies is refused),
+- decompression stops a little past that length (a gzip bomb costs at most the declared
+  size in CPU time and a few MiB of memory, never disk: nothing decompressed is kept),
+- the values are finite (and whole numbers for label maps).
+
+Then the files are checked against each other (same dimensionality, label grids equal to
+their images) and against the model the client asked for.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, BinaryIO
+
+import nibabel as nib
+import numpy as np
+
+from riir import catalog
+from riir.errors import InputError, ModelNotFoundError
+from riir.imageio import HeaderInfo, Limits, inspect_header
+
+ROLES = {"fixed": "fixed image", "moving": "moving image", "fixed_labels": "fixed labels",
+         "moving_labels": "moving labels", "series": "series"}
+PAIR_FILES = ("fixed", "moving", "fixed_labels", "moving_labels")
+SERIES_FILES = ("series",)
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 4 << 20
+MAX_DATA_OFFSET = 16 << 20  # header + extensions; a NIfTI-1 header is 352 bytes
+TRAILING_ALLOWANCE = 1 << 20  # bytes past the voxels tolerated (padding by some writers)
+
+
+def name_by_content(received: Path, role: str) -> Path:
+    """Rename a received file to ``{role}.nii.gz`` or ``{role}.nii`` by its first bytes.
+
+    The client's file name is never used: it may hold ``../``, the wrong suffix, or nothing.
+    """
+    with open(received, "rb") as f:
+        magic = f.read(2)
+    target = received.with_name(f"{role}.nii.gz" if magic == GZIP_MAGIC else f"{role}.nii")
+    received.rename(target)
+    return target
+
+
+def _chunks(f: IO[bytes] | BinaryIO, count: int) -> Iterator[bytes]:
+    """Up to ``count`` bytes of ``f`` in bounded chunks."""
+    while count > 0:
+        chunk = f.read(min(CHUNK, count))
+        if not chunk:
+            return
+        count -= len(chunk)
+        yield chunk
+
+
+def _open(path: Path) -> BinaryIO:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")  # noqa: SIM115
+
+
+def check_voxels(path: Path, role: str, *, whole_numbers: bool = False) -> None:
+    """Stream the voxel data once: length as declared, finite (whole) values."""
+    who = f"{ROLES.get(role, role)} '{path.name}'"
+    # nibabel's own reading plan for the file (a loaded header's offset is reset to 0).
+    image = nib.load(str(path))
+    assert isinstance(image, nib.Nifti1Image)  # inspect_header let only NIfTI-1/2 through
+    proxy = image.dataobj
+    assert isinstance(proxy, nib.arrayproxy.ArrayProxy)
+    shape = tuple(int(n) for n in proxy.shape)
+    dtype = np.dtype(proxy.dtype)
+    offset = int(proxy.offset)
+    if not (np.isfinite(proxy.slope) and np.isfinite(proxy.inter)):
+        raise InputError(f"{who}: the header's intensity scaling (scl_slope/scl_inter) "
+                         "is not finite")
+    if not 0 <= offset <= MAX_DATA_OFFSET:
+        raise InputError(f"{who}: the header puts the voxel data at byte {offset}; "
+                         "the file is damaged")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        with _open(path) as f:
+            skipped = sum(map(len, _chunks(f, offset)))
+            got, carry = 0, b""
+            for chunk in _chunks(f, expected):
+                got += len(chunk)
+                data = carry + chunk
+                usable = len(data) - len(data) % dtype.itemsize
+                values = np.frombuffer(data[:usable], dtype=dtype)
+                carry = data[usable:]
+                if dtype.kind == "f" and not np.all(np.isfinite(values)):
+                    raise InputError(f"{who}: the image holds NaN or infinite values")
+                if whole_numbers and dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+                    raise InputError(f"{who}: labels must be whole numbers")
+            if skipped < offset or got < expected:
+                raise InputError(f"{who}: the file is truncated: its header declares "
+                                 f"{shape} {dtype} voxels ({expected} bytes) but it holds "
+                                 f"{max(got, 0)} bytes of them")
+            extra = sum(map(len, _chunks(f, TRAILING_ALLOWANCE + 1)))
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise InputError(f"{who}: the compressed data is truncated or corrupt "
+                         f"({str(exc)[:120]})") from None
+    if extra > TRAILING_ALLOWANCE:
+        raise InputError(f"{who}: the file holds more data than its header declares "
+                         f"({shape} {dtype}); it is damaged or not what it claims to be")
+
+
+def inspect(path: Path, role: str, limits: Limits, *, series: bool = False,
+            whole_numbers: bool = False) -> HeaderInfo:
+    info = inspect_header(path, ROLES[role], series=series, limits=limits)
+    check_voxels(path, role, whole_numbers=whole_numbers)
+    return info
+
+
+def check_model(requested: str | None, spatial_dims: int, voxels: int) -> None:
+    """Only a shipped model name is accepted (never a path), and it must fit the images.
+
+    With no name the worker picks by ``catalog.resolve(None, ...)``; the gateway asks the
+    same function now, so a server without a model for these images refuses the upload.
+    """
+    cards = {card["name"]: card for card in catalog.list_models()}
+    available = ", ".join(cards) or "none installed"
+    if requested is None:
+        try:
+            catalog.resolve(None, spatial_dims, voxels)  # reads the cards only: no torch
+        except ModelNotFoundError:
+            raise ModelNotFoundError(f"no model for {spatial_dims}-D images is installed on "
+                                     f"this server (available: {available})") from None
+        return
+    card = cards.get(requested)
+    if card is None:
+        raise ModelNotFoundError(f"unknown model '{requested[:100]}' (available: {available})")
+    dims = card.get("spatial_dims")
+    if dims is not None and int(dims) != spatial_dims:
+        raise InputError(f"model '{requested}' registers {dims}-D images; these are "
+                         f"{spatial_dims}-D")
+
+
+def _voxels(info: HeaderInfo) -> int:
+    return int(np.prod(info.spatial_shape, dtype=np.int64))
+
+
+def validate_pair(files: dict[str, Path], limits: Limits, model: str | None) -> dict[str, str]:
+    """Check a pair (and optional labels); return role -> file name for the job record."""
+    for role in ("fixed", "moving"):
+        if role not in files:
+            raise InputError(f"the {ROLES[role]} is missing: send it as the form field "
+                             f"'{role}'")
+    if ("fixed_labels" in files) != ("moving_labels" in files):
+        raise InputError("give both fixed_labels and moving_labels, or neither")
+    paths = {role: name_by_content(path, role) for role, path in files.items()}
+    info = {role: inspect(paths[role], role, limits, whole_numbers=role.endswith("_labels"))
+            for role in paths}
+    fixed, moving = info["fixed"], info["moving"]
+    if fixed.spatial_dims != moving.spatial_dims:
+        raise InputError(f"mismatched dimensionality: the fixed image is {fixed.spatial_dims}-D "
+                         f"{fixed.shape}, the moving image {moving.spatial_dims}-D "
+                         f"{moving.shape}")
+    for image in ("fixed", "moving"):
+        labels = info.get(f"{image}_labels")
+        if labels is not None and labels.shape != info[image].shape:
+            raise InputError(f"the {ROLES[image + '_labels']} grid {labels.shape} differs from "
+                             f"the {ROLES[image]} grid {info[image].shape}")
+    check_model(model, fixed.spatial_dims, _voxels(fixed))
+    return {role: path.name for role, path in paths.items()}
+
+
+def validate_series(files: dict[str, Path], limits: Limits, model: str | None,
+                    template: int) -> dict[str, str]:
+    if "series" not in files:
+        raise InputError("the series is missing: send the 4-D NIfTI as the form field 'series'")
+    path = name_by_content(files["series"], "series")
+    info = inspect(path, "series", limits, series=True)
+    frames = info.shape[3]
+    if not -frames <= template < frames:
+        raise InputError(f"template frame {template} is outside the series' {frames} frames")
+    check_model(model, info.spatial_dims, _voxels(info))
+    return {"series": path.name}

@@ -1,0 +1,60 @@
+"""The OpenAPI document tells the truth about bodies and status codes (schemathesis reads it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.settings import Settings
+
+EXPECTED = {
+    ("post", "/register"): {"202", "400", "401", "413", "415", "422", "503"},
+    ("post", "/register-series"): {"202", "400", "401", "413", "415", "422", "503"},
+    ("get", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
+    ("delete", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
+    ("get", "/jobs/{job_id}/artifacts/{name}"): {"200", "401", "404", "409", "422", "503"},
+    ("get", "/jobs/{job_id}/artifacts/displacements/{frame}"):
+        {"200", "401", "404", "409", "422", "503"},
+    ("get", "/models"): {"200", "401"},
+    ("get", "/health"): {"200"},
+    ("get", "/ready"): {"200", "401", "503"},
+    ("get", "/metrics"): {"200", "401"},
+}
+
+
+@pytest.fixture(scope="module")
+def spec(settings: Settings) -> dict[str, Any]:
+    return TestClient(create_app(settings)).get("/openapi.json").json()
+
+
+def test_every_route_documents_its_status_codes(spec: dict[str, Any]) -> None:
+    operations = {(method, path): op for path, item in spec["paths"].items()
+                  for method, op in item.items()}
+    assert set(operations) == set(EXPECTED)
+    for key, codes in EXPECTED.items():
+        responses = operations[key]["responses"]
+        assert set(responses) == codes, key
+        for code, response in responses.items():
+            if code.startswith(("4", "5")):
+                assert list(response["content"]) == ["application/problem+json"], (key, code)
+
+
+def test_upload_bodies_are_documented_as_multipart(spec: dict[str, Any]) -> None:
+    body = spec["paths"]["/register"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    schema = body["schema"]
+    assert schema["required"] == ["fixed", "moving"]
+    assert schema["properties"]["fixed"]["format"] == "binary"
+    assert {"model", "steps", "init", "similarity", "fixed_labels"} <= set(schema["properties"])
+    series = spec["paths"]["/register-series"]["post"]["requestBody"]["content"]
+    assert series["multipart/form-data"]["schema"]["required"] == ["series"]
+
+
+def test_api_key_is_a_documented_security_scheme(spec: dict[str, Any]) -> None:
+    scheme = spec["components"]["securitySchemes"]["APIKeyHeader"]
+    assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                      "description": scheme["description"]}
+    assert "security" not in spec["paths"]["/health"]["get"]
+    assert spec["paths"]["/models"]["get"]["security"] == [{"APIKeyHeader": []}]

@@ -1,0 +1,185 @@
+"""The qMRI series simulator: signal models at hand-computed times, exact motion-free frames,
+true fields that undo the motion in the engine's warp convention, and the NIfTI it writes."""
+
+from __future__ import annotations
+
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from model.training.qmri import (
+    LABELS,
+    TISSUES,
+    invert,
+    molli_signal,
+    msasha_signal,
+    signals,
+    simulate_series,
+    write_nifti,
+)
+from model.warp import warp
+from riir import imageio
+
+SMALL = {"shape": (48, 48), "spacing_mm": 4.0}  # the phantom's 192-mm field of view, coarsely
+
+
+def test_molli_signal_at_hand_computed_inversion_times():
+    t1 = 1000.0
+    # Ideal inversion without Look-Locker readout (r = 1): A = 1, B = 2, T1* = T1, so the
+    # signal starts at |1 - 2| = 1, nulls at TI = T1 ln 2 and recovers to A = 1.
+    assert molli_signal(0.0, t1, look_locker=1.0) == pytest.approx(1.0)
+    assert molli_signal(t1 * math.log(2), t1, look_locker=1.0) == pytest.approx(0.0, abs=1e-12)
+    assert molli_signal(1e7, t1, look_locker=1.0) == pytest.approx(1.0)
+    # r = 0.8: A = 0.8, B = 1.8, T1* = 800 ms; null at T1* ln(B/A) = 800 ln 2.25 = 648.744 ms;
+    # at TI = T1*: |0.8 - 1.8/e| = 0.137817.
+    assert molli_signal(648.744172973063, t1, look_locker=0.8) == pytest.approx(0.0, abs=1e-9)
+    assert molli_signal(800.0, t1, look_locker=0.8) == pytest.approx(0.137817, abs=1e-6)
+    # The three-parameter fit recovers T1 = T1* (B/A - 1) from A = S(inf), B = S(0) + A.
+    a = molli_signal(1e7, t1, pd=2.0, look_locker=0.8)
+    b = molli_signal(0.0, t1, pd=2.0, look_locker=0.8) + a
+    t1_star = 648.744172973063 / math.log(b / a)
+    assert t1_star * (b / a - 1) == pytest.approx(t1)
+
+
+def test_msasha_signal_at_hand_computed_times():
+    t1, t2 = 1000.0, 50.0
+    assert msasha_signal(np.inf, 0.0, t1, t2, pd=3.0) == pytest.approx(3.0)  # unprepared
+    # Saturation recovery reaches half at TS + t_d = T1 ln 2.
+    half = t1 * math.log(2)
+    assert msasha_signal(half, 0.0, t1, t2) == pytest.approx(0.5)
+    assert msasha_signal(half - 30.0, 0.0, t1, t2, t_d_ms=30.0) == pytest.approx(0.5)
+    # T2 preparation of TE = T2 after full recovery, read out at once: A e^-1.
+    assert msasha_signal(np.inf, t2, t1, t2) == pytest.approx(math.exp(-1))
+    # TS = 600, TE = 50, t_d = 30: E1 = e^-0.6, E2 = e^-1, Ed = e^-0.03,
+    # 1 - Ed (1 - E2 + E1 E2) = 1 - 0.970446 * 0.834018 = 0.190632.
+    assert msasha_signal(600.0, 50.0, t1, t2, t_d_ms=30.0) == pytest.approx(0.190632, abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["molli", "msasha"])
+def test_without_motion_frames_are_the_signal_model_of_the_tissue_map(kind):
+    series = simulate_series(kind, motion_mm=0.0, noise="none", edge_mm=0.0, **SMALL)
+    expected = signals(kind, series.times, series.field_t)[:, series.tissue_map]
+    np.testing.assert_allclose(series.frames, expected, atol=1e-6)
+    np.testing.assert_array_equal(series.fields, 0.0)
+    np.testing.assert_allclose(series.reference, series.frames, atol=1e-6)
+    present = set(np.unique(series.tissue_map).tolist())
+    assert present == set(LABELS.values())  # every tissue of the phantom is visible
+
+
+@pytest.mark.parametrize("kind", ["molli", "msasha"])
+def test_true_fields_undo_the_motion_in_the_engines_warp_convention(kind):
+    # Borders two pixels wide, so that bilinear interpolation of the frames is fair.
+    series = simulate_series(kind, motion_mm=10.0, noise="none", seed=3, edge_mm=8.0, **SMALL)
+    moved = torch.from_numpy(series.frames)[:, None].double()
+    phi = torch.from_numpy(series.fields).double()
+    before = np.abs(series.frames - series.reference).mean()
+    after = np.abs(warp(moved, phi).numpy()[:, 0] - series.reference).mean()
+    backwards = np.abs(warp(moved, -phi).numpy()[:, 0] - series.reference).mean()
+    assert before > 0.01  # the motion is visible
+    assert after < 0.25 * before  # what is left is interpolation error at the edges
+    assert backwards > before  # the opposite convention doubles the motion
+    np.testing.assert_array_equal(series.fields[series.template], 0.0)
+
+
+def test_motion_is_mostly_superior_inferior_and_sized_by_motion_mm():
+    series = simulate_series("molli", motion_mm=8.0, noise="none", seed=5, **SMALL)
+    mm = series.fields * series.spacing_mm
+    assert 0.7 * 8.0 < np.abs(mm[:, 0]).max() < 1.5 * 8.0
+    assert np.sqrt((mm[:, 0] ** 2).mean()) > 2 * np.sqrt((mm[:, 1] ** 2).mean())
+    vectors = series.displacement_mm()  # ITK order: x along W (axis 1), y along H (axis 0)
+    assert vectors.shape == (len(series.frames), 48, 48, 2)
+    np.testing.assert_allclose(vectors[..., 1], mm[:, 0])
+
+
+def test_invert_solves_the_fixed_point():
+    points = np.stack(np.meshgrid(np.arange(5.0), np.arange(6.0), indexing="ij"))
+    np.testing.assert_allclose(invert(lambda p: np.full_like(p, 2.5), points), -2.5)
+    matrix = np.array([[0.1, 0.02], [-0.03, 0.05]])
+
+    def linear(p):
+        return np.tensordot(matrix, p, axes=1)
+
+    phi = invert(linear, points)
+    np.testing.assert_allclose(points + phi + linear(points + phi), points, atol=1e-5)
+
+
+def test_rician_noise_floor_in_air():
+    series = simulate_series(
+        "msasha", motion_mm=0.0, edge_mm=0.0, noise="rician", noise_std=0.05, **SMALL
+    )
+    assert series.frames.min() >= 0.0
+    air = series.frames[:, series.tissue_map == LABELS["air"]]  # no signal there
+    # Magnitude of complex Gaussian noise on zero signal is Rayleigh: mean sigma sqrt(pi/2).
+    assert air.mean() == pytest.approx(0.05 * math.sqrt(math.pi / 2), rel=0.1)
+
+
+def test_series_are_reproducible_from_the_seed():
+    one, two = (simulate_series("molli", seed=9, **SMALL) for _ in range(2))
+    np.testing.assert_array_equal(one.frames, two.frames)
+    np.testing.assert_array_equal(one.fields, two.fields)
+    other = simulate_series("molli", seed=10, **SMALL)
+    assert not np.array_equal(one.fields, other.fields)
+
+
+def test_written_series_is_what_register_series_reads(tmp_path):
+    series = simulate_series("msasha", shape=(40, 48), spacing_mm=4.0)
+    path = write_nifti(series, tmp_path / "series.nii.gz")
+    assert nib.load(path).shape == (48, 40, 1, 9)  # (X = W, Y = H, 1, N)
+    frames = [imageio.slice_as_2d(f) for f in imageio.read_series(path)]
+    assert len(frames) == len(series.frames)
+    for frame, expected in zip(frames, series.frames, strict=True):
+        assert frame.GetSpacing() == (4.0, 4.0)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(frame), expected)
+
+
+def test_tissue_tables_cover_every_label_at_both_field_strengths():
+    for field_t in (1.5, 3.0):
+        assert set(TISSUES[field_t]) == set(LABELS.values())
+    assert TISSUES[3.0][LABELS["myocardium"]].t1_ms > TISSUES[1.5][LABELS["myocardium"]].t1_ms
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="kind"):
+        simulate_series("t2map", **SMALL)
+    with pytest.raises(ValueError, match="field_t"):
+        simulate_series("molli", field_t=7.0, **SMALL)
+    with pytest.raises(ValueError, match="noise"):
+        simulate_series("molli", noise="poisson", **SMALL)
+    with pytest.raises(ValueError, match="times"):
+        simulate_series("msasha", times=[100.0, 200.0], **SMALL)
+
+
+def test_register_series_output_is_comparable_with_the_truth(tmp_path):
+    """End to end: the simulator's truth and ``riir register-series``'s displacement files
+    share a convention, so a registration brings the error down (a classical descent model
+    on frames of similar contrast, late MOLLI inversion times)."""
+    from model.checkpoint import save_checkpoint
+    from model.descent import Descent, DescentConfig
+    from riir.cli import main
+
+    model = tmp_path / "descent2d.pt"
+    config = DescentConfig(spatial_dims=2, steps=200, step=1.0, sigma=3.0)
+    save_checkpoint(model, Descent(config), "descent", {"name": "descent-2d", "version": "test"})
+    series = simulate_series(
+        "molli", shape=(64, 64), spacing_mm=3.0, noise="none", times=[2201.0, 3118.0, 4118.0]
+    )
+    path = write_nifti(series, tmp_path / "series.nii.gz")
+    out = tmp_path / "out"
+    assert (
+        main(["register-series", str(path), "--out", str(out), "--quiet", "--model", str(model)])
+        == 0
+    )
+    truth = series.displacement_mm()
+    body = series.tissue_map > 0
+    moved = int(np.argmax(np.abs(truth).max(axis=(1, 2, 3))))
+    found = sitk.GetArrayFromImage(
+        sitk.ReadImage(str(out / "displacements" / f"frame_{moved:03d}.nii.gz"))
+    ).reshape(truth[moved].shape)
+    before = np.linalg.norm(truth[moved], axis=-1)[body].mean()
+    after = np.linalg.norm(found - truth[moved], axis=-1)[body].mean()
+    assert before > 2.0
+    assert after < 0.5 * before

@@ -1,0 +1,233 @@
+"""The training module on tiny synthetic data written here (never ../shared): datasets and
+their splits, the outer loss, ``riir train`` (+ ``--resume``), ``riir evaluate`` (+ ``--ship``)
+and ``riir experiment``."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from helpers import blobs
+
+from model.checkpoint import load_checkpoint, read_checkpoint
+from model.training import experiments
+from model.training.datasets import (
+    AcdcPairs,
+    FolderPairs,
+    Preprocessing,
+    SeriesPairs,
+    prepare_pair,
+    split_subjects,
+)
+from model.training.train import TrainConfig, model_config, one_hot, step_weights
+from riir import catalog
+from riir.cli import main
+from riir.errors import InputError
+from riir.grid import model_grid
+from riir.intensity import normalize
+
+SHAPE = (16, 16, 16)
+TINY = ["--hidden-channels", "4", "4", "-T", "2", "--threads", "1", "--quiet"]
+
+
+def _write(array, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    sitk.WriteImage(image, str(path))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Eight 16³ subjects: smooth blobs in uint8 like some hippocampus files, labels 1 and 2."""
+    root = tmp_path / "data"
+    (root / "img").mkdir(parents=True)
+    (root / "label").mkdir()
+    for k in range(8):
+        image = blobs(SHAPE, seed=k)
+        labels = (image > 0.45).astype(np.int16) + (image > 0.7)
+        _write((image * 200).astype(np.uint8), root / "img" / f"case_{k:03d}.nii.gz")
+        _write(labels, root / "label" / f"case_{k:03d}.nii.gz")
+    return root
+
+
+@pytest.fixture
+def acdc(tmp_path):
+    root = tmp_path / "acdc"
+    root.mkdir()
+    for p in range(5):
+        for frame in (1, 2):
+            image = np.stack([blobs((24, 20), seed=10 * p + frame + s) for s in range(2)])
+            with h5py.File(root / f"patient{p:03d}_frame0{frame}.h5", "w") as f:
+                f["image"] = image
+                f["label"] = ((image > 0.4).astype(np.uint8) + (image > 0.6) + (image > 0.8))
+    return root
+
+
+def test_split_keeps_the_test_subjects_whatever_the_fraction():
+    names = [f"s{k:02d}" for k in range(40)]
+    full = split_subjects(names, 0.2, 4, 1.0, seed=3)
+    small = split_subjects(names, 0.2, 4, 0.05, seed=3)
+    assert small.test == full.test and small.val == full.val
+    assert len(full.test) == 8 and len(full.train) == 28 and len(small.train) == 2
+    assert set(small.train) < set(full.train)
+    assert not set(full.test) & set(full.train) and not set(full.val) & set(full.train)
+    with pytest.raises(InputError, match="too few"):
+        split_subjects(names[:3], 0.2, 2)
+
+
+def test_folder_pairs_and_preprocessing_match_inference(folder):
+    source = FolderPairs(folder, val_count=1, test_fraction=0.25)
+    assert source.spatial_dims == 3 and source.label_values == (1, 2)
+    assert len(source.split.test) == 2 and len(source.split.train) == 5
+    pairs = source.pairs("test")
+    assert len(pairs) == 2 and pairs[0].fixed.name != pairs[0].moving.name
+    pre = Preprocessing(spacing_mm=2.0)
+    prepared = prepare_pair(pairs[0], pre)
+    # What worker.engine.register_images feeds the model for this pair:
+    grid = model_grid(pairs[0].fixed.image, 2.0)
+    expected = normalize(sitk.GetArrayFromImage(grid.resample(pairs[0].moving.image)))
+    assert prepared.moving.shape == grid.shape == (9, 9, 9)  # 15 mm extent at 2 mm
+    np.testing.assert_array_equal(prepared.moving, expected)
+    assert set(np.unique(prepared.fixed_labels)) <= {0, 1, 2}
+    sample = source.training_pair(np.random.default_rng(0), Preprocessing())
+    assert sample.moving.shape == SHAPE and 0.0 <= sample.moving.min() <= sample.moving.max() <= 1
+    window = sample.crop((8, 10, 16), np.random.default_rng(1))
+    assert window.moving.shape == window.fixed_labels.shape == (8, 10, 16)
+
+
+def test_unlabelled_images_join_training_only(folder, tmp_path):
+    extra = tmp_path / "more"
+    extra.mkdir()
+    _write(blobs(SHAPE, seed=99), extra / "other.nii.gz")
+    source = FolderPairs(folder, val_count=1, unlabelled=[extra])
+    drawn = {source.sample(np.random.default_rng(s)).moving.name for s in range(60)}
+    assert "unlabelled/other" in drawn
+    assert all("unlabelled" not in p.name for p in source.pairs("test") + source.pairs("val"))
+
+
+def test_acdc_pairs_split_by_patient_in_both_directions(acdc):
+    source = AcdcPairs(acdc, val_count=1)
+    assert source.spatial_dims == 2 and source.label_values == (1, 2, 3)
+    test = source.pairs("test")
+    assert test and all("_ES_" in p.moving.name and "_ED_" in p.fixed.name for p in test)
+    assert all(p.fixed.image.GetSpacing() == (1.5, 1.5) for p in test)
+    patients = {p.fixed.name.split("_")[0] for p in test}
+    assert patients == set(source.split.test)
+    directions = {source.sample(np.random.default_rng(s)).moving.name.split("_")[1]
+                  for s in range(20)}
+    assert directions == {"ED", "ES"}
+
+
+def test_series_pairs_register_frames_to_the_template(tmp_path):
+    frames = []
+    for k in range(4):
+        frame = sitk.GetImageFromArray(blobs((20, 24), seed=k)[None])
+        frames.append(frame)
+    sitk.WriteImage(sitk.JoinSeries(frames), str(tmp_path / "series.nii.gz"))
+    source = SeriesPairs(tmp_path / "series.nii.gz")
+    pairs = source.pairs("test")
+    assert source.spatial_dims == 2 and len(pairs) == 3
+    assert all(p.fixed.name.endswith("f003") for p in pairs)
+
+
+def test_step_weights_and_one_hot():
+    assert torch.allclose(step_weights(4, "uniform"), torch.full((4,), 0.25))
+    w = step_weights(3, "exponential")
+    assert torch.allclose(w / w[0], torch.tensor([1.0, 10**0.5, 10.0]))
+    assert torch.isclose(w.sum(), torch.tensor(1.0))
+    labels = torch.tensor([[[[0, 1], [2, 5]]]])
+    hot = one_hot(labels, (1, 2))
+    assert hot.shape == (1, 3, 2, 2) and torch.equal(hot.sum(1), torch.ones(1, 2, 2))
+    assert hot[0, 0, 1, 1] == 1  # a label outside the list counts as background
+
+
+def test_settings_that_do_not_apply_are_refused():
+    with pytest.raises(InputError, match="does not apply"):
+        model_config(TrainConfig(arch="voxelmorph", steps=4, data="x"), 2)
+    assert model_config(TrainConfig(steps=4, hidden_states=[True, False], data="x"), 2) == {
+        "spatial_dims": 2, "steps": 4, "hidden_states": [True, False]}
+    with pytest.raises(InputError, match="unknown training settings"):
+        TrainConfig.from_dict({"learning_rate": 1})
+
+
+def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"lam": 0.5, "validate_every": 2, "val_pairs": 1}))
+    args = ["train", "--data", str(folder), "--out", str(run), "--config", str(config),
+            "--iterations", "3", "--checkpoint-every", "2", "--cell-stride", "2",
+            "--dice-weight", "0.5", "--spacing-mm", "1", "--name", "tiny-3d", *TINY]
+    assert main(args) == 0
+    model, meta = load_checkpoint(run / "checkpoint.pt")
+    assert meta["name"] == "tiny-3d" and meta["arch"] == "riir"
+    assert meta["preprocessing"] == {"spacing_mm": 1.0, "shape_multiple": 1, "max_voxels": None}
+    training = meta["training"]
+    assert training["iterations"] == 3 and training["config"]["lam"] == 0.5
+    assert training["data"]["kind"] == "folder" and "val_dice" in training["final_metrics"]
+    assert model.config.cell_stride == 2 and model.config.steps == 2
+    with (run / "log.csv").open() as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3]
+
+    assert main(["train", "--out", str(run), "--resume", "--iterations", "5", "--quiet"]) == 0
+    assert read_checkpoint(run / "checkpoint.pt")["meta"]["training"]["iterations"] == 5
+    with (run / "log.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert float(rows[-1]["dice_loss"]) > 0
+
+    weights = tmp_path / "weights"
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(folder), "--model", str(run / "checkpoint.pt"),
+                 "--identity", "--pairs", "2", "--out", str(out), "--ship", str(weights),
+                 "--threads", "1", "--quiet"]) == 0
+    with (out / "pairs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"tiny-3d", "identity"}
+    identity = [r for r in rows if r["method"] == "identity"]
+    assert all(float(r["std_log_jacobian"]) == 0 for r in identity)
+    assert "| tiny-3d | 2 |" in (out / "summary.md").read_text()
+    assert (out / "dice.png").stat().st_size > 0
+    card = json.loads((weights / "tiny-3d.json").read_text())
+    assert card["spatial_dims"] == 3 and card["metrics"]["pairs"] == 2
+    assert 0 <= card["metrics"]["dice"] <= 1
+    assert "riir evaluate" in (weights / "tiny-3d.md").read_text()
+    monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))
+    assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
+
+
+def test_bad_training_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
+                 "--quiet"]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--quiet"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_experiment_variants_and_a_tiny_run(acdc, tmp_path):
+    plan = experiments.variants("data-fraction", {}, ["0.05", "1"], ["riir", "voxelmorph"])
+    assert list(plan) == ["riir-5pct", "riir-100pct", "voxelmorph-5pct", "voxelmorph-100pct"]
+    assert plan["voxelmorph-5pct"]["steps"] is None
+    steps = experiments.variants("steps", {}, ["2", "4"])
+    assert steps["T4-uni"] == {"steps": 4, "weights": "uniform"}
+    out = tmp_path / "exp" / "inputs"
+    assert main(["experiment", "inputs", "--values", "gradient", "implicit", "--data",
+                 str(acdc), "--data-kind", "acdc", "--data-option", "val_count=1",
+                 "--iterations", "1", "--val-pairs", "1", "--pairs", "2", "--out", str(out),
+                 *TINY]) == 0
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["variant"] for r in rows] == ["inputs-gradient", "inputs-implicit"]
+    assert all(int(r["pairs"]) == 2 for r in rows)
+    assert (out / "results.png").stat().st_size > 0
+    # A second experiment reuses the identical default variant instead of training it again.
+    again = tmp_path / "exp" / "hidden"
+    assert main(["experiment", "hidden-states", "--values", "11", "--data", str(acdc),
+                 "--data-kind", "acdc", "--data-option", "val_count=1", "--iterations", "1",
+                 "--val-pairs", "1", "--pairs", "2", "--out", str(again), *TINY]) == 0
+    assert (again / "h11" / "REUSED_FROM").read_text().strip().endswith("inputs-gradient")
