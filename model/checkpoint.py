@@ -41,7 +41,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": arch,
-        "config": dataclasses.asdict(model.config),  # type: ignore[arg-type]
+        "config": dataclasses.asdict(model.config),  # type: ignore[call-overload]
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }

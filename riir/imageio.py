@@ -19,6 +19,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -80,16 +81,17 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     if path.stat().st_size == 0:
         raise InputError(f"{who}: file is empty")
     try:
-        img = nib.load(str(path))
-        header = img.header
-        shape = tuple(int(n) for n in img.shape)
-        zooms = tuple(float(z) for z in header.get_zooms())
-        dtype = np.dtype(header.get_data_dtype())
+        loaded = nib.load(str(path))
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
             nib.filebasedimages.ImageFileError) as exc:
         raise InputError(f"{who}: not a readable NIfTI file ({_short(exc)})") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+    if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{who}: not a NIfTI-1/NIfTI-2 image")
+    img = loaded
+    header = img.header
+    shape = tuple(int(n) for n in img.shape)
+    zooms = tuple(float(z) for z in header.get_zooms())
+    dtype = np.dtype(header.get_data_dtype())
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise InputError(f"{who}: voxel type {dtype} is not a scalar number type "
                          "(RGB, complex and vector images are not supported)")
@@ -128,8 +130,9 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     slope, inter = header.get_slope_inter()
     if not all(v is None or np.isfinite(v) for v in (slope, inter)):
         raise InputError(f"{who}: the header's intensity scaling is not finite")
-    _check_payload(path, int(header["vox_offset"]), int(np.prod(img.shape, dtype=np.int64)),
-                   dtype, who)
+    # nibabel zeroes header["vox_offset"] on load; the image's data offset is the real one.
+    proxy: Any = img.dataobj  # an ArrayProxy; typed as ArrayLike by nibabel
+    _check_payload(path, int(proxy.offset), int(np.prod(img.shape, dtype=np.int64)), dtype, who)
     return HeaderInfo(shape=shape, spacing=spacing, dtype=str(dtype))
 
 
@@ -195,15 +198,21 @@ def _check_geometry(img: sitk.Image, who: str) -> None:
         raise InputError(f"{who}: the header's direction matrix is singular")
 
 
-def read_image(path: str | os.PathLike, role: str,
-               limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
-    """Read a 2-D or 3-D image as float32, with its geometry, or raise InputError."""
+def _read_scalar(path: str | os.PathLike, role: str, limits: Limits) -> tuple[sitk.Image, str]:
+    """Check the header, then read an image of one value per voxel; also the role's name."""
     path = Path(path)
     inspect_header(path, role, limits=limits)
     who = _describe(role, path)
     img = _sitk_read(path, who)
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{who}: expected one value per voxel")
+    return img, who
+
+
+def read_image(path: str | os.PathLike, role: str,
+               limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
+    """Read a 2-D or 3-D image as float32, with its geometry, or raise InputError."""
+    img, who = _read_scalar(path, role, limits)
     _check_geometry(img, who)
     img = sitk.Cast(img, sitk.sitkFloat32)
     _check_finite(img, who)
@@ -236,12 +245,7 @@ def read_series(path: str | os.PathLike, role: str = "series",
 def read_labels(path: str | os.PathLike, role: str, like: sitk.Image,
                 limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
     """Read an integer label map that lies on the same voxel grid as ``like``."""
-    path = Path(path)
-    inspect_header(path, role, limits=limits)
-    who = _describe(role, path)
-    img = _sitk_read(path, who)
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{who}: expected one label per voxel")
+    img, who = _read_scalar(path, role, limits)
     values = sitk.GetArrayViewFromImage(img)
     if not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)):
         raise InputError(f"{who}: labels must be whole numbers")

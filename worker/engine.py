@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ class Engine:
 
     @property
     def spatial_dims(self) -> int:
-        return int(self.model.config.spatial_dims)  # type: ignore[union-attr]
+        config: Any = self.model.config
+        return int(config.spatial_dims)
 
     @property
     def steps(self) -> int:
@@ -86,7 +88,7 @@ class Registration:
     initial: sitk.Image  # moving on the fixed grid before registration (initial alignment)
     init_transform: sitk.Transform | None
     model_shape: tuple[int, ...]
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
 
 def resample_through(field: sitk.Image, image: sitk.Image,

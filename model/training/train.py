@@ -342,6 +342,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a --lr given on resume wins over the saved one
+            group["lr"] = cfg.lr
     similarity = similarity_loss(cfg.similarity)
     val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
     log = CsvLog(out / "log.csv", start)

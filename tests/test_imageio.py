@@ -1,0 +1,43 @@
+"""The header check reads the voxels where the header says they start."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from riir import imageio
+from riir.errors import InputError
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("where", [0, -1])
+def test_nan_anywhere_in_the_voxels_is_found(tmp_path, suffix, where):
+    data = np.random.default_rng(0).random((12, 10, 8), dtype=np.float32)
+    data.flat[where] = np.nan
+    path = tmp_path / f"x{suffix}"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    with pytest.raises(InputError, match="NaN"):
+        imageio.inspect_header(path, "fixed")
+
+
+def test_voxels_after_a_header_extension_are_checked(tmp_path):
+    data = np.random.default_rng(1).random((12, 10, 8), dtype=np.float32)
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 500))
+    path = tmp_path / "ext.nii"
+    nib.save(image, path)
+    assert nib.load(path).dataobj.offset > 352
+    assert imageio.inspect_header(path, "fixed").shape == (12, 10, 8)
+
+    data[-1, -1, -1] = np.inf
+    nib.save(nib.Nifti1Image(data, np.eye(4), header=image.header), path)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        imageio.inspect_header(path, "fixed")
+
+
+def test_a_file_cut_inside_the_voxels_is_truncated(tmp_path):
+    data = np.ones((12, 10, 8), np.float32)
+    path = tmp_path / "cut.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(InputError, match="truncated"):
+        imageio.inspect_header(path, "fixed")
