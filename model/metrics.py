@@ -61,6 +61,13 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=structure)
 
 
+def _label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
+    """Bounding box of every positive label value, in one pass over the image."""
+    positive = np.where(labels > 0, labels, 0).astype(np.intp, copy=False)
+    return {value + 1: box for value, box in enumerate(ndimage.find_objects(positive))
+            if box is not None}
+
+
 def _directed_surface_distances(
     from_surface: np.ndarray, to_surface: np.ndarray, spacing: Sequence[float]
 ) -> np.ndarray:
@@ -100,12 +107,19 @@ def hausdorff95(
     sampling = _spacing_or_unit(spacing, a.ndim)
     if labels is None:
         labels = _present_labels(a, b)
+    boxes_a, boxes_b = _label_boxes(a), _label_boxes(b)
     scores: dict[int, float] = {}
     for label in labels:
-        mask_a, mask_b = a == label, b == label
-        if not mask_a.any() or not mask_b.any():
+        box_a, box_b = boxes_a.get(int(label)), boxes_b.get(int(label))
+        if box_a is None or box_b is None:
             scores[int(label)] = float("nan")
             continue
+        # Both masks lie inside the union of their bounding boxes, so the surfaces and the
+        # nearest-surface distances are the same there as on the whole image, at a fraction
+        # of the cost (a brain label is ~1 % of a 1-mm volume).
+        box = tuple(slice(min(p.start, q.start), max(p.stop, q.stop))
+                    for p, q in zip(box_a, box_b, strict=True))
+        mask_a, mask_b = a[box] == label, b[box] == label
         surface_a, surface_b = _surface(mask_a), _surface(mask_b)
         a_to_b = _directed_surface_distances(surface_a, surface_b, sampling)
         b_to_a = _directed_surface_distances(surface_b, surface_a, sampling)

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from riir.options import INITS
+
 HELP_MODEL = ("shipped model name (see 'riir models') or path to a .pt checkpoint; default: "
               "chosen from the input (2-D: cardiac-2d, 3-D up to 96^3 voxels: hippocampus-3d, "
               "larger 3-D: brain-3d)")
@@ -27,7 +29,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="where the model runs; auto uses CUDA when present (default: auto)")
     p.add_argument("--steps", type=_positive, metavar="T",
                    help="recurrent steps T (default: the model's own, 6 for the shipped ones)")
-    p.add_argument("--init", choices=("physical", "center"), default="physical",
+    p.add_argument("--init", choices=INITS, default="physical",
                    help="initial alignment: 'physical' trusts the headers' world coordinates; "
                         "'center' first translates the moving image's centre onto the fixed "
                         "image's (different scanners or subjects) (default: physical)")

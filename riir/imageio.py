@@ -29,6 +29,8 @@ from isal import igzip
 from riir.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MAX_DATA_OFFSET = 16 << 20  # header + extensions; a NIfTI-1 header is 352 bytes
+TRAILING_ALLOWANCE = 1 << 20  # bytes past the voxels tolerated (padding by some writers)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ def _describe(role: str, path: Path) -> str:
 
 
 def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
-                   limits: Limits = DEFAULT_LIMITS) -> HeaderInfo:
+                   limits: Limits = DEFAULT_LIMITS, whole_numbers: bool = False) -> HeaderInfo:
     """Check a NIfTI header without reading its voxels; raise InputError with the reason.
 
     ``series=False`` accepts 2-D images (H, W), (H, W, 1) and 3-D volumes; ``series=True``
@@ -83,7 +85,8 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     try:
         loaded = nib.load(str(path))
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
-            nib.filebasedimages.ImageFileError) as exc:
+            nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
+        # HeaderDataError: an unknown data type or a garbled dim[0]
         raise InputError(f"{who}: not a readable NIfTI file ({_short(exc)})") from None
     if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{who}: not a NIfTI-1/NIfTI-2 image")
@@ -125,14 +128,27 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
             raise InputError(f"{who}: voxel spacing {spacing} mm is outside "
                              f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm")
     affine = img.affine
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if not np.all(np.isfinite(affine)):
+        raise InputError(f"{who}: the header's affine is not finite and invertible")
+    # SimpleITK and the worker follow the affine (qform/sform), not pixdim: check it too.
+    sizes = np.linalg.norm(affine[:3, :3], axis=0)[: len(spatial)]
+    if not np.all((sizes >= limits.min_spacing_mm) & (sizes <= limits.max_spacing_mm)):
+        shown = " x ".join(f"{v:.3g}" for v in sizes)
+        raise InputError(f"{who}: the affine's voxel size {shown} mm is outside "
+                         f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{who}: the header's affine is not finite and invertible")
     slope, inter = header.get_slope_inter()
     if not all(v is None or np.isfinite(v) for v in (slope, inter)):
         raise InputError(f"{who}: the header's intensity scaling is not finite")
-    # nibabel zeroes header["vox_offset"] on load; the image's data offset is the real one.
+    # nibabel zeroes header["vox_offset"] on load; the array proxy keeps the real offset.
     proxy: Any = img.dataobj  # an ArrayProxy; typed as ArrayLike by nibabel
-    _check_payload(path, int(proxy.offset), int(np.prod(img.shape, dtype=np.int64)), dtype, who)
+    offset = int(proxy.offset)
+    if not 0 <= offset <= MAX_DATA_OFFSET:
+        raise InputError(f"{who}: the header puts the voxel data at byte {offset}; "
+                         "the file is damaged")
+    _check_payload(path, offset, int(np.prod(img.shape, dtype=np.int64)), dtype, who,
+                   whole_numbers)
     return HeaderInfo(shape=shape, spacing=spacing, dtype=str(dtype))
 
 
@@ -141,33 +157,42 @@ def _open_payload(path: Path):  # type: ignore[no-untyped-def]
 
 
 def _check_payload(path: Path, offset: int, voxels: int, dtype: np.dtype, who: str,
-                   chunk_voxels: int = 1 << 18) -> None:
+                   whole_numbers: bool = False, chunk_voxels: int = 1 << 18) -> None:
     """Read the voxels as a stream: fail if there are fewer than the header promises
-    (truncated) or if any is NaN or infinite.
+    (truncated), far more (not what it claims to be), or if any is NaN or infinite (or, for
+    labels, not a whole number).
 
     We check the raw values ourselves because ITK's reader does not report NaN faithfully.
-    A .nii.gz is never decompressed past the promised size, so a gzip bomb costs no memory
-    and no more time than an honest file with the same header.
+    A .nii.gz is never decompressed past the promised size plus a small allowance, so a gzip
+    bomb costs no memory and no more time than an honest file with the same header.
     """
     read = 0
     try:
         with _open_payload(path) as stream:
             if len(stream.read(offset)) < offset:
                 raise InputError(f"{who}: the file is truncated (no voxel data)")
+            carry = b""
             while read < voxels:
-                want = min(chunk_voxels, voxels - read)
-                block = stream.read(want * dtype.itemsize)
+                want = min(chunk_voxels, voxels - read) * dtype.itemsize - len(carry)
+                block = carry + stream.read(want)
                 if len(block) < dtype.itemsize:
                     break
-                values = np.frombuffer(block[: len(block) // dtype.itemsize * dtype.itemsize],
-                                       dtype=dtype)
+                usable = len(block) // dtype.itemsize * dtype.itemsize
+                values = np.frombuffer(block[:usable], dtype=dtype)
+                carry = block[usable:]
                 if dtype.kind == "f" and not np.all(np.isfinite(values)):
                     raise InputError(f"{who}: the image holds NaN or infinite values")
+                if whole_numbers and dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
+                    raise InputError(f"{who}: labels must be whole numbers")
                 read += values.size
+            extra = len(stream.read(TRAILING_ALLOWANCE + 1)) if read == voxels else 0
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{who}: the file is truncated or corrupt ({_short(exc)})") from None
     if read < voxels:
         raise InputError(f"{who}: the file is truncated ({read} of {voxels} voxels)")
+    if extra > TRAILING_ALLOWANCE:
+        raise InputError(f"{who}: the file holds more data than its header declares; it is "
+                         "damaged or not what it claims to be")
 
 
 def _short(exc: BaseException) -> str:

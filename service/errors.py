@@ -4,7 +4,8 @@ The one place that maps domain errors to HTTP status codes:
 
 - ``riir.errors.InputError`` (a bad image, label map or parameter) -> 422
 - ``riir.errors.ModelNotFoundError`` (a model name that is not shipped) -> 422
-- ``ServiceError`` subclasses below -> their own status (400, 401, 404, 409, 413, 415, 503)
+- ``ServiceError`` subclasses below -> their own status (400, 401, 404, 409, 413, 415, 503;
+  a 503 always carries Retry-After, the full queue's included)
 - request validation (FastAPI) -> 422 with the list of offending fields
 - Redis or the broker unreachable -> 503; anything else -> 500 without internals.
 """
@@ -28,6 +29,7 @@ from riir.errors import InputError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
+RETRY_AFTER_S = 5  # Redis restarting, no worker yet: seconds, not minutes
 
 
 class Problem(BaseModel):
@@ -84,6 +86,14 @@ class InvalidParameters(ServiceError):
 class Unavailable(ServiceError):
     status, title, type = 503, "Service unavailable", "urn:riir:problem:unavailable"
 
+    def __init__(self, detail: str, headers: dict[str, str] | None = None):
+        # Every 503 tells the client when to come back (RFC 9110 Retry-After).
+        super().__init__(detail, {"Retry-After": str(RETRY_AFTER_S), **(headers or {})})
+
+
+class QueueFull(Unavailable):
+    title, type = "Queue full", "urn:riir:problem:queue-full"
+
 
 def problem(status: int, title: str, detail: str | None, request: Request | None = None,
             type: str = "about:blank", headers: dict[str, str] | None = None,
@@ -135,7 +145,8 @@ def install(app: FastAPI) -> None:
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("queue unavailable: %s", exc)
         return problem(503, "Service unavailable", "the job queue (Redis) is unreachable; "
-                       "retry shortly", request, Unavailable.type, {"Retry-After": "5"})
+                       "retry shortly", request, Unavailable.type,
+                       {"Retry-After": str(RETRY_AFTER_S)})
 
     for exc_type in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
                      OperationalError):

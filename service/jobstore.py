@@ -10,9 +10,12 @@ reporting progress can never overwrite each other)::
     queued -> running -> succeeded | failed
     queued | running -> cancelled
     running -> running   (a redelivered job after a worker crash; attempts + 1)
+    running -> queued    (its worker is gone: requeued by service.lease.recover)
+    queued -> succeeded | failed   (a run that outlived its lease still records its answer)
 
 Keys: ``riir:job:{id}`` (hash), ``riir:jobs:{status}`` (set of ids, for counting),
 ``riir:jobs:expiry`` (sorted set id -> time after which cleanup removes the job),
+``riir:lease:{id}`` (the running job's holder, see ``service.lease``),
 ``riir:stats:{metric}:{kind}:{status}`` (histogram counters for /metrics).
 
 Torch-free: the worker imports this module too.
@@ -218,7 +221,9 @@ class JobStore:
 
     def _finish(self, job_id: str, status: Status, **fields: Any) -> bool:
         now = time.time()
-        moved = self._move(job_id, ("running",), status, now + self.retention_s,
+        # From queued too: a run that stalled past its lease (so the job was requeued)
+        # and then finished still publishes the answer; the requeued message is dropped.
+        moved = self._move(job_id, ACTIVE, status, now + self.retention_s,
                            finished_at=now, **fields)
         if moved:
             job = self.get(job_id)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -19,6 +20,7 @@ from riir import __version__
 from service import broker, errors
 from service.deps import require_api_key
 from service.jobstore import JobStore
+from service.lease import recover
 from service.metrics import RequestMetrics, make_registry
 from service.routes import health, jobs, metrics, models, registrations
 from service.settings import Settings, get_settings
@@ -27,33 +29,48 @@ from service.storage import Storage, cleanup
 log = logging.getLogger("service")
 
 
-async def _cleanup_forever(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+async def _forever(what: str, interval_s: float, sweep: Callable[[], object]) -> None:
     while True:
         try:
-            await run_in_threadpool(cleanup, app.state.store, app.state.storage,
-                                    settings.job_retention_s)
-        except Exception:  # a Redis outage must not end the loop; the next sweep retries
-            log.exception("retention cleanup failed")
-        await asyncio.sleep(settings.cleanup_interval_s)
+            await run_in_threadpool(sweep)
+        except Exception as exc:  # a Redis outage must not end the loop; the next retries
+            log.warning("%s failed (%s: %s)", what, type(exc).__name__, exc)
+        await asyncio.sleep(interval_s)
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    task = asyncio.create_task(_cleanup_forever(app))
+    settings: Settings = app.state.settings
+    store, storage, celery = app.state.store, app.state.storage, app.state.celery
+    tasks = [
+        asyncio.create_task(_forever(
+            "retention cleanup", settings.cleanup_interval_s,
+            lambda: cleanup(store, storage, settings.job_retention_s))),
+        # Jobs whose worker died on a host that no worker restarts on: requeued here.
+        asyncio.create_task(_forever(
+            "lost-job recovery", settings.recovery_interval_s,
+            lambda: recover(store, celery, settings.queue, grace_s=settings.lease_s))),
+    ]
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        app.state.store.redis.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        store.redis.close()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.storage_dir.mkdir(parents=True, exist_ok=True)
+    # With an API key, the schema needs the key too and the browsable docs are off (they
+    # would fetch the schema without it): every route but /health is closed.
+    locked = settings.api_key is not None
     app = FastAPI(title="RIIR registration service", version=__version__, lifespan=lifespan,
+                  openapi_url=None if locked else "/openapi.json",
+                  docs_url=None if locked else "/docs", redoc_url=None if locked else "/redoc",
                   description="Medical image registration by a Recurrent Inference Image "
                               "Registration network: upload, poll, download. Errors are RFC "
                               "7807 problem details.")
@@ -62,6 +79,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.storage_dir)
     app.state.celery = broker.make_client(settings)
     app.state.registry, requests = make_registry(app.state.store, settings.queue)
+
+    if locked:
+        @app.get("/openapi.json", include_in_schema=False,
+                 dependencies=[Depends(require_api_key)])
+        def openapi() -> dict[str, Any]:
+            return app.openapi()
 
     errors.install(app)
     app.include_router(health.router)  # /health is open; /ready checks the key itself

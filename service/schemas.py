@@ -7,9 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from riir.options import MAX_STEPS, Init, Similarity
 from service.jobstore import Job, Kind, Status
-
-MAX_STEPS = 50  # worker.engine.MAX_STEPS; repeated here because that module imports torch
 
 
 class PairParams(BaseModel):
@@ -23,10 +22,10 @@ class PairParams(BaseModel):
                     "(2-D: cardiac-2d, 3-D up to 96^3 voxels: hippocampus-3d, else brain-3d)")
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS,
                               description="recurrent steps T (default: the model's own)")
-    init: Literal["physical", "center"] = Field(
+    init: Init = Field(
         default="physical", description="initial alignment: 'physical' trusts the headers; "
                                         "'center' first aligns the image centres")
-    similarity: Literal["mse", "ncc", "nmi"] | None = Field(
+    similarity: Similarity | None = Field(
         default=None, description="inner similarity (default: the model's own)")
 
     @field_validator("model", "steps", "similarity", mode="before")

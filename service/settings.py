@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=1 << 30, gt=0)
     max_voxels: int = Field(default=DEFAULT_LIMITS.max_voxels, gt=0)  # per 3-D volume
     max_frames: int = Field(default=DEFAULT_LIMITS.max_frames, ge=2)
-    max_steps: int = Field(default=50, ge=1)  # worker.engine.MAX_STEPS (torch side) agrees
+    # Backpressure: past this many jobs waiting, submissions get 503 + Retry-After.
+    max_queued: int = Field(default=1000, ge=1)
 
     # Jobs: records and files are removed job_retention_s after a job ends (or was created,
     # if it never ran); the gateway sweeps every cleanup_interval_s.
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(default=600, gt=0)
     job_time_limit_s: int = Field(default=3600, gt=0)  # hard limit of one job on a worker
     max_attempts: int = Field(default=3, ge=1)  # deliveries of one job (worker crashes)
+    # A running job's lease (service.lease): renewed every lease_s / 3; a job whose worker
+    # stopped renewing for lease_s is requeued, by a starting worker or the gateway's sweep
+    # every recovery_interval_s.
+    lease_s: float = Field(default=60, gt=0)
+    recovery_interval_s: float = Field(default=30, gt=0)
 
     device: str = "auto"  # worker: auto | cpu | cuda | cuda:N
     api_key: SecretStr | None = None  # when set, X-API-Key is required on all but /health

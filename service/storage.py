@@ -3,7 +3,12 @@
 Layout (``STORAGE`` is ``RIIR_STORAGE_DIR``; in compose, a named volume)::
 
     STORAGE/jobs/{job_id}/inputs/{role}.nii[.gz]   uploads, written by the gateway
-    STORAGE/jobs/{job_id}/out/                     artifacts, written by the worker
+    STORAGE/jobs/{job_id}/out/                     artifacts, published by the worker
+    STORAGE/jobs/{job_id}/work/{token}/            one run's artifacts while it writes them
+
+A run writes into its own ``work/{token}`` folder and publishes it by renaming it to
+``out/`` (atomic, and refused when ``out/`` exists): readers see all the artifacts of one
+run or none, and once a job's artifacts are published no later run replaces them.
 
 Every path is built from a validated job id and names of our own, never from a client's
 file name. Artifacts are served only from ``out/``, by name from ``riir.artifacts.ARTIFACTS``.
@@ -41,6 +46,29 @@ class Storage:
 
     def out(self, job_id: str) -> Path:
         return self.folder(job_id) / "out"
+
+    def work(self, job_id: str, token: str) -> Path:
+        """A run's private folder; earlier runs' leftovers (killed workers) are removed."""
+        root = self.folder(job_id) / "work"
+        if root.is_dir():
+            for stale in root.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)
+        return root / token
+
+    def publish(self, job_id: str, work: Path) -> bool:
+        """Rename a finished run's folder to ``out/``; False (and the run's files dropped)
+        when another run published first, so the first complete answer stays."""
+        try:
+            work.rename(self.out(job_id))
+            return True
+        except OSError:  # ENOTEMPTY/EEXIST: published already (ENOENT: job deleted)
+            if not self.out(job_id).is_dir():
+                raise
+            shutil.rmtree(work, ignore_errors=True)
+            return False
+
+    def published(self, job_id: str) -> bool:
+        return (self.out(job_id) / artifacts.filename("metrics")).is_file()
 
     def create(self, job_id: str) -> Path:
         """The job's (new, empty) inputs folder."""

@@ -1,12 +1,10 @@
 """Validating uploads before anything is queued: a bad file gets a 422 the user can act on.
 
-Per file: the header is checked by ``riir.imageio.inspect_header`` (the same check the
-worker makes), then the voxels are streamed once in bounded chunks to check that
-
-- the data is exactly as long as the header says (a header that lies is refused),
-- decompression stops a little past that length (a gzip bomb costs at most the declared
-  size in CPU time and a few MiB of memory, never disk: nothing decompressed is kept),
-- the values are finite (and whole numbers for label maps).
+Per file: ``riir.imageio.inspect_header``, the same check ``riir register`` makes: the header
+(dimensions, sizes, spacings, the affine's own voxel size, the data offset), then the voxels
+streamed once in bounded chunks: exactly as long as the header says (decompression stops a
+little past it, so a gzip bomb costs no disk and a few MiB of memory), finite, and whole
+numbers for label maps.
 
 Then the files are checked against each other (same dimensionality, label grids equal to
 their images) and against the model the client asked for.
@@ -14,13 +12,8 @@ their images) and against the model the client asked for.
 
 from __future__ import annotations
 
-import gzip
-import zlib
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, BinaryIO
 
-import nibabel as nib
 import numpy as np
 
 from riir import catalog
@@ -33,8 +26,6 @@ PAIR_FILES = ("fixed", "moving", "fixed_labels", "moving_labels")
 SERIES_FILES = ("series",)
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 4 << 20
-MAX_DATA_OFFSET = 16 << 20  # header + extensions; a NIfTI-1 header is 352 bytes
-TRAILING_ALLOWANCE = 1 << 20  # bytes past the voxels tolerated (padding by some writers)
 
 
 def name_by_content(received: Path, role: str) -> Path:
@@ -49,72 +40,10 @@ def name_by_content(received: Path, role: str) -> Path:
     return target
 
 
-def _chunks(f: IO[bytes] | BinaryIO, count: int) -> Iterator[bytes]:
-    """Up to ``count`` bytes of ``f`` in bounded chunks."""
-    while count > 0:
-        chunk = f.read(min(CHUNK, count))
-        if not chunk:
-            return
-        count -= len(chunk)
-        yield chunk
-
-
-def _open(path: Path) -> BinaryIO:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")  # noqa: SIM115
-
-
-def check_voxels(path: Path, role: str, *, whole_numbers: bool = False) -> None:
-    """Stream the voxel data once: length as declared, finite (whole) values."""
-    who = f"{ROLES.get(role, role)} '{path.name}'"
-    # nibabel's own reading plan for the file (a loaded header's offset is reset to 0).
-    image = nib.load(str(path))
-    assert isinstance(image, nib.Nifti1Image)  # inspect_header let only NIfTI-1/2 through
-    proxy = image.dataobj
-    assert isinstance(proxy, nib.arrayproxy.ArrayProxy)
-    shape = tuple(int(n) for n in proxy.shape)
-    dtype = np.dtype(proxy.dtype)
-    offset = int(proxy.offset)
-    if not (np.isfinite(proxy.slope) and np.isfinite(proxy.inter)):
-        raise InputError(f"{who}: the header's intensity scaling (scl_slope/scl_inter) "
-                         "is not finite")
-    if not 0 <= offset <= MAX_DATA_OFFSET:
-        raise InputError(f"{who}: the header puts the voxel data at byte {offset}; "
-                         "the file is damaged")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    try:
-        with _open(path) as f:
-            skipped = sum(map(len, _chunks(f, offset)))
-            got, carry = 0, b""
-            for chunk in _chunks(f, expected):
-                got += len(chunk)
-                data = carry + chunk
-                usable = len(data) - len(data) % dtype.itemsize
-                values = np.frombuffer(data[:usable], dtype=dtype)
-                carry = data[usable:]
-                if dtype.kind == "f" and not np.all(np.isfinite(values)):
-                    raise InputError(f"{who}: the image holds NaN or infinite values")
-                if whole_numbers and dtype.kind == "f" and not np.all(np.mod(values, 1) == 0):
-                    raise InputError(f"{who}: labels must be whole numbers")
-            if skipped < offset or got < expected:
-                raise InputError(f"{who}: the file is truncated: its header declares "
-                                 f"{shape} {dtype} voxels ({expected} bytes) but it holds "
-                                 f"{max(got, 0)} bytes of them")
-            extra = sum(map(len, _chunks(f, TRAILING_ALLOWANCE + 1)))
-    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-        raise InputError(f"{who}: the compressed data is truncated or corrupt "
-                         f"({str(exc)[:120]})") from None
-    if extra > TRAILING_ALLOWANCE:
-        raise InputError(f"{who}: the file holds more data than its header declares "
-                         f"({shape} {dtype}); it is damaged or not what it claims to be")
-
-
 def inspect(path: Path, role: str, limits: Limits, *, series: bool = False,
             whole_numbers: bool = False) -> HeaderInfo:
-    info = inspect_header(path, ROLES[role], series=series, limits=limits)
-    check_voxels(path, role, whole_numbers=whole_numbers)
-    return info
+    return inspect_header(path, ROLES[role], series=series, limits=limits,
+                          whole_numbers=whole_numbers)
 
 
 def check_model(requested: str | None, spatial_dims: int, voxels: int) -> None:

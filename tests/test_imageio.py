@@ -41,3 +41,33 @@ def test_a_file_cut_inside_the_voxels_is_truncated(tmp_path):
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(InputError, match="truncated"):
         imageio.inspect_header(path, "fixed")
+
+
+def _patched(tmp_path, offset: int, fmt: str, *values) -> str:
+    """A valid 16×16 float32 NIfTI with bytes of its header overwritten."""
+    import struct
+
+    path = tmp_path / "patched.nii"
+    nib.save(nib.Nifti1Image(np.ones((16, 16), np.float32), np.eye(4)), path)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<" + fmt, data, offset, *values)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("offset, fmt, values, words", [
+    (40, "h", (9,), "not a readable NIfTI"),  # dim[0] = 9
+    (70, "h", (999,), "not a readable NIfTI"),  # unknown datatype code
+    (108, "f", (1e12,), "voxel data at byte"),  # vox_offset 1 TB
+])
+def test_headers_that_lie_are_refused_in_one_line(tmp_path, offset, fmt, values, words):
+    with pytest.raises(InputError, match=words):
+        imageio.inspect_header(_patched(tmp_path, offset, fmt, *values), "moving image")
+
+
+def test_an_affine_with_an_absurd_voxel_size_is_refused(tmp_path):
+    """pixdim says 1 mm, the sform (which ITK follows) says 1e30 mm."""
+    path = _patched(tmp_path, 280, "4f", 1e30, 0.0, 0.0, 0.0)  # srow_x
+    assert nib.load(path).header.get_zooms()[0] == 1.0
+    with pytest.raises(InputError, match="affine's voxel size"):
+        imageio.inspect_header(path, "fixed image")

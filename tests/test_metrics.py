@@ -366,3 +366,23 @@ def test_label_overlap_report_of_empty_maps():
     report = label_overlap_report(empty, empty)
     assert report["dice"] == {} and report["hd95"] == {}
     assert math.isnan(report["dice_mean"]) and math.isnan(report["hd95_mean"])
+
+
+def test_hd95_is_unchanged_by_empty_margins_and_border_contact():
+    """Scoring works on each label's bounding box; padding the maps must change nothing,
+    and a label touching the array border keeps its border voxels as surface."""
+    rng = np.random.default_rng(3)
+    a = np.kron(rng.integers(0, 4, (5, 6, 4)), np.ones((3, 3, 3), int))
+    b = np.roll(a, 2, axis=1)
+    spacing = (1.0, 1.5, 2.0)
+    tight = hausdorff95(a, b, spacing=spacing)
+    padded = hausdorff95(np.pad(a, 7), np.pad(b, 7), spacing=spacing)
+    assert tight.keys() == padded.keys() == {1, 2, 3}
+    from model.metrics import _directed_surface_distances, _surface
+
+    for label in tight:  # against the whole-image computation
+        sa, sb = _surface(a == label), _surface(b == label)
+        whole = max(np.percentile(_directed_surface_distances(sa, sb, spacing), 95),
+                    np.percentile(_directed_surface_distances(sb, sa, spacing), 95))
+        assert tight[label] == pytest.approx(whole)
+        assert padded[label] == pytest.approx(whole)

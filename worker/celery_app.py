@@ -9,13 +9,17 @@ never holds CUDA or a model across ``fork``.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 from service.broker import celery_config
-from service.settings import get_settings
+from service.jobstore import JobStore
+from service.lease import recover
+from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +35,25 @@ def _warm_up(**_: Any) -> None:
     import worker.pipeline  # noqa: F401
 
     log.info("inference stack imported in the worker process")
+
+
+@worker_ready.connect
+def _recover_lost_jobs(sender: Any = None, **_: Any) -> None:
+    """On start, send again the jobs whose worker is gone (killed, OOM, host rebooted),
+    instead of leaving them to the broker's visibility timeout (hours); then keep looking
+    every ``recovery_interval_s`` from this (main) process, for a worker that dies while
+    this one runs (the gateway sweeps too: recovery needs only one of them alive)."""
+    settings = get_settings()
+    thread = threading.Thread(target=_recover_forever, args=(settings,), daemon=True,
+                              name="riir-recovery")
+    thread.start()
+
+
+def _recover_forever(settings: Settings) -> None:
+    store = JobStore.from_url(settings.redis, settings.job_retention_s)
+    while True:
+        try:
+            recover(store, app, settings.queue, grace_s=settings.lease_s)
+        except Exception as exc:  # Redis away: the next sweep retries
+            log.warning("recovering lost jobs failed (%s: %s)", type(exc).__name__, exc)
+        time.sleep(settings.recovery_interval_s)

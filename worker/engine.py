@@ -26,9 +26,8 @@ from riir import catalog
 from riir.errors import InputError
 from riir.grid import Grid, center_offset, model_grid, translation
 from riir.intensity import normalize
+from riir.options import INITS, MAX_STEPS, SIMILARITIES
 
-INITS = ("physical", "center")
-MAX_STEPS = 50
 Progress = Callable[[int, int], None]
 
 
@@ -109,7 +108,6 @@ def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
 
 
 def check_request(steps: int | None, init: str, similarity: str | None) -> None:
-    from model.losses import SIMILARITIES
 
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"steps must be between 1 and {MAX_STEPS}; got {steps}")

@@ -1,36 +1,46 @@
 """Celery tasks: thin shells that run a job through ``worker.pipeline`` and keep its record.
 
 The message carries only the job id. A task is idempotent: it refuses a job that already
-ended (a duplicate delivery, or one cancelled while queued), and a redelivered running job
-(its worker died) simply runs again, overwriting the artifacts it had written atomically.
+ended (a duplicate delivery, or one cancelled while queued) or that a live worker holds
+(``service.lease``); a job whose worker died runs again from its inputs, and its artifacts
+are published all at once, never replacing a published set (``Storage.publish``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from riir import artifacts, catalog
 from riir.errors import ModelNotFoundError, RiirError
 from service.jobstore import ACTIVE, Job, JobStore
+from service.lease import Lease
 from service.settings import Settings, get_settings
 from service.storage import Storage
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
+RECORD_ATTEMPTS = 8  # ~1 min of retries: 0.5, 1, 2, 4, 5, 5, 5 s
 Progress = Callable[[int, int], None]
 Compute = Callable[[Job, Path, Path, Progress, Settings], dict[str, Any]]
 
 
 class JobCancelled(Exception):
     """Raised from the progress callback when the record says the job should stop."""
+
+
+class LeaseLost(Exception):
+    """Raised from the progress callback when another worker took the job over (this one
+    stalled past its lease); the other run's answer is the one that counts."""
 
 
 class JobTask(Task):  # type: ignore[misc]
@@ -94,13 +104,28 @@ def artifact_names(out: Path) -> list[str]:
 def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
             settings: Settings, worker: str) -> str:
     """Run one job and record its outcome; return the final status. Plain function: the
-    Celery task only supplies its arguments, so tests can call it directly."""
+    Celery task only supplies its arguments, so tests can call it directly.
+
+    Safe to deliver twice: an ended job is skipped, a job another live process holds the
+    lease of is left to it, and artifacts are published once (``Storage.publish``)."""
     job = store.get(job_id)
     if job is None or job.status not in ACTIVE:
         log.info("job %s: skipped (%s)", job_id, "no record" if job is None else job.status)
         return "missing" if job is None else job.status
-    if not store.start(job_id, worker):
+    lease = Lease(store.redis, job_id, settings.lease_s)
+    if not lease.acquire():
+        log.info("job %s: skipped (a live worker holds it)", job_id)
         return "skipped"
+    try:
+        return _run_leased(job_id, compute, store, storage, settings, worker, lease)
+    finally:
+        lease.release()
+
+
+def _run_leased(job_id: str, compute: Compute, store: JobStore, storage: Storage,
+                settings: Settings, worker: str, lease: Lease) -> str:
+    if not store.start(job_id, worker):
+        return "skipped"  # cancelled since it was read
     job = store.get(job_id)
     if job is None:
         return "missing"
@@ -108,19 +133,72 @@ def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
         store.fail(job_id, f"the job was started {job.attempts - 1} times and its worker was "
                            "lost each time (out of memory?); giving up")
         return "failed"
+    if not storage.published(job_id):  # else a killed run published before recording it
+        outcome = _compute(job, compute, store, storage, settings, lease)
+        if outcome is not None:
+            return outcome
+    out = storage.out(job_id)
+    metrics = json.loads((out / artifacts.filename("metrics")).read_text())
+    if not _patiently(lambda: store.succeed(job_id, metrics, artifact_names(out))):
+        return _drop_if_cancelled(job_id, store, storage) or "skipped"
+    return "succeeded"
+
+
+def _patiently(call: Callable[[], bool], attempts: int = RECORD_ATTEMPTS) -> bool:
+    """Retry a record write while Redis restarts: the answer is on disk, so losing it for a
+    blip would cost a whole rerun (a longer outage leaves it to lease recovery)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if attempt == attempts - 1:
+                raise
+            log.warning("Redis unreachable (%s); retrying", exc)
+            time.sleep(min(5.0, 0.5 * 2**attempt))
+    return False
+
+
+def _drop_if_cancelled(job_id: str, store: JobStore, storage: Storage) -> str | None:
+    """Remove the files of a job cancelled (or deleted) under a run: "discarded"."""
+    current = store.get(job_id)
+    if current is None or current.status == "cancelled":
+        storage.remove(job_id)
+        return "discarded"
+    return None
+
+
+def _compute(job: Job, compute: Compute, store: JobStore, storage: Storage,
+             settings: Settings, lease: Lease) -> str | None:
+    """Compute into a private folder and publish it; None on success, else the outcome."""
+    job_id = job.id
 
     def progress(done: int, total: int) -> None:
-        if store.progress(job_id, done, total) != "running":
+        if lease.lost.is_set():
+            raise LeaseLost(job_id)
+        try:
+            status = store.progress(job_id, done, total)
+        except redis.RedisError as exc:  # Redis restarting: a lost progress report is fine
+            log.warning("job %s: progress not recorded (%s)", job_id, exc)
+            return
+        if status in (None, "cancelled"):
             raise JobCancelled(job_id)
+        if status != "running":  # requeued or ended by another run: that run counts
+            raise LeaseLost(job_id)
 
-    out = storage.out(job_id)
+    work = storage.work(job_id, lease.holder.token)
+    lease.start_heartbeat()
     try:
-        compute(job, storage.inputs(job_id), out, progress, settings)
-        metrics = json.loads((out / artifacts.filename("metrics")).read_text())
+        compute(job, storage.inputs(job_id), work, progress, settings)
+        if lease.lost.is_set():
+            raise LeaseLost(job_id)
+        storage.publish(job_id, work)
     except JobCancelled:
         log.info("job %s: cancelled while running", job_id)
         storage.remove(job_id)
         return "cancelled"
+    except LeaseLost:
+        log.warning("job %s: another worker took the job over; this run stops", job_id)
+        return "superseded"
     except RiirError as exc:  # bad input or model: the user's to fix; the worker carries on
         store.fail(job_id, str(exc))
         return "failed"
@@ -128,18 +206,14 @@ def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
         store.fail(job_id, f"the job ran past the time limit of {settings.job_time_limit_s} s")
         return "failed"
     except Exception as exc:
-        current = store.get(job_id)
-        if current is None or current.status != "running":
-            # Cancelled after its last step, and its files deleted under the writer.
-            storage.remove(job_id)
-            return "discarded"
+        # Cancelled after its last step, and its files deleted under the writer.
+        dropped = _drop_if_cancelled(job_id, store, storage)
+        if dropped:
+            return dropped
         store.fail(job_id, f"internal error ({type(exc).__name__}); the worker log has the "
                            "details")
         raise  # logged by Celery with its traceback
-    if not store.succeed(job_id, metrics, artifact_names(out)):
-        storage.remove(job_id)  # cancelled (or removed) after its last step: results dropped
-        return "discarded"
-    return "succeeded"
+    return None
 
 
 def _run(task: JobTask, job_id: str, compute: Compute) -> dict[str, str]:

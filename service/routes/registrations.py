@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service import broker, formdata, uploads
 from service.deps import CeleryDep, RootDep, SettingsDep, StorageDep, StoreDep
-from service.errors import InvalidParameters, problem_responses
+from service.errors import InvalidParameters, QueueFull, problem_responses
 from service.jobstore import Job, Kind, new_job_id
 from service.schemas import JobOut, PairParams, SeriesParams, job_out
 
 router = APIRouter(tags=["registration"])
+QUEUE_FULL_RETRY_S = 30
 
 FILE_DOCS = {
     "fixed": "fixed (reference) image, NIfTI .nii or .nii.gz; 2-D as (H, W) or (H, W, 1)",
@@ -52,6 +53,12 @@ async def _submit(request: Request, response: Response, kind: Kind,
                   validate: Callable[[dict[str, Path], Any], dict[str, str]],
                   settings: SettingsDep, store: StoreDep, storage: StorageDep,
                   celery: CeleryDep, root: str) -> JobOut:
+    # Backpressure before reading a byte: work the queue cannot hold is refused, not stored.
+    waiting = (await run_in_threadpool(store.counts))["queued"]
+    if waiting >= settings.max_queued:
+        raise QueueFull(f"{waiting} jobs are waiting for a worker (the limit is "
+                        f"{settings.max_queued}); retry later",
+                        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
     job_id = new_job_id()
     folder = storage.create(job_id)
     recorded = False

@@ -62,7 +62,8 @@ def settings(redis_server: EmbeddedRedis, service_dir: Path, models_dir: Path) -
 def stack_env(settings: Settings, models_dir: Path) -> dict[str, str]:
     return dict(os.environ, REDIS_URL=settings.redis, RIIR_STORAGE_DIR=str(settings.storage_dir),
                 RIIR_MODELS_DIR=str(models_dir), RIIR_DEVICE="cpu",
-                RIIR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), RIIR_LOG_LEVEL="warning")
+                RIIR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), RIIR_LOG_LEVEL="warning",
+                OMP_NUM_THREADS="1")  # spinning OpenMP threads crawl on a busy 2-core CI box
 
 
 def _wait(check: Callable[[], bool], what: str, child: Child, log: Path) -> None:
@@ -139,3 +140,18 @@ def images(service_dir: Path) -> dict[str, Path]:
         "moving3": write_nifti(folder / "moving3.nii", moving3, (1.0, 1.5, 2.0)),
         "series2": write_nifti(folder / "series2.nii.gz", series),
     }
+
+
+@pytest.fixture
+def nothing_queued(store: JobStore, settings: Settings) -> Iterator[None]:
+    """Assert the test left no job record, job folder or queued message behind."""
+    jobs = settings.storage_dir / "jobs"
+
+    def state() -> tuple[int, int, set[str]]:
+        folders = {p.name for p in jobs.iterdir()} if jobs.is_dir() else set()
+        return (sum(store.counts().values()), broker.queue_length(store.redis, settings.queue),
+                folders)
+
+    before = state()
+    yield
+    assert state() == before

@@ -64,3 +64,13 @@ def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...] = TERM
         if time.monotonic() > deadline:
             raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s: {job}")
         time.sleep(0.1)
+
+
+def assert_problem(response: httpx.Response, status: int, *words: str) -> None:
+    """An RFC 7807 problem response with this status whose detail names ``words``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["title"]
+    for word in words:
+        assert word.lower() in body["detail"].lower(), body["detail"]

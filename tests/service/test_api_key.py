@@ -27,8 +27,10 @@ def open_app(settings: Settings) -> TestClient:
 
 
 @pytest.mark.parametrize(("method", "url"), [
-    ("GET", JOB), ("DELETE", JOB), ("GET", f"{JOB}/artifacts/warped"), ("GET", "/models"),
+    ("GET", JOB), ("DELETE", JOB), ("GET", f"{JOB}/artifacts/warped"),
+    ("GET", f"{JOB}/artifacts/displacements/0"), ("GET", "/models"),
     ("GET", "/metrics"), ("GET", "/ready"), ("POST", "/register"), ("POST", "/register-series"),
+    ("GET", "/openapi.json"),
 ])
 def test_every_route_but_health_needs_the_key(locked: TestClient, method: str,
                                               url: str) -> None:
@@ -37,6 +39,13 @@ def test_every_route_but_health_needs_the_key(locked: TestClient, method: str,
         assert response.status_code == 401
         assert response.headers["content-type"] == "application/problem+json"
     assert locked.get("/health").status_code == 200
+
+
+def test_every_route_is_in_the_list_above(locked: TestClient) -> None:
+    """A route added later without the key would fail here first."""
+    schema = locked.get("/openapi.json", headers={"X-API-Key": KEY}).json()
+    assert len([op for item in schema["paths"].values() for op in item]) == 10
+    assert locked.get("/docs").status_code == 404  # the browsable docs are off with a key
 
 
 def test_the_key_opens_the_routes(locked: TestClient, worker: object) -> None:

@@ -39,7 +39,9 @@ def test_redis_down_gives_503_and_stores_nothing(settings: Settings, tmp_path: P
                                  data={"model": "tiny-2d"})):
         assert response.status_code == 503, response.text
         assert response.headers["content-type"] == "application/problem+json"
-    assert not any((storage / "jobs").iterdir())
+        assert int(response.headers["retry-after"]) > 0
+    jobs = storage / "jobs"
+    assert not jobs.exists() or not any(jobs.iterdir())
 
 
 @pytest.mark.parametrize("origin", ["https://viewer.example.org", "https://evil.example"])

@@ -178,3 +178,31 @@ def test_runner_ignores_write_errors_of_a_cancelled_job(store: JobStore, setting
     status = run_job(job.id, _compute(effect), store, Storage(settings.storage_dir), settings,
                      "w")
     assert status == "discarded"
+
+
+def test_a_published_answer_is_recorded_without_computing_again(
+        store: JobStore, settings: Settings, job: Job) -> None:
+    """The worker was killed after publishing and before recording: the next delivery
+    records the published artifacts instead of computing different ones."""
+    storage = Storage(settings.storage_dir)
+    _write_metrics(storage.out(job.id))
+
+    def effect(job: Job, out: Path, progress: Any) -> None:
+        raise AssertionError("a published job must not be computed again")
+
+    assert run_job(job.id, _compute(effect), store, storage, settings, "w") == "succeeded"
+    assert store.get(job.id).metrics == {"ok": True}  # type: ignore[union-attr]
+
+
+def test_the_first_complete_run_is_published_and_stays(settings: Settings, job: Job) -> None:
+    storage = Storage(settings.storage_dir)
+    first, second = storage.work(job.id, "a"), storage.work(job.id, "b")
+    for run, text in ((first, "first"), (second, "second")):
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(text)
+    assert storage.publish(job.id, first)
+    assert not storage.publish(job.id, second)  # out/ exists: the rename is refused
+    assert (storage.out(job.id) / "metrics.json").read_text() == "first"
+    assert not second.exists()
+    storage.work(job.id, "c")  # a new run clears what killed runs left
+    assert not any((storage.folder(job.id) / "work").iterdir())

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 
 def _start(tmp_path: Path, models_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RIIR_REDIS_URL")}
-    env.update(RIIR_MODELS_DIR=str(models_dir), RIIR_DEVICE="cpu", RIIR_LOG_LEVEL="warning")
+    env.update(RIIR_MODELS_DIR=str(models_dir), RIIR_DEVICE="cpu", RIIR_LOG_LEVEL="warning",
+               OMP_NUM_THREADS="1")  # spinning OpenMP threads crawl on a busy 2-core box
     with open(tmp_path / "serve.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "riir.cli", "serve", "--port", str(port),
@@ -64,7 +65,7 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path: Path, models_dir: Path,
                                                                moving=images["moving2"]),
                                    data={"model": "tiny-2d", "steps": "2"})
             assert response.status_code == 202, response.text
-            job = wait_for(client, response.json()["job_id"])
+            job = wait_for(client, response.json()["job_id"], timeout=180)  # cold worker
             assert job["status"] == "succeeded", job
             displacement = client.get(job["artifacts"]["displacement"]).content
         # The embedded Redis keeps its data under the storage folder (append-only file).

@@ -12,11 +12,10 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from support import files_of, wait_for, write_nifti
+from support import assert_problem, files_of, wait_for, write_nifti
 
 from riir.errors import InputError
-from service import broker, uploads
-from service.jobstore import JobStore
+from riir.imageio import inspect_header
 from service.settings import Settings
 
 
@@ -37,30 +36,6 @@ def _gzip_bomb(declared: tuple[int, ...], payload_mib: int) -> bytes:
     out += [compressor.compress(zeros) for _ in range(payload_mib)]
     out.append(compressor.flush())
     return b"".join(out)
-
-
-@pytest.fixture
-def nothing_queued(store: JobStore, settings: Settings) -> Iterator[None]:
-    """Assert the test left no job record, job folder or queued message behind."""
-    jobs = settings.storage_dir / "jobs"
-
-    def state() -> tuple[int, int, set[str]]:
-        folders = {p.name for p in jobs.iterdir()} if jobs.is_dir() else set()
-        return (sum(store.counts().values()), broker.queue_length(store.redis, settings.queue),
-                folders)
-
-    before = state()
-    yield
-    assert state() == before
-
-
-def _assert_problem(response: httpx.Response, status: int, *words: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and body["title"]
-    for word in words:
-        assert word.lower() in body["detail"].lower(), body["detail"]
 
 
 @pytest.fixture(scope="module")
@@ -89,32 +64,32 @@ BAD_FILES = {
 def test_bad_file_is_refused(client: httpx.Client, good: bytes, nothing_queued: None,
                              case: str) -> None:
     content, words = BAD_FILES[case]
-    _assert_problem(_post(client, good, content), 422, words)
+    assert_problem(_post(client, good, content), 422, words)
 
 
 def test_truncated_gzip(client: httpx.Client, good: bytes, nothing_queued: None) -> None:
-    _assert_problem(_post(client, good, good[: len(good) // 2]), 422, "truncated")
+    assert_problem(_post(client, good, good[: len(good) // 2]), 422, "truncated")
 
 
 def test_header_that_lies_about_its_size(client: httpx.Client, good: bytes,
                                          nothing_queued: None) -> None:
     """The header says 64 x 64 float32; the file holds 100 voxels."""
     data = _nifti_bytes(np.zeros((64, 64)))
-    _assert_problem(_post(client, good, data[: 352 + 400]), 422, "truncated")
+    assert_problem(_post(client, good, data[: 352 + 400]), 422, "truncated")
 
 
 def test_gzip_bomb_is_stopped(client: httpx.Client, good: bytes, nothing_queued: None) -> None:
     """16 x 16 declared, 64 MiB inside a ~64 KiB gzip: refused without inflating it all."""
     bomb = _gzip_bomb((16, 16), 64)
     assert len(bomb) < 200_000
-    _assert_problem(_post(client, good, bomb), 422)
+    assert_problem(_post(client, good, bomb), 422)
 
 
 def test_voxel_check_stops_decompressing_past_the_declared_size(tmp_path: Path) -> None:
     path = tmp_path / "bomb.nii.gz"
     path.write_bytes(_gzip_bomb((16, 16), 64))
     with pytest.raises(InputError, match="more data than its header declares"):
-        uploads.check_voxels(path, "moving")
+        inspect_header(path, "moving image")
 
 
 def test_voxel_check_reads_every_voxel(tmp_path: Path) -> None:
@@ -123,15 +98,15 @@ def test_voxel_check_reads_every_voxel(tmp_path: Path) -> None:
     image[-1, -1] = np.nan
     path = write_nifti(tmp_path / "last.nii", image)
     with pytest.raises(InputError, match="NaN"):
-        uploads.check_voxels(path, "moving")
+        inspect_header(path, "moving image")
     image[-1, -1] = 0.5
-    uploads.check_voxels(write_nifti(tmp_path / "fine.nii", image), "moving")
+    inspect_header(write_nifti(tmp_path / "fine.nii", image), "moving image")
 
 
 def test_mismatched_dimensionality(client: httpx.Client, good: bytes, images: dict[str, Path],
                                    nothing_queued: None) -> None:
     response = _post(client, good, images["fixed3"].read_bytes())
-    _assert_problem(response, 422, "mismatched dimensionality")
+    assert_problem(response, 422, "mismatched dimensionality")
 
 
 @pytest.mark.parametrize(("data", "words"), [
@@ -147,20 +122,20 @@ def test_mismatched_dimensionality(client: httpx.Client, good: bytes, images: di
 ])
 def test_bad_parameters(client: httpx.Client, good: bytes, nothing_queued: None,
                         data: dict[str, str], words: str) -> None:
-    _assert_problem(_post(client, good, good, **data), 422, words)
+    assert_problem(_post(client, good, good, **data), 422, words)
 
 
 def test_missing_file(client: httpx.Client, good: bytes, nothing_queued: None) -> None:
     response = client.post("/register", files={"fixed": ("f.nii.gz", good)},
                            data={"model": "tiny-2d"})
-    _assert_problem(response, 422, "moving image is missing")
+    assert_problem(response, 422, "moving image is missing")
 
 
 def test_only_one_label_map(client: httpx.Client, images: dict[str, Path],
                             nothing_queued: None) -> None:
     files = files_of(fixed=images["fixed2"], moving=images["moving2"],
                      fixed_labels=images["fixed2_labels"])
-    _assert_problem(client.post("/register", files=files, data={"model": "tiny-2d"}), 422,
+    assert_problem(client.post("/register", files=files, data={"model": "tiny-2d"}), 422,
                     "both fixed_labels and moving_labels")
 
 
@@ -169,7 +144,7 @@ def test_labels_must_be_whole_numbers(client: httpx.Client, images: dict[str, Pa
     fractional = write_nifti(tmp_path / "labels.nii.gz", np.full((48, 48), 0.5))
     files = files_of(fixed=images["fixed2"], moving=images["moving2"],
                      fixed_labels=fractional, moving_labels=images["moving2_labels"])
-    _assert_problem(client.post("/register", files=files, data={"model": "tiny-2d"}), 422,
+    assert_problem(client.post("/register", files=files, data={"model": "tiny-2d"}), 422,
                     "whole numbers")
 
 
@@ -182,17 +157,17 @@ def test_bad_series(client: httpx.Client, images: dict[str, Path], nothing_queue
                     series: str, data: dict[str, str], words: str) -> None:
     response = client.post("/register-series", files=files_of(series=images[series]),
                            data={"model": "tiny-2d", **data})
-    _assert_problem(response, 422, words)
+    assert_problem(response, 422, words)
 
 
 def test_not_multipart(client: httpx.Client, nothing_queued: None) -> None:
-    _assert_problem(client.post("/register", json={"fixed": "x"}), 415, "multipart")
+    assert_problem(client.post("/register", json={"fixed": "x"}), 415, "multipart")
 
 
 def test_oversize_upload_is_413(client: httpx.Client, good: bytes, settings: Settings,
                                 nothing_queued: None) -> None:
     big = bytes(settings.max_upload_bytes + 1)
-    _assert_problem(_post(client, good, big), 413, "limit")
+    assert_problem(_post(client, good, big), 413, "limit")
 
 
 def test_oversize_chunked_upload_is_413(client: httpx.Client, good: bytes, settings: Settings,
@@ -210,13 +185,13 @@ def test_oversize_chunked_upload_is_413(client: httpx.Client, good: bytes, setti
 
     response = client.post("/register", content=body(), headers={
         "content-type": f"multipart/form-data; boundary={boundary.decode()}"})
-    _assert_problem(response, 413, "limit")
+    assert_problem(response, 413, "limit")
 
 
 def test_malformed_multipart(client: httpx.Client, nothing_queued: None) -> None:
     response = client.post("/register", content=b"--x\r\nnot a part",
                            headers={"content-type": "multipart/form-data; boundary=x"})
-    _assert_problem(response, 400)
+    assert_problem(response, 400)
 
 
 def test_client_file_name_is_never_used(client: httpx.Client, images: dict[str, Path],
