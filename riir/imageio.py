@@ -87,7 +87,7 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
             nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
         # HeaderDataError: an unknown data type or a garbled dim[0]
-        raise InputError(f"{who}: not a readable NIfTI file ({_short(exc)})") from None
+        raise InputError(f"{who}: not a readable NIfTI file ({_short(exc, path)})") from None
     if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
         raise InputError(f"{who}: not a NIfTI-1/NIfTI-2 image")
     img = loaded
@@ -187,7 +187,7 @@ def _check_payload(path: Path, offset: int, voxels: int, dtype: np.dtype, who: s
                 read += values.size
             extra = len(stream.read(TRAILING_ALLOWANCE + 1)) if read == voxels else 0
     except (OSError, EOFError, zlib.error) as exc:
-        raise InputError(f"{who}: the file is truncated or corrupt ({_short(exc)})") from None
+        raise InputError(f"{who}: the file is truncated or corrupt ({_short(exc, path)})") from None
     if read < voxels:
         raise InputError(f"{who}: the file is truncated ({read} of {voxels} voxels)")
     if extra > TRAILING_ALLOWANCE:
@@ -195,10 +195,12 @@ def _check_payload(path: Path, offset: int, voxels: int, dtype: np.dtype, who: s
                          "damaged or not what it claims to be")
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, path: Path) -> str:
+    """The reader's last line, with the file's folder cut out: messages reach remote clients,
+    and the server's storage layout is not theirs to see."""
     text = str(exc).strip().splitlines()
     line = text[-1] if text else type(exc).__name__
-    return line[:200]
+    return line.replace(str(path.parent) + os.sep, "")[:200]
 
 
 def _sitk_read(path: Path, who: str) -> sitk.Image:
@@ -206,7 +208,7 @@ def _sitk_read(path: Path, who: str) -> sitk.Image:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{who}: the file is truncated or corrupt "
-                         f"({_short(exc).removeprefix('sitk::ERROR: ')})") from None
+                         f"({_short(exc, path).removeprefix('sitk::ERROR: ')})") from None
 
 
 def _check_finite(img: sitk.Image, who: str) -> None:

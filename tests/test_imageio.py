@@ -71,3 +71,15 @@ def test_an_affine_with_an_absurd_voxel_size_is_refused(tmp_path):
     assert nib.load(path).header.get_zooms()[0] == 1.0
     with pytest.raises(InputError, match="affine's voxel size"):
         imageio.inspect_header(path, "fixed image")
+
+
+def test_messages_name_the_file_but_not_its_folder(tmp_path):
+    """Errors reach remote clients: the server's storage layout stays out of them."""
+    folder = tmp_path / "storage" / "jobs" / "secret-id"
+    folder.mkdir(parents=True)
+    path = folder / "fixed.nii"
+    path.write_bytes(np.random.default_rng(0).bytes(2000))
+    with pytest.raises(InputError) as caught:
+        imageio.inspect_header(path, "fixed image")
+    assert "fixed.nii" in str(caught.value)
+    assert str(folder) not in str(caught.value) and "secret-id" not in str(caught.value)
