@@ -225,6 +225,13 @@ def test_experiment_variants_and_a_tiny_run(acdc, tmp_path):
     assert [r["variant"] for r in rows] == ["inputs-gradient", "inputs-implicit"]
     assert all(int(r["pairs"]) == 2 for r in rows)
     assert (out / "results.png").stat().st_size > 0
+    # Every variant is compared pair by pair with the paper's default (gradient input).
+    assert {r["reference"] for r in rows} == {"inputs-gradient"}
+    assert float(rows[0]["delta_dice"]) == 0
+    dice = {r["variant"]: float(r["dice_mean"]) for r in rows}
+    assert float(rows[1]["delta_dice"]) == pytest.approx(
+        dice["inputs-implicit"] - dice["inputs-gradient"], abs=1e-4)
+    assert "ΔDice vs inputs-gradient" in (out / "results.md").read_text()
     # A second experiment reuses the identical default variant instead of training it again.
     again = tmp_path / "exp" / "hidden"
     assert main(["experiment", "hidden-states", "--values", "11", "--data", str(acdc),

@@ -39,6 +39,10 @@ DEFAULT_VALUES = {
     "inputs": ("gradient", "explicit", "implicit"),
     "steps": ("2", "4", "6", "8", "10"),
 }
+# The row every other variant is compared with, pair by pair: the paper's claim (data
+# efficiency against VoxelMorph on all the data) or the paper's default setting.
+REFERENCES = {"data-fraction": "voxelmorph-100pct", "hidden-states": "h11",
+              "inner-loss": "inner-mse", "inputs": "inputs-gradient", "steps": "T6-exp"}
 
 
 def variants(experiment: str, base: dict[str, Any], values: list[str] | None = None,
@@ -128,6 +132,7 @@ def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
                                                 "folding_percent", "seconds")},
                      "iterations": training["iterations"],
                      "train_seconds": _train_seconds(run_dir)})
+    _compare(rows, out, REFERENCES.get(experiment))
     _write_results(experiment, rows, out)
     return rows
 
@@ -187,38 +192,80 @@ def _plain(value: Any) -> Any:
     return "".join("1" if v else "0" for v in value) if isinstance(value, list) else value
 
 
+def _pair_dice(out: Path, variant: str) -> dict[str, float]:
+    import csv
+
+    with (out / variant / "eval" / "pairs.csv").open(newline="") as f:
+        return {p["pair"]: float(p["dice_mean"]) for p in csv.DictReader(f)}
+
+
+def _compare(rows: list[dict[str, Any]], out: Path, reference: str | None) -> None:
+    """Adds to each row its Dice minus the reference's on the same test pairs: the mean
+    difference, its 95 % interval (t) and the Wilcoxon signed-rank p-value. All variants see
+    the same pairs, so the paired difference is far less noisy than the two means' spread."""
+    import numpy as np
+    from scipy import stats
+
+    names = [r["variant"] for r in rows]
+    reference = reference if reference in names else names[0]
+    ref = _pair_dice(out, reference)
+    for r in rows:
+        r["reference"] = reference
+        mine = _pair_dice(out, r["variant"])
+        d = np.array([mine[k] - ref[k] for k in ref
+                      if k in mine and not math.isnan(mine[k] - ref[k])])
+        if r["variant"] == reference or d.size < 2 or not d.any():
+            r.update(delta_dice=0.0 if d.size else math.nan, delta_dice_ci95=0.0,
+                     wilcoxon_p=math.nan)
+            continue
+        r["delta_dice"] = float(d.mean())
+        r["delta_dice_ci95"] = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1)
+                                     / math.sqrt(d.size))
+        r["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
+
+
 def _write_results(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
     from model.training.evaluate import write_csv
 
     write_csv(rows, out / "results.csv")
     lines = [f"# Experiment: {experiment}", "",
              "| variant | pairs | Dice | HD95 (mm) | std log\\|J\\| | folding % | s / pair | "
-             "iterations | training (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"ΔDice vs {rows[0]['reference']} (95 % CI) | Wilcoxon p | iterations | "
+             "training (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        delta = ("reference" if r["variant"] == r["reference"] else
+                 f"{r['delta_dice']:+.3f} ± {r['delta_dice_ci95']:.3f}")
+        p = "" if math.isnan(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.2g}"
         lines.append(f"| {r['variant']} | {r['pairs']} | {r['dice_mean']:.3f} ± "
                      f"{r['dice_mean_std']:.3f} | {r['hd95_mean']:.2f} | "
                      f"{r['std_log_jacobian']:.3f} | {r['folding_percent']:.3f} | "
-                     f"{r['seconds']:.2f} | {r['iterations']} | {r['train_seconds']:.0f} |")
+                     f"{r['seconds']:.2f} | {delta} | {p} | {r['iterations']} | "
+                     f"{r['train_seconds']:.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(experiment, rows, out)
 
 
 def _plot(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
-    import csv
-
+    """Left: Dice over the test pairs per variant (curves for data-fraction and steps, box
+    plots otherwise). Right: each variant's paired Dice difference to the reference, 95 % CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 3.9),
+                                 gridspec_kw={"width_ratios": [1.25, 1]})
     if experiment in ("data-fraction", "steps"):
         key, group = ("fraction", "arch") if experiment == "data-fraction" else ("steps",
                                                                                   "weights")
-        for name in dict.fromkeys(r[group] for r in rows):
+        groups = list(dict.fromkeys(r[group] for r in rows))
+        for k, name in enumerate(groups):
             mine = sorted((r for r in rows if r[group] == name), key=lambda r: r[key])
-            xs = [r[key] * (100 if key == "fraction" else 1) for r in mine]
+            # Groups side by side (a small shift) so that their bars do not hide each other.
+            shift = (k - (len(groups) - 1) / 2) * 0.04
+            xs = [r[key] * 100 * 10 ** shift if key == "fraction" else r[key] + 3 * shift
+                  for r in mine]
             ax.errorbar(xs, [r["dice_mean"] for r in mine],
                         yerr=[r["dice_mean_std"] for r in mine], marker="o", capsize=3,
                         label=name)
@@ -227,17 +274,23 @@ def _plot(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
             ax.set_xscale("log")
             ax.set_xticks([5, 10, 25, 50, 100], ["5", "10", "25", "50", "100"])
         ax.legend()
+        ax.set_ylabel("Dice, mean ± sd over test pairs")
     else:
-        data = []
-        for r in rows:
-            with (out / r["variant"] / "eval" / "pairs.csv").open(newline="") as f:
-                data.append([float(p["dice_mean"]) for p in csv.DictReader(f)
-                             if p["dice_mean"] != "nan"])
+        data = [[v for v in _pair_dice(out, r["variant"]).values() if not math.isnan(v)]
+                for r in rows]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(rows) + 1), [r["variant"] for r in rows])
-    ax.set_ylabel("Dice (test pairs)")
+        ax.set_ylabel("Dice (test pairs)")
     ax.set_title(experiment)
     ax.grid(alpha=0.3)
+    ys = range(len(rows))[::-1]
+    dx.errorbar([r["delta_dice"] for r in rows], ys, xerr=[r["delta_dice_ci95"] for r in rows],
+                fmt="o", capsize=3)
+    dx.axvline(0, color="grey", lw=1)
+    dx.set_yticks(ys, [r["variant"] for r in rows])
+    dx.set_xlabel(f"Dice − Dice of {rows[0]['reference']} (same pairs), 95 % CI")
+    dx.set_title("paired difference")
+    dx.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "results.png", dpi=120)
     plt.close(fig)
