@@ -45,6 +45,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta or {},
     }
+    return save_atomically(payload, path)
+
+
+def save_atomically(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary name beside ``path``, then rename: a reader (or a crash)
+    never sees half a file."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)

@@ -108,7 +108,6 @@ def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
 
 
 def check_request(steps: int | None, init: str, similarity: str | None) -> None:
-
     if steps is not None and not 1 <= steps <= MAX_STEPS:
         raise InputError(f"steps must be between 1 and {MAX_STEPS}; got {steps}")
     if init not in INITS:

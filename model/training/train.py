@@ -35,7 +35,13 @@ from torch import nn
 
 from model import metrics
 from model.architectures import architecture
-from model.checkpoint import build_model, load_checkpoint, read_checkpoint, save_checkpoint
+from model.checkpoint import (
+    build_model,
+    load_checkpoint,
+    read_checkpoint,
+    save_atomically,
+    save_checkpoint,
+)
 from model.losses import diffusion, similarity_loss, soft_dice
 from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
 from model.warp import warp
@@ -408,10 +414,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
 
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
                 seconds: float) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"optimizer": optimizer.state_dict(), "iteration": iteration,
-                "seconds": seconds}, tmp)
-    os.replace(tmp, path)
+    save_atomically({"optimizer": optimizer.state_dict(), "iteration": iteration,
+                     "seconds": seconds}, path)
 
 
 def _best_dice(out: Path) -> float:
