@@ -40,6 +40,11 @@ class RIIRConfig:
     cell_stride: int = 1
     # False: first-order meta-gradient (∇L_inner treated as an input, no second derivatives).
     second_order: bool = False
+    # ∇L_inner is multiplied by this before it enters the cell. The MSE gradient of [0, 1]
+    # images has an RMS of ~0.03 per voxel, so at the default initialisation the cell's
+    # biases drown it and training spends its first thousand steps growing the input weights;
+    # a scale that brings it to ~1 lets the cell use it from the start (docs/method.md).
+    gradient_scale: float = 1.0
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -140,7 +145,7 @@ class RIIR(nn.Module):
                                   phi if cfg.second_order else phi.detach(),
                                   ncc_window=cfg.ncc_window,
                                   create_graph=cfg.second_order and torch.is_grad_enabled())
-            return torch.cat([phi_coarse, self._coarse(grad)], 1)
+            return torch.cat([phi_coarse, self._coarse(grad * cfg.gradient_scale)], 1)
         first = warp(moving, phi) if cfg.inputs == "explicit" else moving
         return torch.cat([phi_coarse, self._coarse(first), self._coarse(fixed)], 1)
 

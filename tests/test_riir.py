@@ -69,6 +69,23 @@ def test_second_order_meta_gradient_differs_from_first_order():
     assert (grads[0] - grads[1]).norm() / grads[0].norm() > 1e-5
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_gradient_scale_multiplies_only_the_gradient_channels(d):
+    """A cell with gradient_scale s computes what an unscaled cell does when the input weights
+    of its gradient channels are s times larger: the scale reaches ∇L_inner and nothing else."""
+    moving, fixed = _pair(d)
+    torch.manual_seed(0)
+    plain = _randomise_output(RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4))))
+    scaled = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4),
+                             gradient_scale=10.0))
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        scaled.cell.conv_in.weight[:, d:] /= 10.0  # channels [phi (d), ∇L_inner (d)]
+        expected, got = plain(moving, fixed)[-1], scaled(moving, fixed)[-1]
+    assert expected.abs().max() > 1e-4
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_progress_and_return_last_only():
     moving, fixed = _pair(2)
     seen = []
