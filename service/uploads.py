@@ -25,7 +25,6 @@ ROLES = {"fixed": "fixed image", "moving": "moving image", "fixed_labels": "fixe
 PAIR_FILES = ("fixed", "moving", "fixed_labels", "moving_labels")
 SERIES_FILES = ("series",)
 GZIP_MAGIC = b"\x1f\x8b"
-CHUNK = 4 << 20
 
 
 def name_by_content(received: Path, role: str) -> Path:

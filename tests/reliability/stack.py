@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from service import broker
 from service.jobstore import TERMINAL, Job, JobStore, new_job_id
 from service.serve import Child, gateway_argv, spawn, worker_argv
@@ -26,7 +24,7 @@ from service.settings import Settings
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
-from support import free_port, make_models  # noqa: E402, F401  (re-exported)
+from support import free_port, gateway_healthy, make_models  # noqa: E402, F401
 
 START_TIMEOUT_S = 60
 
@@ -141,10 +139,7 @@ class Stack:
         def healthy() -> bool:
             if child.process.poll() is not None:
                 raise AssertionError(f"gateway died: {self.log('gateway')}")
-            try:
-                return httpx.get(f"{url}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return gateway_healthy(url)
 
         wait_until(healthy, "the gateway", START_TIMEOUT_S, every=0.1)
         return child, url

@@ -20,7 +20,7 @@ from service.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import blobs  # noqa: E402  (tests/ is on the path: tests/conftest.py)
-from support import free_port, make_models, write_nifti  # noqa: E402
+from support import free_port, gateway_healthy, make_models, write_nifti  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 << 20  # small, so the 413 test sends only a few MiB
 STACK_START_TIMEOUT_S = 90
@@ -95,15 +95,8 @@ def gateway_url(stack_env: dict[str, str], service_dir: Path) -> Iterator[str]:
         child = spawn("gateway", gateway_argv("127.0.0.1", port, "warning"), stack_env,
                       output=log)
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        _wait(healthy, "the gateway", child, log_path)
+        _wait(lambda: gateway_healthy(url), "the gateway", child, log_path)
         yield url
     finally:
         child.stop()

@@ -23,6 +23,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def gateway_healthy(url: str) -> bool:
+    """True once the gateway at ``url`` answers /health."""
+    try:
+        return httpx.get(f"{url}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
                 dtype: Any = np.float32) -> Path:
     affine = np.diag([*spacing[:3], 1.0])
