@@ -133,9 +133,13 @@ def jacobian_determinant(phi: np.ndarray) -> np.ndarray:
     Derivatives are ``np.gradient``'s: central differences inside, one-sided at the border
     (each axis needs at least 2 voxels). With phi and the grid both in voxels the determinant
     is the local volume ratio, unchanged by the voxel-to-mm scaling, so no spacing is needed.
-    Values <= 0 mark folding (the transform is not locally invertible there).
+    Values <= 0 mark folding (the transform is not locally invertible there). A float32 phi
+    is differentiated in float32 (half the time and memory on a 1-mm brain, determinants
+    within ~1e-6), any other in float64.
     """
-    phi = np.asarray(phi, dtype=np.float64)
+    phi = np.asarray(phi)
+    if phi.dtype != np.float32:
+        phi = phi.astype(np.float64)
     dim = phi.shape[0]
     if dim not in (2, 3) or phi.ndim != dim + 1:
         raise ValueError(f"phi must be (D, *spatial) with D = 2 or 3, got shape {phi.shape}")
@@ -172,6 +176,26 @@ def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str,
         "std_log_jacobian": float(np.log(np.clip(values, 1e-9, 1e9)).std()),
         "folding_percent": float(100.0 * np.mean(values <= 0)),
     }
+
+
+def end_point_error(phi: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None,
+                    mask: np.ndarray | None = None) -> float:
+    """Mean end-point error in mm: the distance |phi(x) - truth(x)| between two (D, *spatial)
+    voxel displacements of one grid, averaged over the voxels of ``mask`` (default all).
+
+    Both fields map the same fixed voxel x to a moving point, so their difference is how far
+    apart the two points land; ``spacing`` (per array axis) turns voxels into mm.
+    """
+    phi, truth = np.asarray(phi, dtype=np.float64), np.asarray(truth, dtype=np.float64)
+    if phi.shape != truth.shape:
+        raise ValueError(f"displacements differ in shape: {phi.shape} vs {truth.shape}")
+    scale = np.asarray(_spacing_or_unit(spacing, phi.ndim - 1)).reshape(-1, *[1] * (phi.ndim - 1))
+    distance = np.linalg.norm((phi - truth) * scale, axis=0)
+    if mask is not None:
+        distance = distance[np.asarray(mask, dtype=bool)]
+    if distance.size == 0:
+        raise ValueError("no voxels to average (empty field or mask)")
+    return float(distance.mean())
 
 
 def _as_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,16 +245,22 @@ def nmi(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     nan when both images are constant (0/0).
     """
     a, b = _as_pair(a, b)
-    joint, _, _ = np.histogram2d(
-        a.ravel(),
-        b.ravel(),
-        bins=bins,
-        range=[_value_range(a), _value_range(b)],
-    )
+    # One bincount over joint bin indices: np.histogram2d's edge search takes ~8x as long
+    # on a 1-mm brain, and this is computed twice per registration.
+    joint = np.bincount((_bin_index(a, bins) * bins + _bin_index(b, bins)).ravel(),
+                        minlength=bins * bins).reshape(bins, bins)
     h_joint = _entropy(joint)
     if h_joint == 0:
         return float("nan")
     return (_entropy(joint.sum(axis=1)) + _entropy(joint.sum(axis=0))) / h_joint
+
+
+def _bin_index(image: np.ndarray, bins: int) -> np.ndarray:
+    """Each voxel's bin among ``bins`` equal bins over the image's min..max, the maximum in
+    the last bin (as ``np.histogram`` counts it)."""
+    low, high = _value_range(image)
+    index = ((image - low) * (bins / (high - low))).astype(np.intp)
+    return np.minimum(index, bins - 1, out=index)
 
 
 def _value_range(image: np.ndarray) -> tuple[float, float]:

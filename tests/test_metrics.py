@@ -10,6 +10,7 @@ import pytest
 
 from model.metrics import (
     dice,
+    end_point_error,
     hausdorff95,
     jacobian_determinant,
     jacobian_stats,
@@ -171,6 +172,17 @@ def test_linear_displacement_has_constant_jacobian(shape):
     np.testing.assert_allclose(jacobian_determinant(phi), expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float32_field_gives_a_float32_jacobian_close_to_float64(shape):
+    # The engine passes float32 fields (half the time on a 1-mm brain); the values must not
+    # move beyond float32 rounding.
+    rng = np.random.default_rng(3)
+    phi = rng.normal(0.0, 0.5, (len(shape), *shape))
+    det32 = jacobian_determinant(phi.astype(np.float32))
+    assert det32.dtype == np.float32
+    np.testing.assert_allclose(det32, jacobian_determinant(phi), atol=1e-5)
+
+
 def test_jacobian_uses_central_differences_inside_and_one_sided_at_the_border():
     # phi_0 = 0.1 x_0^2 on 5 rows: d phi_0 / d x_0 is 0.1 * ((x+1)^2 - (x-1)^2) / 2 = 0.2 x
     # inside, 0.1 * (1 - 0) = 0.1 at x_0 = 0 and 0.1 * (16 - 9) = 0.7 at x_0 = 4.
@@ -259,6 +271,26 @@ def test_nmi_hand_values():
     h_b = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     expected = (math.log(2) + h_b) / (1.5 * math.log(2))
     assert nmi(a, np.array([0.0, 0.0, 0.0, 1.0]), bins=2) == pytest.approx(expected)
+
+
+def test_nmi_bins_as_histogram2d_over_each_image_range():
+    # The bincount binning must count exactly what np.histogram2d counts over each image's
+    # min..max, the maximum included in the last bin; integer-valued images put many
+    # voxels on bin edges, where an off-by-one would show.
+    rng = np.random.default_rng(5)
+    for a, b in ((rng.random((30, 40)), rng.random((30, 40))),
+                 (rng.integers(0, 7, (32, 32)).astype(float),
+                  rng.integers(-3, 12, (32, 32)).astype(float))):
+        joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=16,
+                                     range=[(a.min(), a.max()), (b.min(), b.max())])
+        p = joint / joint.sum()
+
+        def entropy(q):
+            q = q[q > 0]
+            return -np.sum(q * np.log(q))
+
+        expected = (entropy(p.sum(1)) + entropy(p.sum(0))) / entropy(p)
+        assert nmi(a, b, bins=16) == pytest.approx(expected, rel=1e-12)
 
 
 def test_nmi_of_independent_images_is_near_one():
@@ -386,3 +418,18 @@ def test_hd95_is_unchanged_by_empty_margins_and_border_contact():
                     np.percentile(_directed_surface_distances(sb, sa, spacing), 95))
         assert tight[label] == pytest.approx(whole)
         assert padded[label] == pytest.approx(whole)
+
+
+def test_end_point_error_is_the_mean_distance_in_mm_inside_the_mask():
+    truth = np.zeros((2, 4, 5))
+    phi = np.zeros((2, 4, 5))
+    phi[0, :2] = 3.0  # 3 voxels along axis 0 (2 mm each) and 4 along axis 1 (0.5 mm each)
+    phi[1, :2] = 4.0
+    # sqrt(6² + 2²) mm on the first two rows, 0 on the others
+    assert end_point_error(phi, truth, (2.0, 0.5)) == pytest.approx(np.hypot(6, 2) / 2)
+    mask = np.zeros((4, 5), dtype=bool)
+    mask[0] = True
+    assert end_point_error(phi, truth, (2.0, 0.5), mask) == pytest.approx(np.hypot(6, 2))
+    assert end_point_error(truth, phi) == pytest.approx(2.5)  # unit spacing, symmetric
+    with pytest.raises(ValueError, match="differ in shape"):
+        end_point_error(phi, truth[:, :3])

@@ -51,6 +51,19 @@ def write(image: sitk.Image, path) -> str:
     return str(path)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dim", [2, 3])
+def test_field_to_voxel_inverts_voxel_to_field_on_an_oblique_grid(dim, dtype):
+    # The metrics (Jacobian, preview) read the field back in voxels; an axis swapped or a
+    # matrix transposed in that conversion would pass unnoticed on an axis-aligned grid.
+    size, spacing = (7, 6, 5)[:dim], (1.2, 0.9, 1.1)[:dim]
+    grid = Grid(size, spacing, (3.0, -2.0, 1.0)[:dim], rotation(dim))
+    phi = np.random.default_rng(0).normal(0.0, 1.0, (dim, *grid.shape))
+    back = grid.field_to_voxel(grid.voxel_to_field(phi), dtype)
+    assert back.dtype == dtype and back.flags["C_CONTIGUOUS"]
+    np.testing.assert_allclose(back, phi, atol=1e-12 if dtype == np.float64 else 1e-5)
+
+
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")

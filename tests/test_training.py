@@ -201,6 +201,35 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
 
 
+def test_smoothness_limits_decide_which_validation_becomes_best():
+    cfg = TrainConfig(data="x", best_max_std_log_jacobian=0.2, best_max_folding_percent=0.1)
+    assert cfg.qualifies_as_best({"val_dice": 0.6, "val_std_log_jacobian": 0.2,
+                                  "val_folding_percent": 0.05})
+    assert not cfg.qualifies_as_best({"val_dice": 0.9, "val_std_log_jacobian": 0.3,
+                                      "val_folding_percent": 0.0})
+    assert not cfg.qualifies_as_best({"val_dice": 0.9, "val_std_log_jacobian": 0.1,
+                                      "val_folding_percent": 0.2})
+    assert TrainConfig(data="x").qualifies_as_best({"val_dice": 0.9})  # no limits: any
+    with pytest.raises(InputError, match="must not be negative"):
+        TrainConfig(data="x", best_max_folding_percent=-1).check()
+
+
+def test_best_checkpoint_waits_for_a_field_within_the_limit(folder, tmp_path):
+    # Every trained field has std log|J| > 0, so a limit of 0 leaves no best.pt; a resume that
+    # relaxes the limit takes the next validation.
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(run), "--iterations", "2",
+                 "--validate-every", "1", "--val-pairs", "1", "--dice-weight", "0.5",
+                 "--lr", "0.01", "--best-max-std-log-jacobian", "0", *TINY]) == 0
+    with (run / "log.csv").open() as f:
+        assert all(float(r["val_std_log_jacobian"]) > 0 for r in csv.DictReader(f))
+    assert not (run / "best.pt").exists()
+    assert main(["train", "--out", str(run), "--resume", "--iterations", "3",
+                 "--best-max-std-log-jacobian", "10", "--quiet"]) == 0
+    best = read_checkpoint(run / "best.pt")["meta"]["training"]
+    assert best["iterations"] == 3 and best["config"]["best_max_std_log_jacobian"] == 10
+
+
 def test_bad_training_input_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
                  "--quiet"]) == 1

@@ -63,7 +63,7 @@ def similarity_report(fixed: np.ndarray, moved: np.ndarray) -> dict[str, float]:
 
 
 def _jacobian_image(det: np.ndarray, field: sitk.Image) -> sitk.Image:
-    image = sitk.GetImageFromArray(det.astype(np.float32))
+    image = sitk.GetImageFromArray(det.astype(np.float32, copy=False))
     image.CopyInformation(field)
     return image
 
@@ -124,7 +124,7 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path,
 
     reg = register_images(engine, fixed, inputs.moving, steps=options.steps, init=options.init,
                           similarity=options.similarity, progress=progress)
-    phi = Grid.of(fixed).field_to_voxel(reg.field)
+    phi = Grid.of(fixed).field_to_voxel(reg.field, np.float32)
     det = metrics.jacobian_determinant(phi)
     fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
     report: dict[str, Any] = _header(engine, options, inputs.fixed)
@@ -202,7 +202,7 @@ def register_series_file(series_path: Path, out_dir: Path, options: Options = Op
             field, moved, initial = reg.field, reg.warped, reg.initial
         imageio.write_displacement(imageio.restore_layout(field, frames_as_read[template]),
                                    fields_dir / f"frame_{i:03d}.nii.gz")
-        phis.append(grid.field_to_voxel(field))
+        phis.append(grid.field_to_voxel(field, np.float32))
         jacobians.append(metrics.jacobian_determinant(phis[-1]))
         warped_frames.append(imageio.restore_layout(moved, frames_as_read[template]))
         before.append(_array(initial))

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT_NAMES = ("data-fraction", "hidden-states", "inner-loss", "inputs", "steps")
+# The data sources of model/training/datasets.py (not imported: it pulls in SimpleITK).
+DATA_KINDS = ("folder", "acdc", "series", "brain", "qmri")
 
 
 def _key_value(text: str) -> tuple[str, Any]:
@@ -37,13 +39,15 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH",
                    help="the data: a folder with img/ (+ label/) NIfTI images (folder), the "
                         "ACDC .h5 folder (acdc), a 4-D NIfTI series or a folder of them "
-                        "(series), or the SynthSeg label-map folder (brain)")
-    p.add_argument("--data-kind", choices=("folder", "acdc", "series", "brain"),
+                        "(series), the SynthSeg label-map folder (brain), or molli / msasha "
+                        "for simulated series with known motion (qmri)")
+    p.add_argument("--data-kind", choices=DATA_KINDS,
                    help="how to read --data (default: folder)")
     p.add_argument("--split-seed", type=int, help="seed of the subject split (default 0)")
     p.add_argument("--data-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="a keyword argument of the data source, e.g. cache_dir=runs/cache "
-                        "or contrast=t1 (brain), test_fraction=0.25")
+                        "or contrast=t1 (brain), test_fraction=0.25, series=8 or "
+                        "motion_mm=12 (qmri)")
 
 
 def add_train_options(p: argparse.ArgumentParser) -> None:
@@ -109,6 +113,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--description", help="one line for the model card")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also log to OUT/tensorboard (needs tensorboard)")
+    g.add_argument("--best-max-std-log-jacobian", type=float, metavar="S",
+                   help="best.pt only from validations with std log|J| <= S (default: any); "
+                        "label supervision can buy Dice with a rough field")
+    g.add_argument("--best-max-folding", type=float, metavar="PERCENT",
+                   help="best.pt only from validations with at most PERCENT %% folding "
+                        "voxels (default: any)")
 
 
 TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
@@ -123,6 +133,8 @@ TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "validate_every": "validate_every", "val_pairs": "val_pairs", "device": "device",
     "threads": "threads", "name": "name", "model_version": "version",
     "description": "description", "tensorboard": "tensorboard",
+    "best_max_std_log_jacobian": "best_max_std_log_jacobian",
+    "best_max_folding": "best_max_folding_percent",
 }
 
 

@@ -15,6 +15,8 @@ Sources of pairs (``PairSource``):
   directions for training; evaluated ES -> ED.
 - ``SeriesPairs``: frames of 4-D NIfTI series (qMRI), a frame registered to another frame.
 - ``SynthBrainPairs``: SynthMorph-style brain pairs from label maps (``synthesis.py``).
+- ``SimulatedSeriesPairs``: simulated MOLLI / mSASHA series with known respiratory motion
+  (``qmri.py``); its pairs carry the true displacement, so an evaluation scores the field.
 
 Splits are by subject (patient, series, label map) from a seeded permutation that does not
 depend on the training fraction, so the held-out test subjects stay the same when only 5 % of
@@ -40,7 +42,7 @@ from riir.grid import model_grid
 from riir.intensity import normalize
 
 SPLITS = ("train", "val", "test")
-DATA_KINDS = ("folder", "acdc", "series", "brain")
+DATA_KINDS = ("folder", "acdc", "series", "brain", "qmri")
 ACDC_SPACING_MM = 1.5  # the HDF5 files keep no spacing; ACDC's in-plane spacing is ~1.5 mm
 
 
@@ -70,6 +72,9 @@ class Subject:
 class SubjectPair:
     fixed: Subject
     moving: Subject
+    # The displacement that registration should find, where it is known (simulations): a
+    # voxel field (D, *shape) on the fixed grid in numpy order, the engine's convention.
+    truth: np.ndarray | None = None
 
     @property
     def name(self) -> str:
@@ -424,10 +429,74 @@ class SynthBrainPairs(PairSource):
         return [self._draw(split, rng, f"{split}{k:03d}") for k in range(count or 20)]
 
 
+class SimulatedSeriesPairs(PairSource):
+    """Simulated qMRI series (``qmri.simulate_series``; ``--data molli`` or ``msasha``) with
+    known respiratory motion. Validation and test pairs register each frame of seeded series to
+    the template frame, with the frames' tissue maps as labels (lungs, liver, LV and RV blood
+    and myocardium are scored and supervised: the organs breathing moves) and the true
+    displacement; training draws a new series and frame on the fly.
+    Series seeds start at 0 (test), 10 000 (validation) and 20 000 (training), shifted by
+    ``split_seed``, so no split shares a series."""
+
+    LABELS = {3: "lung", 4: "liver", 5: "LV", 6: "RV", 7: "myocardium"}
+    SEEDS = {"test": 0, "val": 10_000, "train": 20_000}
+
+    def __init__(self, kind: str, *, fraction: float = 1.0, split_seed: int = 0,
+                 series: int = 4, shape: Sequence[int] = (128, 128), spacing_mm: float = 1.5,
+                 motion_mm: float = 8.0, noise_std: float = 0.02, template: int = -1):
+        from model.training import qmri
+
+        kind = str(kind)
+        if kind not in qmri.KINDS:
+            raise InputError(f"simulated series are {' or '.join(qmri.KINDS)} (--data); "
+                             f"got '{kind}'")
+        if fraction != 1.0:
+            raise InputError("simulated data is drawn without end: --fraction does not apply")
+        self.settings = {"kind": kind, "shape": tuple(int(n) for n in shape),
+                         "spacing_mm": float(spacing_mm), "motion_mm": float(motion_mm),
+                         "noise_std": float(noise_std), "template": int(template)}
+        self.seed_base = {k: v + split_seed for k, v in self.SEEDS.items()}
+        names = {part: [f"{kind}-seed{self.seed_base[part] + k}" for k in range(series)]
+                 for part in ("val", "test")}
+        super().__init__(f"simulated-{kind}", 2, Split([], names["val"], names["test"]),
+                         tuple(self.LABELS),
+                         {"kind": "qmri", "series_per_split": series, "split_seed": split_seed,
+                          **self.settings})
+
+    def _series_pairs(self, seed: int) -> list[SubjectPair]:
+        from model.training import qmri
+
+        s = self.settings
+        series = qmri.simulate_series(s["kind"], s["shape"], s["spacing_mm"], s["motion_mm"],
+                                      seed, noise_std=s["noise_std"], template=s["template"])
+
+        def subject(n: int) -> Subject:
+            return Subject(f"{s['kind']}-seed{seed}_f{n:02d}",
+                           _slice_image(series.frames[n], s["spacing_mm"]),
+                           _slice_image(series.frame_tissue_maps[n].astype(np.int32),
+                                        s["spacing_mm"]))
+
+        fixed = subject(series.template)
+        return [SubjectPair(fixed, subject(n), series.fields[n].astype(np.float64))
+                for n in range(len(series.frames)) if n != series.template]
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        pairs = self._series_pairs(self.seed_base["train"] + int(rng.integers(1 << 30)))
+        return pairs[int(rng.integers(len(pairs)))]
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        if split == "train":
+            raise InputError("simulated training series are drawn on the fly; evaluate on "
+                             "--split val or test")
+        out = [pair for k in range(len(self.split[split]))
+               for pair in self._series_pairs(self.seed_base[split] + k)]
+        return out[:count] if count is not None else out
+
+
 def open_source(kind: str, path: str | os.PathLike, **options: Any) -> PairSource:
     """A pair source by kind (``DATA_KINDS``); options are the class's keyword arguments."""
     classes = {"folder": FolderPairs, "acdc": AcdcPairs, "series": SeriesPairs,
-               "brain": SynthBrainPairs}
+               "brain": SynthBrainPairs, "qmri": SimulatedSeriesPairs}
     if kind not in classes:
         raise InputError(f"unknown data kind '{kind}'; choose {', '.join(DATA_KINDS)}")
     options = {k: v for k, v in options.items() if v is not None}

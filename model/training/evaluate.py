@@ -134,7 +134,7 @@ def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict
     field, warped = method.register(pair)
     seconds = time.perf_counter() - start
     grid = Grid.of(pair.fixed.image)
-    phi = grid.field_to_voxel(field)
+    phi = grid.field_to_voxel(field, np.float32)
     jacobian = metrics.jacobian_stats(metrics.jacobian_determinant(phi))
     fixed_labels = sitk.GetArrayFromImage(pair.fixed.labels)
     warped_labels = sitk.GetArrayFromImage(warped)
@@ -148,6 +148,8 @@ def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict
                            "std_log_jacobian": jacobian["std_log_jacobian"],
                            "folding_percent": jacobian["folding_percent"],
                            "seconds": seconds}
+    if pair.truth is not None:  # simulated pairs: how far the field is from the true one
+        row["epe_mm"] = metrics.end_point_error(phi, pair.truth, spacing, fixed_labels > 0)
     for label in labels:
         row[f"dice_{label}"] = dice.get(label, math.nan)
     return row
@@ -158,7 +160,8 @@ def _nanmean(values: Any) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-SUMMARY_COLUMNS = ("dice_mean", "hd95_mean", "std_log_jacobian", "folding_percent", "seconds")
+SUMMARY_COLUMNS = ("dice_mean", "hd95_mean", "std_log_jacobian", "folding_percent", "seconds",
+                   "epe_mm")
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -170,7 +173,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         keys = list(SUMMARY_COLUMNS) + sorted(k for k in mine[0] if k.startswith("dice_")
                                                and k != "dice_mean")
         for key in keys:
-            values = np.array([float(r[key]) for r in mine], dtype=np.float64)
+            values = np.array([float(r.get(key, math.nan)) for r in mine], dtype=np.float64)
             values = values[~np.isnan(values)]
             entry[key] = float(values.mean()) if values.size else math.nan
             entry[f"{key}_std"] = float(values.std()) if values.size else math.nan
@@ -185,6 +188,10 @@ def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | 
     if label_names is None or len(label_keys) > 6:
         label_keys = []  # many labels (brain): the per-label Dice lives in the CSV
     head = ["method", "pairs", "Dice", "HD95 (mm)", "std log\\|J\\|", "folding %", "s / pair"]
+    # Pairs with a known field (simulations) get an end-point error column.
+    truth = any(not math.isnan(s.get("epe_mm", math.nan)) for s in summary)
+    if truth:
+        head.insert(2, "end-point error (mm)")
     head += [f"Dice {label_names.get(int(k.split('_')[1]), k)}" for k in label_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
@@ -193,6 +200,8 @@ def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | 
                  f"{s['hd95_mean']:.2f} ± {s['hd95_mean_std']:.2f}",
                  f"{s['std_log_jacobian']:.3f}", f"{s['folding_percent']:.3f}",
                  f"{s['seconds']:.2f}"]
+        if truth:
+            cells.insert(2, f"{s['epe_mm']:.2f} ± {s['epe_mm_std']:.2f}")
         cells += [f"{s[k]:.3f}" for k in label_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

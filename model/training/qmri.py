@@ -268,6 +268,7 @@ class Series:
     fields: np.ndarray  # (N, 2, H, W) float32 voxels: template grid -> frame (see module doc)
     reference: np.ndarray  # (N, H, W) float32: motion-free, noise-free frames (template grid)
     tissue_map: np.ndarray  # (H, W) int16: LABELS at the template position
+    frame_tissue_maps: np.ndarray  # (N, H, W) int16: LABELS where each frame shows them
     times: np.ndarray  # molli: (N,) TI in ms; msasha: (N, 2) (TS, TE) in ms
     spacing_mm: float
     template: int
@@ -333,10 +334,11 @@ def simulate_series(
     signal = signals(kind, times, field_t, look_locker, t_d_ms)  # (N, tissues)
 
     at_rest = render(points, edge_mm)
-    frames, fields, reference = [], [], []
+    frames, fields, reference, frame_maps = [], [], [], []
     for n in range(frames_n):
         psi = partial(breathing, n)
         moved = render(points + psi(points), edge_mm)
+        frame_maps.append(moved.argmax(axis=0))
         frames.append(np.tensordot(signal[n], moved, axes=1))
         reference.append(np.tensordot(signal[n], at_rest, axes=1))
         fields.append(invert(psi, points) / spacing_mm)
@@ -353,6 +355,7 @@ def simulate_series(
         fields=np.stack(fields).astype(np.float32),
         reference=np.stack(reference).astype(np.float32),
         tissue_map=at_rest.argmax(axis=0).astype(np.int16),
+        frame_tissue_maps=np.stack(frame_maps).astype(np.int16),
         times=times,
         spacing_mm=float(spacing_mm),
         template=template,

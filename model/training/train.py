@@ -10,7 +10,9 @@ regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot label
 
 A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
 (the model, rebuilt by ``model.checkpoint.load_checkpoint``, with the ``meta`` inference needs),
-``best.pt`` (best validation Dice), ``optimizer.pt`` (Adam's state and the iteration, for
+``best.pt`` (best validation Dice, among validations within the smoothness limits
+``best_max_std_log_jacobian`` / ``best_max_folding_percent`` when they are set),
+``optimizer.pt`` (Adam's state and the iteration, for
 ``resume``) and ``log.csv`` (one row per iteration; validation columns every
 ``validate_every``). Training pairs of iteration ``i`` come from a generator seeded with
 ``(seed, i)``, so a resumed run draws the same pairs as an uninterrupted one.
@@ -58,7 +60,7 @@ MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_lo
 class TrainConfig:
     # data
     data: str = ""  # path of the data (folder, ACDC folder, series, label maps)
-    data_kind: str = "folder"  # folder | acdc | series | brain
+    data_kind: str = "folder"  # folder | acdc | series | brain | qmri
     fraction: float = 1.0  # share of the training subjects used (the test split never moves)
     split_seed: int = 0
     unlabelled: list[str] = field(default_factory=list)  # extra unlabelled image folders
@@ -98,6 +100,10 @@ class TrainConfig:
     version: str = "0.1.0"
     description: str = ""
     tensorboard: bool = False
+    # best.pt: a validation qualifies only within these limits (None: no limit). The label
+    # term trades smoothness for Dice, so the best Dice alone can pick a rough field.
+    best_max_std_log_jacobian: float | None = None
+    best_max_folding_percent: float | None = None
 
     def check(self) -> None:
         if self.arch not in ARCHS:
@@ -111,6 +117,16 @@ class TrainConfig:
             raise InputError("lam and dice_weight must not be negative")
         if not self.data:
             raise InputError("no training data given (--data PATH)")
+        for name in ("best_max_std_log_jacobian", "best_max_folding_percent"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise InputError(f"{name} must not be negative; got {getattr(self, name)}")
+
+    def qualifies_as_best(self, validation: dict[str, Any]) -> bool:
+        """Whether a validation's field is smooth enough to become best.pt."""
+        limits = (("val_std_log_jacobian", self.best_max_std_log_jacobian),
+                  ("val_folding_percent", self.best_max_folding_percent))
+        return all(limit is None or validation.get(key, float("inf")) <= limit
+                   for key, limit in limits)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -354,7 +370,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
     log = CsvLog(out / "log.csv", start)
     board = _tensorboard(out, cfg.tensorboard)
-    best = _best_dice(out) if resume else -1.0
+    best = _best_dice(out, cfg) if resume else -1.0
     final: dict[str, Any] = {}
     ema = None
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress,
@@ -385,7 +401,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if iteration % cfg.validate_every == 0 or iteration == cfg.iterations:
             row.update(validate(model, val_pairs, labels, device))
             final = {k: row[k] for k in row if k.startswith("val_")}
-            if row.get("val_dice", -1.0) > best:
+            if row.get("val_dice", -1.0) > best and cfg.qualifies_as_best(final):
                 best = row["val_dice"]
                 save_checkpoint(out / "best.pt", model, cfg.arch,
                                 _meta(cfg, source, pre, iteration, command, final, elapsed,
@@ -418,12 +434,14 @@ def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
                      "seconds": seconds}, path)
 
 
-def _best_dice(out: Path) -> float:
+def _best_dice(out: Path, cfg: TrainConfig) -> float:
+    """The validation Dice of the run's best.pt, or -1 when there is none or it is outside
+    the limits given now (a resume may tighten them), so the next qualifying one replaces it."""
     path = out / "best.pt"
     if not path.is_file():
         return -1.0
     final = read_checkpoint(path)["meta"].get("training", {}).get("final_metrics", {})
-    return float(final.get("val_dice", -1.0))
+    return float(final.get("val_dice", -1.0)) if cfg.qualifies_as_best(final) else -1.0
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
