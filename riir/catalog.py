@@ -16,7 +16,10 @@ from typing import Any
 from riir.errors import ModelNotFoundError
 
 # Default model by input: 2-D -> cardiac; small 3-D crops -> hippocampus; else whole brain.
+# A 2-D series (qMRI) changes contrast from frame to frame, which a model trained on one
+# contrast mistakes for motion: it gets the model trained for that.
 DEFAULT_2D = "cardiac-2d"
+DEFAULT_2D_SERIES = "qmri-2d"
 DEFAULT_SMALL_3D = "hippocampus-3d"
 DEFAULT_LARGE_3D = "brain-3d"
 SMALL_3D_MAX_VOXELS = 96**3
@@ -48,17 +51,18 @@ def list_models() -> list[dict[str, Any]]:
     return cards
 
 
-def default_name(spatial_dims: int, voxels: int) -> str:
+def default_name(spatial_dims: int, voxels: int, series: bool = False) -> str:
     if spatial_dims == 2:
-        return DEFAULT_2D
+        return DEFAULT_2D_SERIES if series else DEFAULT_2D
     return DEFAULT_SMALL_3D if voxels <= SMALL_3D_MAX_VOXELS else DEFAULT_LARGE_3D
 
 
-def resolve(spec: str | None, spatial_dims: int, voxels: int) -> Path:
-    """A checkpoint path from a model name, a path, or (None) the default for the input."""
+def resolve(spec: str | None, spatial_dims: int, voxels: int, series: bool = False) -> Path:
+    """A checkpoint path from a model name, a path, or (None) the default for the input
+    (``series``: frames of a series registered to its template)."""
     shipped = {card["name"]: card for card in list_models()}
     if spec is None:
-        spec = default_name(spatial_dims, voxels)
+        spec = default_name(spatial_dims, voxels, series)
         if spec not in shipped:  # the preferred one is missing: any model of that dimension
             same_dims = [n for n, c in shipped.items() if c.get("spatial_dims") == spatial_dims]
             if not same_dims:

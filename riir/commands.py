@@ -10,8 +10,8 @@ from typing import Any
 from riir.options import INITS
 
 HELP_MODEL = ("shipped model name (see 'riir models') or path to a .pt checkpoint; default: "
-              "chosen from the input (2-D: cardiac-2d, 3-D up to 96^3 voxels: hippocampus-3d, "
-              "larger 3-D: brain-3d)")
+              "chosen from the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 "
+              "voxels: hippocampus-3d, larger 3-D: brain-3d)")
 
 
 def _positive(text: str) -> int:

@@ -45,7 +45,8 @@ def inspect(path: Path, role: str, limits: Limits, *, series: bool = False,
                           whole_numbers=whole_numbers)
 
 
-def check_model(requested: str | None, spatial_dims: int, voxels: int) -> None:
+def check_model(requested: str | None, spatial_dims: int, voxels: int,
+                series: bool = False) -> None:
     """Only a shipped model name is accepted (never a path), and it must fit the images.
 
     With no name the worker picks by ``catalog.resolve(None, ...)``; the gateway asks the
@@ -55,7 +56,7 @@ def check_model(requested: str | None, spatial_dims: int, voxels: int) -> None:
     available = ", ".join(cards) or "none installed"
     if requested is None:
         try:
-            catalog.resolve(None, spatial_dims, voxels)  # reads the cards only: no torch
+            catalog.resolve(None, spatial_dims, voxels, series)  # the cards only: no torch
         except ModelNotFoundError:
             raise ModelNotFoundError(f"no model for {spatial_dims}-D images is installed on "
                                      f"this server (available: {available})") from None
@@ -107,5 +108,5 @@ def validate_series(files: dict[str, Path], limits: Limits, model: str | None,
     frames = info.shape[3]
     if not -frames <= template < frames:
         raise InputError(f"template frame {template} is outside the series' {frames} frames")
-    check_model(model, info.spatial_dims, _voxels(info))
+    check_model(model, info.spatial_dims, _voxels(info), series=True)
     return {"series": path.name}

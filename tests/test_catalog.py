@@ -13,12 +13,14 @@ def _ship(folder, name, dims):
 
 def test_default_model_by_dimension_and_size(tmp_path, monkeypatch):
     monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
-    for name, dims in (("cardiac-2d", 2), ("hippocampus-3d", 3), ("brain-3d", 3)):
+    for name, dims in (("cardiac-2d", 2), ("qmri-2d", 2), ("hippocampus-3d", 3),
+                       ("brain-3d", 3)):
         _ship(tmp_path, name, dims)
     (tmp_path / "orphan.json").write_text(json.dumps({"name": "orphan"}))  # no weights
     assert [c["name"] for c in catalog.list_models()] == ["brain-3d", "cardiac-2d",
-                                                          "hippocampus-3d"]
+                                                          "hippocampus-3d", "qmri-2d"]
     assert catalog.resolve(None, 2, 256 * 216).name == "cardiac-2d.pt"
+    assert catalog.resolve(None, 2, 256 * 216, series=True).name == "qmri-2d.pt"
     assert catalog.resolve(None, 3, 64**3).name == "hippocampus-3d.pt"
     assert catalog.resolve(None, 3, 160 * 192 * 224).name == "brain-3d.pt"
     assert catalog.resolve("hippocampus-3d", 3, 10**7).name == "hippocampus-3d.pt"
@@ -29,7 +31,10 @@ def test_default_model_by_dimension_and_size(tmp_path, monkeypatch):
 def test_missing_default_falls_back_to_a_model_of_the_same_dimension(tmp_path, monkeypatch):
     monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
     _ship(tmp_path, "hippocampus-3d", 3)
+    _ship(tmp_path, "cardiac-2d", 2)
     assert catalog.resolve(None, 3, 160 * 192 * 224).name == "hippocampus-3d.pt"
+    assert catalog.resolve(None, 2, 64 * 64, series=True).name == "cardiac-2d.pt"
+    (tmp_path / "cardiac-2d.pt").unlink()
     with pytest.raises(ModelNotFoundError, match="no shipped model for 2-D"):
         catalog.resolve(None, 2, 64 * 64)
 

@@ -221,6 +221,27 @@ def test_series_registers_every_frame_to_the_template(tmp_path, checkpoints):
     assert report["pca_after"]["d_pca1"] < 0.5 * report["pca_before"]["d_pca1"]
 
 
+def test_a_series_gets_the_series_model_by_default(tmp_path, monkeypatch):
+    # qMRI frames change contrast, so 2-D series default to qmri-2d and pairs to cardiac-2d.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("cardiac-2d", "qmri-2d"):
+        save_checkpoint(weights / f"{name}.pt",
+                        Descent(DescentConfig(spatial_dims=2, steps=2, step=1.0, sigma=3.0)),
+                        "descent", {"name": name, "version": "test"})
+        (weights / f"{name}.json").write_text(json.dumps({"name": name, "spatial_dims": 2}))
+    monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))
+    g = GEOMETRIES["2d"]["fixed"]
+    frames = [physical_image(*g, shift=s) for s in ((1.0, 0.0), (0.0, 0.0))]
+    series = write(sitk.JoinSeries([sitk.JoinSeries(f) for f in frames]), tmp_path / "s.nii.gz")
+    pair = [write(f, tmp_path / f"{k}.nii.gz") for k, f in enumerate(frames)]
+    assert main(["register-series", series, "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert main(["register", *pair, "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    used = [json.loads((tmp_path / d / "metrics.json").read_text())["model"]["name"]
+            for d in ("a", "b")]
+    assert used == ["qmri-2d", "cardiac-2d"]
+
+
 def _fails_with(capsys, argv, message):
     code = main(argv)
     err = capsys.readouterr().err

@@ -67,10 +67,10 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
 
 
 def load_engine(spec: str | None, spatial_dims: int, voxels: int,
-                device: torch.device) -> Engine:
-    """The model named by ``spec`` (name, path, or None for the default), loaded once per
-    process and device."""
-    path = catalog.resolve(spec, spatial_dims, voxels)
+                device: torch.device, series: bool = False) -> Engine:
+    """The model named by ``spec`` (name, path, or None for the default, which depends on
+    whether it registers a ``series``), loaded once per process and device."""
+    path = catalog.resolve(spec, spatial_dims, voxels, series)
     engine = _load(str(path.resolve()), path.stat().st_mtime_ns, str(device))
     if engine.spatial_dims != spatial_dims:
         raise InputError(f"model '{engine.describe()['name']}' registers "

@@ -95,11 +95,11 @@ def _read_inputs(fixed_path: Path, moving_path: Path, fixed_labels: Path | None,
     return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), labels)
 
 
-def _engine(options: Options, fixed: sitk.Image) -> Engine:
+def _engine(options: Options, fixed: sitk.Image, series: bool = False) -> Engine:
     check_request(options.steps, options.init, options.similarity)
     device = select_device(options.device)
     voxels = int(np.prod(fixed.GetSize()))
-    return load_engine(options.model, fixed.GetDimension(), voxels, device)
+    return load_engine(options.model, fixed.GetDimension(), voxels, device, series)
 
 
 def _header(engine: Engine, options: Options, fixed: sitk.Image) -> dict[str, Any]:
@@ -179,7 +179,7 @@ def register_series_file(series_path: Path, out_dir: Path, options: Options = Op
         raise InputError(f"template frame {template} is outside the series' {n} frames")
     template %= n
     fixed = frames[template]
-    engine = _engine(options, fixed)
+    engine = _engine(options, fixed, series=True)
     steps = options.steps or engine.steps
     out_dir.mkdir(parents=True, exist_ok=True)
     fields_dir = out_dir / artifacts.SERIES_DISPLACEMENTS
