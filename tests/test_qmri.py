@@ -4,6 +4,7 @@ true fields that undo the motion in the engine's warp convention, and the NIfTI 
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import nibabel as nib
@@ -208,6 +209,8 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
 
     assert DATA_KINDS == SOURCES  # the CLI's list (kept import-free) and the sources agree
     source = SimulatedSeriesPairs("msasha", series=1, **SMALL)
+    assert source.description["kind"] == "qmri"  # what a model card names as the data
+    assert source.description["signal_model"] == "msasha"
     pairs = source.pairs("test")
     frames = len(simulate_series("msasha", **SMALL).frames)
     assert len(pairs) == frames - 1 and all(p.truth.shape == (2, 48, 48) for p in pairs)
@@ -230,3 +233,5 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
         motion = np.linalg.norm(pair.truth * 4.0, axis=0)[body].mean()
         assert float(row["epe_mm"]) == pytest.approx(motion, rel=1e-4)
     assert "end-point error (mm)" in (out / "summary.md").read_text()
+    summary = json.loads((out / "evaluation.json").read_text())["summary"]
+    assert summary[0]["epe_mm"] == pytest.approx(np.mean([float(r["epe_mm"]) for r in rows]))

@@ -452,7 +452,7 @@ class SimulatedSeriesPairs(PairSource):
                              f"got '{kind}'")
         if fraction != 1.0:
             raise InputError("simulated data is drawn without end: --fraction does not apply")
-        self.settings = {"kind": kind, "shape": tuple(int(n) for n in shape),
+        self.settings = {"signal_model": kind, "shape": tuple(int(n) for n in shape),
                          "spacing_mm": float(spacing_mm), "motion_mm": float(motion_mm),
                          "noise_std": float(noise_std), "template": int(template)}
         self.seed_base = {k: v + split_seed for k, v in self.SEEDS.items()}
@@ -467,11 +467,12 @@ class SimulatedSeriesPairs(PairSource):
         from model.training import qmri
 
         s = self.settings
-        series = qmri.simulate_series(s["kind"], s["shape"], s["spacing_mm"], s["motion_mm"],
-                                      seed, noise_std=s["noise_std"], template=s["template"])
+        series = qmri.simulate_series(s["signal_model"], s["shape"], s["spacing_mm"],
+                                      s["motion_mm"], seed, noise_std=s["noise_std"],
+                                      template=s["template"])
 
         def subject(n: int) -> Subject:
-            return Subject(f"{s['kind']}-seed{seed}_f{n:02d}",
+            return Subject(f"{s['signal_model']}-seed{seed}_f{n:02d}",
                            _slice_image(series.frames[n], s["spacing_mm"]),
                            _slice_image(series.frame_tissue_maps[n].astype(np.int32),
                                         s["spacing_mm"]))

@@ -315,6 +315,8 @@ def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
         },
         "training": {k: training.get(k) for k in ("command", "data", "iterations", "seconds")},
     }
+    if not math.isnan(mine.get("epe_mm", math.nan)):  # simulated data: the true field's error
+        card["metrics"]["end_point_error_mm"] = round(mine["epe_mm"], 3)
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     table = (Path(evaluation_dir) / "summary.md").read_text()
     (weights_dir / f"{name}.md").write_text(_card_markdown(card, payload, evaluation, table))
