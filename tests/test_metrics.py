@@ -420,6 +420,18 @@ def test_hd95_is_unchanged_by_empty_margins_and_border_contact():
         assert padded[label] == pytest.approx(whole)
 
 
+def test_dice_counts_the_same_with_or_without_the_bincount_shortcut():
+    # Integer maps take three bincounts; float or negative labels take the per-label masks.
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 6, (20, 30)), rng.integers(0, 6, (20, 30))
+    fast = dice(a, b, labels=[1, 2, 3, 4, 5, 9])
+    assert fast == pytest.approx(dice(a.astype(float), b.astype(float), [1, 2, 3, 4, 5, 9]),
+                                 nan_ok=True)
+    assert math.isnan(fast[9])  # absent from both maps
+    shifted = dice(a - 1, b - 1, labels=[0, 1, 2, 3, 4])  # -1 present: the slow path
+    assert [shifted[k] for k in range(5)] == pytest.approx([fast[k] for k in range(1, 6)])
+
+
 def test_end_point_error_is_the_mean_distance_in_mm_inside_the_mask():
     truth = np.zeros((2, 4, 5))
     phi = np.zeros((2, 4, 5))
