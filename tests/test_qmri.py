@@ -220,6 +220,10 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
         source.pairs("train")
     with pytest.raises(InputError, match="molli or msasha"):
         SimulatedSeriesPairs("t2map")
+    both = SimulatedSeriesPairs("molli+msasha", series=2, **SMALL)
+    assert both.split.test == ["molli-seed0", "msasha-seed1"]
+    drawn = {both.sample(np.random.default_rng(k)).fixed.name.split("-")[0] for k in range(8)}
+    assert drawn == {"molli", "msasha"}
 
     out = tmp_path / "eval"
     assert main(["evaluate", "--data-kind", "qmri", "--data", "msasha", "--identity",

@@ -430,11 +430,12 @@ class SynthBrainPairs(PairSource):
 
 
 class SimulatedSeriesPairs(PairSource):
-    """Simulated qMRI series (``qmri.simulate_series``; ``--data molli`` or ``msasha``) with
-    known respiratory motion. Validation and test pairs register each frame of seeded series to
-    the template frame, with the frames' tissue maps as labels (lungs, liver, LV and RV blood
-    and myocardium are scored and supervised: the organs breathing moves) and the true
-    displacement; training draws a new series and frame on the fly.
+    """Simulated qMRI series (``qmri.simulate_series``; ``--data molli``, ``msasha``, or both
+    as ``molli+msasha``, series alternating between them) with known respiratory motion.
+    Validation and test pairs register each frame of seeded series to the template frame,
+    with the frames' tissue maps as labels (lungs, liver, LV and RV blood and myocardium are
+    scored and supervised: the organs breathing moves) and the true displacement; training
+    draws a new series and frame on the fly.
     Series seeds start at 0 (test), 10 000 (validation) and 20 000 (training), shifted by
     ``split_seed``, so no split shares a series."""
 
@@ -446,33 +447,37 @@ class SimulatedSeriesPairs(PairSource):
                  motion_mm: float = 8.0, noise_std: float = 0.02, template: int = -1):
         from model.training import qmri
 
-        kind = str(kind)
-        if kind not in qmri.KINDS:
-            raise InputError(f"simulated series are {' or '.join(qmri.KINDS)} (--data); "
-                             f"got '{kind}'")
+        self.kinds = str(kind).split("+")
+        if not self.kinds or any(k not in qmri.KINDS for k in self.kinds):
+            raise InputError(f"simulated series are {' or '.join(qmri.KINDS)}, or both joined "
+                             f"by '+' (--data); got '{kind}'")
         if fraction != 1.0:
             raise InputError("simulated data is drawn without end: --fraction does not apply")
+        kind = "+".join(self.kinds)
         self.settings = {"signal_model": kind, "shape": tuple(int(n) for n in shape),
                          "spacing_mm": float(spacing_mm), "motion_mm": float(motion_mm),
                          "noise_std": float(noise_std), "template": int(template)}
         self.seed_base = {k: v + split_seed for k, v in self.SEEDS.items()}
-        names = {part: [f"{kind}-seed{self.seed_base[part] + k}" for k in range(series)]
-                 for part in ("val", "test")}
+        names = {part: [f"{self._kind(k)}-seed{self.seed_base[part] + k}"
+                        for k in range(series)] for part in ("val", "test")}
         super().__init__(f"simulated-{kind}", 2, Split([], names["val"], names["test"]),
                          tuple(self.LABELS),
                          {"kind": "qmri", "series_per_split": series, "split_seed": split_seed,
                           **self.settings})
 
-    def _series_pairs(self, seed: int) -> list[SubjectPair]:
+    def _kind(self, k: int) -> str:
+        """The signal model of series k of a split (they alternate when there are two)."""
+        return self.kinds[k % len(self.kinds)]
+
+    def _series_pairs(self, seed: int, kind: str) -> list[SubjectPair]:
         from model.training import qmri
 
         s = self.settings
-        series = qmri.simulate_series(s["signal_model"], s["shape"], s["spacing_mm"],
-                                      s["motion_mm"], seed, noise_std=s["noise_std"],
-                                      template=s["template"])
+        series = qmri.simulate_series(kind, s["shape"], s["spacing_mm"], s["motion_mm"], seed,
+                                      noise_std=s["noise_std"], template=s["template"])
 
         def subject(n: int) -> Subject:
-            return Subject(f"{s['signal_model']}-seed{seed}_f{n:02d}",
+            return Subject(f"{kind}-seed{seed}_f{n:02d}",
                            _slice_image(series.frames[n], s["spacing_mm"]),
                            _slice_image(series.frame_tissue_maps[n].astype(np.int32),
                                         s["spacing_mm"]))
@@ -482,7 +487,8 @@ class SimulatedSeriesPairs(PairSource):
                 for n in range(len(series.frames)) if n != series.template]
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
-        pairs = self._series_pairs(self.seed_base["train"] + int(rng.integers(1 << 30)))
+        pairs = self._series_pairs(self.seed_base["train"] + int(rng.integers(1 << 30)),
+                                   self._kind(int(rng.integers(len(self.kinds)))))
         return pairs[int(rng.integers(len(pairs)))]
 
     def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
@@ -490,7 +496,7 @@ class SimulatedSeriesPairs(PairSource):
             raise InputError("simulated training series are drawn on the fly; evaluate on "
                              "--split val or test")
         out = [pair for k in range(len(self.split[split]))
-               for pair in self._series_pairs(self.seed_base[split] + k)]
+               for pair in self._series_pairs(self.seed_base[split] + k, self._kind(k))]
         return out[:count] if count is not None else out
 
 
