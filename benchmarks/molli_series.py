@@ -43,11 +43,10 @@ def ants_pca(frames: np.ndarray, spacing: tuple[float, float]) -> tuple[dict, fl
 
     tick = time.perf_counter()
     template = image(frames[..., -1])
-    after = [frames[..., -1]]
-    for k in range(frames.shape[-1] - 1):
-        moving = image(frames[..., k])
-        result = ants.registration(template, moving, type_of_transform="SyN")
-        after.insert(k, result["warpedmovout"].numpy())
+    after = [ants.registration(template, image(frames[..., k]),
+                               type_of_transform="SyN")["warpedmovout"].numpy()
+             for k in range(frames.shape[-1] - 1)]
+    after.append(frames[..., -1])  # the template stays where it is
     return pca_groupwise(np.stack(after)), time.perf_counter() - tick
 
 

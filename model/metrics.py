@@ -20,9 +20,11 @@ import numpy as np
 from scipy import ndimage
 
 
-def _present_labels(a: np.ndarray, b: np.ndarray) -> list[int]:
-    """Every foreground label (> 0) present in either map: what gets scored by default."""
-    counts = _label_counts(a, b)
+def _present_labels(a: np.ndarray, b: np.ndarray,
+                    counts: tuple[np.ndarray, ...] | None = None) -> list[int]:
+    """Every foreground label (> 0) present in either map: what gets scored by default.
+    ``counts``: ``_label_counts(a, b)`` when the caller has it already."""
+    counts = counts if counts is not None else _label_counts(a, b)
     if counts is not None:  # a bincount, not two sorts of the whole image
         return [int(label) for label in np.flatnonzero(counts[0] + counts[1]) if label > 0]
     union = np.union1d(np.unique(a), np.unique(b))
@@ -44,9 +46,9 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int] | None = None) -> d
     """
     a, b = np.asarray(a), np.asarray(b)
     _check_same_shape(a, b)
-    if labels is None:
-        labels = _present_labels(a, b)
     counts = _label_counts(a, b)
+    if labels is None:
+        labels = _present_labels(a, b, counts)
     scores: dict[int, float] = {}
     for label in labels:
         if counts is not None:
@@ -69,9 +71,12 @@ def _label_counts(a: np.ndarray, b: np.ndarray
     None for label values a bincount cannot index cheaply (negative or above 2^16)."""
     if not (np.issubdtype(a.dtype, np.integer) and np.issubdtype(b.dtype, np.integer)):
         return None
-    if a.size == 0 or min(a.min(), b.min()) < 0 or max(a.max(), b.max()) > 1 << 16:
+    if a.size == 0:
         return None
-    length = int(max(a.max(), b.max())) + 1
+    low, high = min(a.min(), b.min()), max(a.max(), b.max())
+    if low < 0 or high > 1 << 16:
+        return None
+    length = int(high) + 1
     return (np.bincount(a.ravel(), minlength=length), np.bincount(b.ravel(), minlength=length),
             np.bincount(a[a == b], minlength=length))
 
@@ -369,9 +374,8 @@ def label_overlap_report(
     Labels become str keys so that the report can be dumped to JSON as is; a label missing
     from one map scores nan and is left out of the means.
     """
-    labels = _present_labels(np.asarray(fixed_labels), np.asarray(warped_labels))
-    dice_scores = dice(fixed_labels, warped_labels, labels)
-    hd95_scores = hausdorff95(fixed_labels, warped_labels, labels, spacing)
+    dice_scores = dice(fixed_labels, warped_labels)  # every label present in either map
+    hd95_scores = hausdorff95(fixed_labels, warped_labels, list(dice_scores), spacing)
     return {
         "dice": {str(label): value for label, value in dice_scores.items()},
         "hd95": {str(label): value for label, value in hd95_scores.items()},

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from model.training import qmri
 from riir import imageio
 from riir.errors import InputError
 from riir.grid import model_grid
@@ -445,8 +446,6 @@ class SimulatedSeriesPairs(PairSource):
     def __init__(self, kind: str, *, fraction: float = 1.0, split_seed: int = 0,
                  series: int = 4, shape: Sequence[int] = (128, 128), spacing_mm: float = 1.5,
                  motion_mm: float = 8.0, noise_std: float = 0.02, template: int = -1):
-        from model.training import qmri
-
         self.kinds = str(kind).split("+")
         if not self.kinds or any(k not in qmri.KINDS for k in self.kinds):
             raise InputError(f"simulated series are {' or '.join(qmri.KINDS)}, or both joined "
@@ -470,8 +469,6 @@ class SimulatedSeriesPairs(PairSource):
         return self.kinds[k % len(self.kinds)]
 
     def _series_pairs(self, seed: int, kind: str) -> list[SubjectPair]:
-        from model.training import qmri
-
         s = self.settings
         series = qmri.simulate_series(kind, s["shape"], s["spacing_mm"], s["motion_mm"], seed,
                                       noise_std=s["noise_std"], template=s["template"])
