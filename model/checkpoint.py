@@ -75,6 +75,37 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def load_state_grown(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``model``, embedding a convolution's smaller odd kernel at the
+    centre of a larger one (zeros around it) and returning the names of those it grew.
+
+    With ``padding = kernel // 2`` the grown convolution computes exactly what the small one
+    did, so a model with larger kernels starts from the trained model's function and training
+    only adds the context around each voxel (e.g. a ConvGRU 1×1×1 → 3×3×3)."""
+    own = model.state_dict()
+    if set(own) != set(state):
+        differ = sorted(set(own) ^ set(state))
+        raise ValueError(f"the weights do not belong to this architecture: {differ[:4]}")
+    grown, loaded = [], {}
+    for name, value in state.items():
+        target = own[name]
+        if value.shape == target.shape:
+            loaded[name] = value
+            continue
+        small, large = value.shape[2:], target.shape[2:]
+        if (value.dim() != target.dim() or value.dim() < 3 or value.shape[:2] != target.shape[:2]
+                or any(s > n or (n - s) % 2 for s, n in zip(small, large, strict=True))):
+            raise ValueError(f"'{name}' has shape {tuple(value.shape)}, which does not fit "
+                             f"{tuple(target.shape)}")
+        window = (slice(None), slice(None)) + tuple(
+            slice((n - s) // 2, (n - s) // 2 + s) for s, n in zip(small, large, strict=True))
+        loaded[name] = torch.zeros_like(target)
+        loaded[name][window] = value
+        grown.append(name)
+    model.load_state_dict(loaded)
+    return grown
+
+
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu"
                     ) -> tuple[nn.Module, dict[str, Any]]:
     """The model in eval mode on ``device`` and the checkpoint's ``meta`` dict."""

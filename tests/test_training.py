@@ -201,6 +201,42 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
 
 
+def test_fine_tuning_starts_from_a_model_and_can_grow_its_kernels(folder, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["train", "--data", str(folder), "--out", str(first), "--iterations", "1",
+                 "--gru-kernel", "1", "--cell-stride", "2", "--val-pairs", "1",
+                 "--name", "small", "--version", "1.0.0", *TINY]) == 0
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--data", str(folder), "--out", str(tuned), "--iterations", "1",
+                 "--init", str(first / "checkpoint.pt"), "--gru-kernel", "3",
+                 "--val-pairs", "1", "--threads", "1", "--quiet"]) == 0
+    model, meta = load_checkpoint(tuned / "checkpoint.pt")
+    # The first model's architecture (stride 2, 4 channels, T = 2) with the kernel given here.
+    assert (model.config.cell_stride, model.config.hidden_channels, model.config.steps,
+            model.config.gru_kernel) == (2, (4, 4), 2, 3)
+    origin = meta["training"]["init"]
+    assert (origin["name"], origin["version"], origin["iterations"]) == ("small", "1.0.0", 1)
+    assert "cell.rnn1.gates.weight" in origin["grown"]
+    # A resume keeps the record of where the weights came from.
+    assert main(["train", "--out", str(tuned), "--resume", "--iterations", "2", "--quiet"]) == 0
+    assert read_checkpoint(tuned / "checkpoint.pt")["meta"]["training"]["init"] == origin
+    weights = tmp_path / "weights"
+    assert main(["evaluate", "--data", str(folder), "--model", str(tuned / "checkpoint.pt"),
+                 "--pairs", "1", "--out", str(tmp_path / "eval"), "--ship", str(weights),
+                 "--threads", "1", "--quiet"]) == 0
+    assert "- Initialised from: " in (weights / "riir-model.md").read_text()
+    assert json.loads((weights / "riir-model.json").read_text())["training"]["init"] == origin
+
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),
+                 "--init", str(first / "checkpoint.pt"), "--hidden-channels", "8", "8",
+                 "--quiet"]) == 1
+    assert "cannot start from --init" in capsys.readouterr().err
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),
+                 "--init", str(first / "checkpoint.pt"), "--arch", "voxelmorph",
+                 "--quiet"]) == 1
+    assert "is a riir model" in capsys.readouterr().err
+
+
 def test_smoothness_limits_decide_which_validation_becomes_best():
     cfg = TrainConfig(data="x", best_max_std_log_jacobian=0.2, best_max_folding_percent=0.1)
     assert cfg.qualifies_as_best({"val_dice": 0.6, "val_std_log_jacobian": 0.2,

@@ -86,6 +86,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gru-kernel", type=int, help="RIIR ConvGRU kernel size (default 3)")
     g.add_argument("--second-order", action=argparse.BooleanOptionalAction, default=None,
                    help="meta-gradient through ∇L_inner (default: first order)")
+    g.add_argument("--init", metavar="NAME|PATH",
+                   help="start from a shipped model or a checkpoint instead of random weights: "
+                        "its architecture, with the model flags given here overriding it; a "
+                        "larger --gru-kernel grows from its trained kernels (fine-tuning)")
     g.add_argument("--model-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="any other field of the architecture's config, e.g. encoder=[16,32]")
     g = p.add_argument_group("outer loss")
@@ -134,7 +138,7 @@ TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "threads": "threads", "name": "name", "model_version": "version",
     "description": "description", "tensorboard": "tensorboard",
     "best_max_std_log_jacobian": "best_max_std_log_jacobian",
-    "best_max_folding": "best_max_folding_percent",
+    "best_max_folding": "best_max_folding_percent", "init": "init",
 }
 
 

@@ -315,12 +315,24 @@ def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
         },
         "training": {k: training.get(k) for k in ("command", "data", "iterations", "seconds")},
     }
+    if "init" in training:  # fine-tuned from another model (riir train --init)
+        card["training"]["init"] = training["init"]
     if not math.isnan(mine.get("epe_mm", math.nan)):  # simulated data: the true field's error
         card["metrics"]["end_point_error_mm"] = round(mine["epe_mm"], 3)
     (weights_dir / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     table = (Path(evaluation_dir) / "summary.md").read_text()
     (weights_dir / f"{name}.md").write_text(_card_markdown(card, payload, evaluation, table))
     return weights_dir / f"{name}.pt"
+
+
+def _init_line(origin: dict[str, Any] | None) -> list[str]:
+    """The card's line for a model fine-tuned from another (``riir train --init``)."""
+    if not origin:
+        return []
+    grown = f"; kernels grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
+    return [f"- Initialised from: `{origin.get('model')}` ({origin.get('name')} "
+            f"{origin.get('version')}, {origin.get('iterations')} iterations){grown}; the "
+            "iterations below count from there"]
 
 
 def _card_markdown(card: dict[str, Any], payload: dict[str, Any], evaluation: dict[str, Any],
@@ -338,6 +350,7 @@ def _card_markdown(card: dict[str, Any], payload: dict[str, Any], evaluation: di
         f"`{json.dumps(card['preprocessing'])}`",
         f"- Trained by: `{training.get('command', '?')}`",
         f"- Training data: `{json.dumps(training.get('data', {}))}`",
+        *_init_line(training.get("init")),
         f"- Iterations: {training.get('iterations')}, {training.get('seconds')} s on "
         f"{training.get('device')} (torch {training.get('torch')})",
         f"- Outer loss: similarity `{config.get('similarity')}`, λ = {config.get('lam')}, "

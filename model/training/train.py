@@ -40,6 +40,7 @@ from model.architectures import architecture
 from model.checkpoint import (
     build_model,
     load_checkpoint,
+    load_state_grown,
     read_checkpoint,
     save_atomically,
     save_checkpoint,
@@ -80,6 +81,9 @@ class TrainConfig:
     second_order: bool | None = None
     ncc_window: int | None = None
     model: dict[str, Any] = field(default_factory=dict)  # any other architecture field
+    # Start from this model's weights (a shipped name or a checkpoint) instead of a random
+    # initialisation: its architecture, with the model flags above overriding it.
+    init: str | None = None
     # outer loss
     similarity: str = "mse"
     weights: str = "exponential"
@@ -138,6 +142,31 @@ class TrainConfig:
 
 
 # -- model and loss -----------------------------------------------------------------------
+
+
+def initial_model(cfg: TrainConfig, spatial_dims: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The ``init`` model's architecture and weights, with the settings given for this run
+    overriding its config; convolutions given larger kernels grow from the trained ones.
+    Also returns where it came from, for the model card."""
+    from riir.catalog import resolve
+
+    assert cfg.init is not None
+    payload = read_checkpoint(resolve(cfg.init, spatial_dims, 0))
+    if payload["arch"] != cfg.arch:
+        raise InputError(f"--init {cfg.init} is a {payload['arch']} model; this run trains "
+                         f"{cfg.arch} (set --arch {payload['arch']})")
+    if payload["config"].get("spatial_dims") != spatial_dims:
+        raise InputError(f"--init {cfg.init} is a {payload['config'].get('spatial_dims')}-D "
+                         f"model; the data are {spatial_dims}-D")
+    model = build_model(cfg.arch, {**payload["config"], **model_config(cfg, spatial_dims)})
+    try:
+        grown = load_state_grown(model, payload["state_dict"])
+    except (ValueError, RuntimeError) as exc:
+        raise InputError(f"cannot start from --init {cfg.init}: {exc}") from None
+    meta = payload["meta"]
+    return model, {"model": cfg.init, "name": meta.get("name"), "version": meta.get("version"),
+                   "iterations": meta.get("training", {}).get("iterations"),
+                   "grown": grown}
 
 
 def model_config(cfg: TrainConfig, spatial_dims: int) -> dict[str, Any]:
@@ -297,9 +326,9 @@ def _tensorboard(out: Path, enabled: bool) -> Any:
 
 
 def _meta(cfg: TrainConfig, source: PairSource, pre: Preprocessing, iteration: int,
-          command: str, final: dict[str, Any], seconds: float, device: torch.device
-          ) -> dict[str, Any]:
-    return {
+          command: str, final: dict[str, Any], seconds: float, device: torch.device,
+          origin: dict[str, Any] | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
         "name": cfg.name,
         "version": cfg.version,
         "description": cfg.description,
@@ -317,6 +346,9 @@ def _meta(cfg: TrainConfig, source: PairSource, pre: Preprocessing, iteration: i
             "config": dataclasses.asdict(cfg),
         },
     }
+    if origin is not None:  # the weights it started from (--init)
+        meta["training"]["init"] = origin
+    return meta
 
 
 def load_source(cfg: TrainConfig) -> PairSource:
@@ -347,16 +379,21 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     labels = source.label_values
 
     start, elapsed = 0, 0.0
-    state = None
+    state, origin = None, None
     if resume:
         if not (out / "checkpoint.pt").is_file():
             raise InputError(f"nothing to resume in '{out}' (no checkpoint.pt)")
         model, meta = load_checkpoint(out / "checkpoint.pt", device)
+        origin = meta.get("training", {}).get("init")
         state = torch.load(out / "optimizer.pt", map_location=device, weights_only=True)
         start, elapsed = int(state["iteration"]), float(state["seconds"])
     else:
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg.arch, model_config(cfg, source.spatial_dims)).to(device)
+        if cfg.init:
+            model, origin = initial_model(cfg, source.spatial_dims)
+        else:
+            model = build_model(cfg.arch, model_config(cfg, source.spatial_dims))
+        model.to(device)
     model.train()
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
@@ -405,7 +442,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
                 best = row["val_dice"]
                 save_checkpoint(out / "best.pt", model, cfg.arch,
                                 _meta(cfg, source, pre, iteration, command, final, elapsed,
-                                      device))
+                                      device, origin))
         log.write(row)
         if board is not None:
             for key, value in row.items():
@@ -420,7 +457,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
             final_metrics = {**final, "train_loss": round(ema, 6)}
             save_checkpoint(out / "checkpoint.pt", model, cfg.arch,
                             _meta(cfg, source, pre, iteration, command, final_metrics, elapsed,
-                                  device))
+                                  device, origin))
             _save_state(out / "optimizer.pt", optimizer, iteration, elapsed)
     bar.close()
     if board is not None:
