@@ -239,3 +239,32 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
     assert "end-point error (mm)" in (out / "summary.md").read_text()
     summary = json.loads((out / "evaluation.json").read_text())["summary"]
     assert summary[0]["epe_mm"] == pytest.approx(np.mean([float(r["epe_mm"]) for r in rows]))
+
+
+def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_path):
+    from model.riir import RIIR, RIIRConfig
+    from model.training.datasets import Preprocessing, SimulatedSeriesPairs, prepare_pair
+    from model.training.train import validate
+    from riir.cli import main
+
+    pair = SimulatedSeriesPairs("molli", series=1, **SMALL).pairs("val")[0]
+    prepared = prepare_pair(pair, Preprocessing())
+    assert prepared.truth is pair.truth and prepared.spacing == (4.0, 4.0)
+    window = prepared.crop((32, 40), np.random.default_rng(0))
+    assert window.truth.shape == (2, 32, 40) and window.fixed_labels.shape == (32, 40)
+    # A coarser working grid has no truth on it: nothing to score, rather than a wrong score.
+    assert prepare_pair(pair, Preprocessing(spacing_mm=8.0)).truth is None
+
+    untrained = RIIR(RIIRConfig(spatial_dims=2, steps=2, hidden_channels=(4, 4)))  # phi = 0
+    scores = validate(untrained, [prepared], [3, 4, 5, 6, 7], torch.device("cpu"))
+    body = prepared.fixed_labels > 0
+    motion = np.linalg.norm(pair.truth * 4.0, axis=0)[body].mean()
+    assert scores["val_epe_mm"] == pytest.approx(motion, rel=1e-5)
+
+    run = tmp_path / "run"
+    assert main(["train", "--data-kind", "qmri", "--data", "molli", "--data-option", "series=1",
+                 "--data-option", "shape=[48,48]", "--data-option", "spacing_mm=4.0",
+                 "--out", str(run), "--iterations", "1", "--val-pairs", "2",
+                 "--hidden-channels", "4", "4", "-T", "2", "--threads", "1", "--quiet"]) == 0
+    with (run / "log.csv").open() as f:
+        assert float(next(csv.DictReader(f))["val_epe_mm"]) > 0

@@ -39,7 +39,7 @@ import SimpleITK as sitk
 from model.training import qmri
 from riir import imageio
 from riir.errors import InputError
-from riir.grid import model_grid
+from riir.grid import Grid, model_grid
 from riir.intensity import normalize
 
 SPLITS = ("train", "val", "test")
@@ -90,14 +90,20 @@ class Pair:
     fixed: np.ndarray
     moving_labels: np.ndarray | None = None  # int32, nearest-neighbour resampled
     fixed_labels: np.ndarray | None = None
+    # The true voxel displacement (D, *shape) and the grid's spacing (numpy order), carried
+    # when the working grid is the fixed image's own (simulations): validation scores the
+    # end-point error against it.
+    truth: np.ndarray | None = None
+    spacing: tuple[float, ...] | None = None
 
     def crop(self, size: Sequence[int], rng: np.random.Generator) -> Pair:
         """The same random window of every array (axes shorter than ``size`` are kept)."""
         starts = [int(rng.integers(0, max(n - s, 0) + 1))
                   for n, s in zip(self.fixed.shape, size, strict=True)]
-        window = tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))
+        window = (..., *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))
         return Pair(*(None if a is None else a[window] for a in
-                      (self.moving, self.fixed, self.moving_labels, self.fixed_labels)))
+                      (self.moving, self.fixed, self.moving_labels, self.fixed_labels,
+                       self.truth)), spacing=self.spacing)
 
 
 def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
@@ -114,7 +120,16 @@ def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
                                   extrapolate=False)
         return sitk.GetArrayFromImage(resampled).astype(np.int32)
 
-    return Pair(image(pair.moving), image(pair.fixed), labels(pair.moving), labels(pair.fixed))
+    prepared = Pair(image(pair.moving), image(pair.fixed), labels(pair.moving),
+                    labels(pair.fixed))
+    if pair.truth is not None and _same_grid(grid, Grid.of(pair.fixed.image)):
+        prepared.truth, prepared.spacing = pair.truth, grid.spacing[::-1]
+    return prepared
+
+
+def _same_grid(a: Grid, b: Grid) -> bool:
+    return a.size == b.size and all(np.allclose(x, y) for x, y in (
+        (a.spacing, b.spacing), (a.origin, b.origin), (a.direction, b.direction)))
 
 
 # -- splits -------------------------------------------------------------------------------

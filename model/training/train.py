@@ -259,18 +259,20 @@ def to_batches(pairs: list[Pair], labels: Sequence[int], device: torch.device,
 @torch.no_grad()
 def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
              device: torch.device) -> dict[str, float]:
-    """Mean Dice (labels warped by nearest neighbour), std log|J| and % folding on the
-    working grid, over fixed validation pairs."""
+    """Mean Dice (labels warped by nearest neighbour), std log|J|, % folding and, for pairs
+    with a known true field, the end-point error (mm, over the fixed labels) on the working
+    grid, over fixed validation pairs."""
     if not pairs:
         return {}
     was_training = model.training
     model.eval()
-    dice, std_log_j, folding = [], [], []
+    dice, std_log_j, folding, epe = [], [], [], []
     for pair in pairs:
         moving = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
         phi = model(moving, fixed, return_all=False)[-1]
-        det = metrics.jacobian_determinant(phi[0].cpu().numpy())
+        field = phi[0].cpu().numpy()
+        det = metrics.jacobian_determinant(field)
         stats = metrics.jacobian_stats(det)
         std_log_j.append(stats["std_log_jacobian"])
         folding.append(stats["folding_percent"])
@@ -280,11 +282,16 @@ def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
             scores = metrics.dice(pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32),
                                   labels or None)
             dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
+        if pair.truth is not None:
+            mask = pair.fixed_labels > 0 if pair.fixed_labels is not None else None
+            epe.append(metrics.end_point_error(field, pair.truth, pair.spacing, mask))
     model.train(was_training)
     out = {"val_std_log_jacobian": float(np.mean(std_log_j)),
            "val_folding_percent": float(np.mean(folding))}
     if dice:
         out["val_dice"] = float(np.nanmean(dice))
+    if epe:
+        out["val_epe_mm"] = float(np.mean(epe))
     return out
 
 
@@ -295,7 +302,7 @@ class CsvLog:
     """``log.csv`` with a fixed header; a resumed run drops rows past its checkpoint."""
 
     COLUMNS = ("iteration", "loss", "similarity", "regularisation", "dice_loss", "seconds",
-               "val_dice", "val_std_log_jacobian", "val_folding_percent")
+               "val_dice", "val_std_log_jacobian", "val_folding_percent", "val_epe_mm")
 
     def __init__(self, path: Path, start: int):
         self.path = path
@@ -451,6 +458,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         postfix = {"loss": f"{ema:.4g}"}
         if "val_dice" in final:
             postfix["val_dice"] = f"{final['val_dice']:.3f}"
+        if "val_epe_mm" in final:
+            postfix["val_epe_mm"] = f"{final['val_epe_mm']:.2f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
         if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
