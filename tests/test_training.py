@@ -219,6 +219,8 @@ def test_fine_tuning_starts_from_a_model_and_can_grow_its_kernels(folder, tmp_pa
     assert "cell.rnn1.gates.weight" in origin["grown"]
     # A resume keeps the record of where the weights came from.
     assert main(["train", "--out", str(tuned), "--resume", "--iterations", "2", "--quiet"]) == 0
+    assert main(["train", "--out", str(tuned), "--resume", "--init", "small", "--quiet"]) == 1
+    assert "give one" in capsys.readouterr().err
     assert read_checkpoint(tuned / "checkpoint.pt")["meta"]["training"]["init"] == origin
     weights = tmp_path / "weights"
     assert main(["evaluate", "--data", str(folder), "--model", str(tuned / "checkpoint.pt"),

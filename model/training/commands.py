@@ -230,13 +230,15 @@ def _command_line(args: argparse.Namespace) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     from model.training.train import TrainConfig, train
+    from riir.errors import InputError
 
     base = None
     if args.resume:
+        if args.init:
+            raise InputError("--init starts a new run from a model's weights; --resume "
+                             "continues the run in --out from its checkpoint: give one")
         saved = args.out / "config.json"
         if not saved.is_file():
-            from riir.errors import InputError
-
             raise InputError(f"nothing to resume in '{args.out}' (no config.json)")
         base = json.loads(saved.read_text())
     cfg = TrainConfig.from_dict(train_settings(args, base))
