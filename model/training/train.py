@@ -144,27 +144,27 @@ class TrainConfig:
 # -- model and loss -----------------------------------------------------------------------
 
 
-def initial_model(cfg: TrainConfig, spatial_dims: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The ``init`` model's architecture and weights, with the settings given for this run
-    overriding its config; convolutions given larger kernels grow from the trained ones.
-    Also returns where it came from, for the model card."""
+def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
+                  ) -> tuple[nn.Module, dict[str, Any]]:
+    """Model ``spec``'s architecture and weights (``cfg.init``), with the settings given for
+    this run overriding its config; convolutions given larger kernels grow from the trained
+    ones. Also returns where it came from, for the model card."""
     from riir.catalog import resolve
 
-    assert cfg.init is not None
-    payload = read_checkpoint(resolve(cfg.init, spatial_dims, 0))
+    payload = read_checkpoint(resolve(spec, spatial_dims, 0))
     if payload["arch"] != cfg.arch:
-        raise InputError(f"--init {cfg.init} is a {payload['arch']} model; this run trains "
+        raise InputError(f"--init {spec} is a {payload['arch']} model; this run trains "
                          f"{cfg.arch} (set --arch {payload['arch']})")
     if payload["config"].get("spatial_dims") != spatial_dims:
-        raise InputError(f"--init {cfg.init} is a {payload['config'].get('spatial_dims')}-D "
+        raise InputError(f"--init {spec} is a {payload['config'].get('spatial_dims')}-D "
                          f"model; the data are {spatial_dims}-D")
     model = build_model(cfg.arch, {**payload["config"], **model_config(cfg, spatial_dims)})
     try:
         grown = load_state_grown(model, payload["state_dict"])
     except (ValueError, RuntimeError) as exc:
-        raise InputError(f"cannot start from --init {cfg.init}: {exc}") from None
+        raise InputError(f"cannot start from --init {spec}: {exc}") from None
     meta = payload["meta"]
-    return model, {"model": cfg.init, "name": meta.get("name"), "version": meta.get("version"),
+    return model, {"model": spec, "name": meta.get("name"), "version": meta.get("version"),
                    "iterations": meta.get("training", {}).get("iterations"),
                    "grown": grown}
 
@@ -397,7 +397,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     else:
         torch.manual_seed(cfg.seed)
         if cfg.init:
-            model, origin = initial_model(cfg, source.spatial_dims)
+            model, origin = initial_model(cfg.init, cfg, source.spatial_dims)
         else:
             model = build_model(cfg.arch, model_config(cfg, source.spatial_dims))
         model.to(device)
