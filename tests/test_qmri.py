@@ -264,7 +264,12 @@ def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_p
     run = tmp_path / "run"
     assert main(["train", "--data-kind", "qmri", "--data", "molli", "--data-option", "series=1",
                  "--data-option", "shape=[48,48]", "--data-option", "spacing_mm=4.0",
-                 "--out", str(run), "--iterations", "1", "--val-pairs", "2",
+                 "--out", str(run), "--iterations", "1", "--val-pairs", "2", "--best-by", "epe",
                  "--hidden-channels", "4", "4", "-T", "2", "--threads", "1", "--quiet"]) == 0
     with (run / "log.csv").open() as f:
-        assert float(next(csv.DictReader(f))["val_epe_mm"]) > 0
+        logged = float(next(csv.DictReader(f))["val_epe_mm"])
+    assert logged > 0
+    from model.checkpoint import read_checkpoint
+
+    best = read_checkpoint(run / "best.pt")["meta"]["training"]["final_metrics"]
+    assert best["val_epe_mm"] == pytest.approx(logged, rel=1e-5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import h5py
 import numpy as np
@@ -248,6 +249,14 @@ def test_smoothness_limits_decide_which_validation_becomes_best():
     assert not cfg.qualifies_as_best({"val_dice": 0.9, "val_std_log_jacobian": 0.1,
                                       "val_folding_percent": 0.2})
     assert TrainConfig(data="x").qualifies_as_best({"val_dice": 0.9})  # no limits: any
+    # "Best" is the highest Dice, or the lowest end-point error; a missing metric never is.
+    assert cfg.best_score({"val_dice": 0.6, "val_std_log_jacobian": 0.1,
+                           "val_folding_percent": 0.0}) == 0.6
+    by_epe = TrainConfig(data="x", best_by="epe")
+    assert by_epe.best_score({"val_epe_mm": 0.7}) > by_epe.best_score({"val_epe_mm": 0.9})
+    assert by_epe.best_score({"val_dice": 0.9}) == -math.inf
+    with pytest.raises(InputError, match="dice or epe"):
+        TrainConfig(data="x", best_by="hd95").check()
     with pytest.raises(InputError, match="must not be negative"):
         TrainConfig(data="x", best_max_folding_percent=-1).check()
 
@@ -268,7 +277,10 @@ def test_best_checkpoint_waits_for_a_field_within_the_limit(folder, tmp_path):
     assert best["iterations"] == 3 and best["config"]["best_max_std_log_jacobian"] == 10
 
 
-def test_bad_training_input_is_a_clear_error(tmp_path, capsys):
+def test_bad_training_input_is_a_clear_error(folder, tmp_path, capsys):
+    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "e"), "--best-by",
+                 "epe", "--iterations", "1", *TINY]) == 1
+    assert "needs validation pairs with a known true field" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
                  "--quiet"]) == 1
     assert "not found" in capsys.readouterr().err

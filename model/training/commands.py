@@ -120,6 +120,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--best-max-std-log-jacobian", type=float, metavar="S",
                    help="best.pt only from validations with std log|J| <= S (default: any); "
                         "label supervision can buy Dice with a rough field")
+    g.add_argument("--best-by", choices=("dice", "epe"),
+                   help="what makes best.pt best: the highest validation Dice (default) or, "
+                        "on simulated series (--data-kind qmri), the lowest end-point error")
     g.add_argument("--best-max-folding", type=float, metavar="PERCENT",
                    help="best.pt only from validations with at most PERCENT %% folding "
                         "voxels (default: any)")
@@ -139,6 +142,7 @@ TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "description": "description", "tensorboard": "tensorboard",
     "best_max_std_log_jacobian": "best_max_std_log_jacobian",
     "best_max_folding": "best_max_folding_percent", "init": "init",
+    "best_by": "best_by",
 }
 
 

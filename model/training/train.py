@@ -10,7 +10,8 @@ regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot label
 
 A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
 (the model, rebuilt by ``model.checkpoint.load_checkpoint``, with the ``meta`` inference needs),
-``best.pt`` (best validation Dice, among validations within the smoothness limits
+``best.pt`` (best validation Dice, or end-point error with ``best_by="epe"``, among
+validations within the smoothness limits
 ``best_max_std_log_jacobian`` / ``best_max_folding_percent`` when they are set),
 ``optimizer.pt`` (Adam's state and the iteration, for
 ``resume``) and ``log.csv`` (one row per iteration; validation columns every
@@ -23,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -51,6 +53,7 @@ from model.warp import warp
 from riir.errors import InputError
 
 WEIGHTS = ("uniform", "exponential")
+BEST_BY = {"dice": "val_dice", "epe": "val_epe_mm"}  # --best-by -> the validation metric
 ARCHS = ("riir", "voxelmorph", "gradirn")
 # TrainConfig fields that set a field of the architecture's config of the same name.
 MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_loss",
@@ -108,6 +111,9 @@ class TrainConfig:
     # term trades smoothness for Dice, so the best Dice alone can pick a rough field.
     best_max_std_log_jacobian: float | None = None
     best_max_folding_percent: float | None = None
+    # What "best" means: the highest validation Dice, or (simulated data with a known
+    # field) the lowest end-point error.
+    best_by: str = "dice"
 
     def check(self) -> None:
         if self.arch not in ARCHS:
@@ -121,9 +127,19 @@ class TrainConfig:
             raise InputError("lam and dice_weight must not be negative")
         if not self.data:
             raise InputError("no training data given (--data PATH)")
+        if self.best_by not in BEST_BY:
+            raise InputError(f"best_by must be dice or epe; got '{self.best_by}'")
         for name in ("best_max_std_log_jacobian", "best_max_folding_percent"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"{name} must not be negative; got {getattr(self, name)}")
+
+    def best_score(self, validation: dict[str, Any]) -> float:
+        """How good a validation is by ``best_by`` (higher is better; -inf when it lacks the
+        metric or lies outside the smoothness limits)."""
+        value = validation.get(BEST_BY[self.best_by])
+        if value is None or not self.qualifies_as_best(validation):
+            return -math.inf
+        return -float(value) if self.best_by == "epe" else float(value)
 
     def qualifies_as_best(self, validation: dict[str, Any]) -> bool:
         """Whether a validation's field is smooth enough to become best.pt."""
@@ -414,7 +430,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
     log = CsvLog(out / "log.csv", start)
     board = _tensorboard(out, cfg.tensorboard)
-    best = _best_dice(out, cfg) if resume else -1.0
+    if cfg.best_by == "epe" and not any(pair.truth is not None for pair in val_pairs):
+        raise InputError("--best-by epe needs validation pairs with a known true field "
+                         "(--data-kind qmri, on the images' own grid: no --spacing-mm)")
+    best = _best_score(out, cfg) if resume else -math.inf
     final: dict[str, Any] = {}
     ema = None
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress,
@@ -445,8 +464,8 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if iteration % cfg.validate_every == 0 or iteration == cfg.iterations:
             row.update(validate(model, val_pairs, labels, device))
             final = {k: row[k] for k in row if k.startswith("val_")}
-            if row.get("val_dice", -1.0) > best and cfg.qualifies_as_best(final):
-                best = row["val_dice"]
+            if cfg.best_score(final) > best:
+                best = cfg.best_score(final)
                 save_checkpoint(out / "best.pt", model, cfg.arch,
                                 _meta(cfg, source, pre, iteration, command, final, elapsed,
                                       device, origin))
@@ -480,14 +499,14 @@ def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
                      "seconds": seconds}, path)
 
 
-def _best_dice(out: Path, cfg: TrainConfig) -> float:
-    """The validation Dice of the run's best.pt, or -1 when there is none or it is outside
+def _best_score(out: Path, cfg: TrainConfig) -> float:
+    """The ``best_by`` score of the run's best.pt, or -inf when there is none or it is outside
     the limits given now (a resume may tighten them), so the next qualifying one replaces it."""
     path = out / "best.pt"
     if not path.is_file():
-        return -1.0
-    final = read_checkpoint(path)["meta"].get("training", {}).get("final_metrics", {})
-    return float(final.get("val_dice", -1.0)) if cfg.qualifies_as_best(final) else -1.0
+        return -math.inf
+    return cfg.best_score(read_checkpoint(path)["meta"].get("training", {})
+                          .get("final_metrics", {}))
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
