@@ -47,6 +47,13 @@ class Grid:
         direction = np.asarray(self.direction, dtype=np.float64).reshape(self.dim, self.dim)
         return direction @ np.diag(self.spacing)
 
+    def coincides(self, other: Grid) -> bool:
+        """Same voxels at the same physical points (up to floating-point round-off, as a
+        grid recomputed from an image's extent may carry)."""
+        return self.size == other.size and all(np.allclose(x, y) for x, y in (
+            (self.spacing, other.spacing), (self.origin, other.origin),
+            (self.direction, other.direction)))
+
     def center(self) -> np.ndarray:
         half_extent = (np.asarray(self.size, dtype=np.float64) - 1) / 2
         return np.asarray(self.origin) + self.index_to_physical @ half_extent

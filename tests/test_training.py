@@ -281,6 +281,7 @@ def test_bad_training_input_is_a_clear_error(folder, tmp_path, capsys):
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "e"), "--best-by",
                  "epe", "--iterations", "1", *TINY]) == 1
     assert "needs validation pairs with a known true field" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # refused before the run folder is written
     assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
                  "--quiet"]) == 1
     assert "not found" in capsys.readouterr().err

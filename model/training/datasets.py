@@ -122,14 +122,9 @@ def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
 
     prepared = Pair(image(pair.moving), image(pair.fixed), labels(pair.moving),
                     labels(pair.fixed))
-    if pair.truth is not None and _same_grid(grid, Grid.of(pair.fixed.image)):
+    if pair.truth is not None and grid.coincides(Grid.of(pair.fixed.image)):
         prepared.truth, prepared.spacing = pair.truth, grid.spacing[::-1]
     return prepared
-
-
-def _same_grid(a: Grid, b: Grid) -> bool:
-    return a.size == b.size and all(np.allclose(x, y) for x, y in (
-        (a.spacing, b.spacing), (a.origin, b.origin), (a.direction, b.direction)))
 
 
 # -- splits -------------------------------------------------------------------------------

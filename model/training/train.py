@@ -53,7 +53,8 @@ from model.warp import warp
 from riir.errors import InputError
 
 WEIGHTS = ("uniform", "exponential")
-BEST_BY = {"dice": "val_dice", "epe": "val_epe_mm"}  # --best-by -> the validation metric
+# --best-by -> the validation metric and its sign in a higher-is-better score
+BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}
 ARCHS = ("riir", "voxelmorph", "gradirn")
 # TrainConfig fields that set a field of the architecture's config of the same name.
 MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_loss",
@@ -136,10 +137,11 @@ class TrainConfig:
     def best_score(self, validation: dict[str, Any]) -> float:
         """How good a validation is by ``best_by`` (higher is better; -inf when it lacks the
         metric or lies outside the smoothness limits)."""
-        value = validation.get(BEST_BY[self.best_by])
+        metric, sign = BEST_BY[self.best_by]
+        value = validation.get(metric)
         if value is None or not self.qualifies_as_best(validation):
             return -math.inf
-        return -float(value) if self.best_by == "epe" else float(value)
+        return sign * float(value)
 
     def qualifies_as_best(self, validation: dict[str, Any]) -> bool:
         """Whether a validation's field is smooth enough to become best.pt."""
@@ -418,21 +420,22 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
             model = build_model(cfg.arch, model_config(cfg, source.spatial_dims))
         model.to(device)
     model.train()
+    pre = Preprocessing(cfg.spacing_mm, int(getattr(model, "shape_multiple", 1)), cfg.max_voxels)
+    val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
+    # Refused before the run folder is touched: its config.json and log.csv stay as they were.
+    if cfg.best_by == "epe" and not any(pair.truth is not None for pair in val_pairs):
+        raise InputError("--best-by epe needs validation pairs with a known true field "
+                         "(--data-kind qmri, on the images' own grid: no --spacing-mm)")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    pre = Preprocessing(cfg.spacing_mm, int(getattr(model, "shape_multiple", 1)), cfg.max_voxels)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # a --lr given on resume wins over the saved one
             group["lr"] = cfg.lr
     similarity = similarity_loss(cfg.similarity)
-    val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
     log = CsvLog(out / "log.csv", start)
     board = _tensorboard(out, cfg.tensorboard)
-    if cfg.best_by == "epe" and not any(pair.truth is not None for pair in val_pairs):
-        raise InputError("--best-by epe needs validation pairs with a known true field "
-                         "(--data-kind qmri, on the images' own grid: no --spacing-mm)")
     best = _best_score(out, cfg) if resume else -math.inf
     final: dict[str, Any] = {}
     ema = None
@@ -464,8 +467,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         if iteration % cfg.validate_every == 0 or iteration == cfg.iterations:
             row.update(validate(model, val_pairs, labels, device))
             final = {k: row[k] for k in row if k.startswith("val_")}
-            if cfg.best_score(final) > best:
-                best = cfg.best_score(final)
+            score = cfg.best_score(final)
+            if score > best:
+                best = score
                 save_checkpoint(out / "best.pt", model, cfg.arch,
                                 _meta(cfg, source, pre, iteration, command, final, elapsed,
                                       device, origin))
