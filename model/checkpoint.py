@@ -75,17 +75,67 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_state_grown(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load ``state`` into ``model``, embedding a convolution's smaller odd kernel at the
-    centre of a larger one (zeros around it) and returning the names of those it grew.
+Blocks = tuple[list[int], list[int]]  # a weight's (output, input) channel blocks
 
-    With ``padding = kernel // 2`` the grown convolution computes exactly what the small one
-    did, so a model with larger kernels starts from the trained model's function and training
-    only adds the context around each voxel (e.g. a ConvGRU 1×1×1 → 3×3×3)."""
-    own = model.state_dict()
+
+def channel_blocks(model: nn.Module) -> dict[str, Blocks]:
+    """Each parameter's channel blocks: one block per dimension, except where a module
+    concatenates inputs or chunks outputs (``channel_blocks()`` of a ConvGRU's gates: reset and
+    update rows, x and h columns). Growing keeps every block's channels apart."""
+    blocks: dict[str, Blocks] = {
+        name: ([value.shape[0]], [value.shape[1]] if value.dim() > 1 else [])
+        for name, value in model.named_parameters()}
+    for prefix, module in model.named_modules():
+        if hasattr(module, "channel_blocks"):
+            blocks.update({f"{prefix}.{name}" if prefix else name: declared
+                           for name, declared in module.channel_blocks().items()})
+    return blocks
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _fits(old: list[int], new: list[int]) -> bool:
+    return len(old) == len(new) and all(o <= n for o, n in zip(old, new, strict=True))
+
+
+def _grow(value: torch.Tensor, fresh: torch.Tensor, old: Blocks, new: Blocks) -> torch.Tensor:
+    """``fresh`` (the larger model's own initialisation) with ``value`` embedded: each old
+    channel keeps its place within its block, a smaller odd kernel sits at the centre.
+
+    Old output channels read nothing from new input channels (zeros), so they compute what
+    they did; new output channels keep their random weights, so they are alive from the first
+    step and learn, and what reads them starts at zero."""
+    grown = fresh.clone()
+    kernel = tuple(slice((n - s) // 2, (n - s) // 2 + s)
+                   for s, n in zip(value.shape[2:], fresh.shape[2:], strict=True))
+    cols = list(zip(_offsets(old[1]), _offsets(new[1]), old[1], strict=True))
+    for r_old, r_new, rows in zip(_offsets(old[0]), _offsets(new[0]), old[0], strict=True):
+        if value.dim() == 1:
+            grown[r_new:r_new + rows] = value[r_old:r_old + rows]
+            continue
+        grown[r_new:r_new + rows] = 0
+        for c_old, c_new, width in cols:
+            grown[(slice(r_new, r_new + rows), slice(c_new, c_new + width), *kernel)] = \
+                value[r_old:r_old + rows, c_old:c_old + width]
+    return grown
+
+
+def load_state_grown(model: nn.Module, source: nn.Module) -> list[str]:
+    """Load ``source``'s weights into ``model``, a model of the same architecture with the same
+    or more channels and the same or larger odd kernels, and return the names of the weights
+    that grew.
+
+    The grown model computes exactly what ``source`` did (with ``padding = kernel // 2`` a
+    centred kernel adds nothing, and new channels are not read yet), so training starts from
+    the trained model's function and only adds context around each voxel (a ConvGRU 1×1×1 →
+    3×3×3) or capacity (more hidden channels)."""
+    own, state = model.state_dict(), source.state_dict()
     if set(own) != set(state):
         differ = sorted(set(own) ^ set(state))
         raise ValueError(f"the weights do not belong to this architecture: {differ[:4]}")
+    new_blocks, old_blocks = channel_blocks(model), channel_blocks(source)
     grown, loaded = [], {}
     for name, value in state.items():
         target = own[name]
@@ -93,14 +143,13 @@ def load_state_grown(model: nn.Module, state: dict[str, torch.Tensor]) -> list[s
             loaded[name] = value
             continue
         small, large = value.shape[2:], target.shape[2:]
-        if (value.dim() != target.dim() or value.dim() < 3 or value.shape[:2] != target.shape[:2]
+        old, new = old_blocks.get(name), new_blocks.get(name)
+        if (old is None or new is None or value.dim() != target.dim()
+                or not (_fits(old[0], new[0]) and _fits(old[1], new[1]))
                 or any(s > n or (n - s) % 2 for s, n in zip(small, large, strict=True))):
             raise ValueError(f"'{name}' has shape {tuple(value.shape)}, which does not fit "
                              f"{tuple(target.shape)}")
-        window = (slice(None), slice(None)) + tuple(
-            slice((n - s) // 2, (n - s) // 2 + s) for s, n in zip(small, large, strict=True))
-        loaded[name] = torch.zeros_like(target)
-        loaded[name][window] = value
+        loaded[name] = _grow(value, target, old, new)
         grown.append(name)
     model.load_state_dict(loaded)
     return grown

@@ -69,6 +69,12 @@ class ConvGRU(nn.Module):
         candidate = torch.tanh(self.candidate_x(x) + self.candidate_h(reset * h))
         return (1 - update) * h + update * candidate
 
+    def channel_blocks(self) -> dict[str, tuple[list[int], list[int]]]:
+        """The gates' rows are [reset, update], their columns [x, h] (``forward``): a model
+        with more channels grows each block apart (``model.checkpoint.load_state_grown``)."""
+        x, h = self.candidate_x.in_channels, self.hidden
+        return {"gates.weight": ([h, h], [x, h]), "gates.bias": ([h, h], [])}
+
 
 class Stateless(nn.Module):
     """Stands in for a ConvGRU whose hidden state is switched off: conv + ReLU, no memory."""

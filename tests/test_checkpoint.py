@@ -38,35 +38,43 @@ def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
 
 
 @pytest.mark.parametrize("d", [2, 3])
-def test_grown_kernels_start_from_the_small_models_function(d):
-    # ConvGRU 1×1 → 3×3: the trained weights sit at the kernel centres, zeros around them,
-    # so the larger model registers exactly as the small one did before any training.
+@pytest.mark.parametrize(("kernel", "channels"), [(3, (6, 5)), (1, (9, 7)), (3, (8, 8))])
+def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels):
+    # ConvGRU 1×1 → 3×3 and/or more hidden channels: the trained weights keep their places
+    # (kernel centres, each gate's block), so the larger model registers exactly as the small
+    # one did before any training.
     torch.manual_seed(0)
     small = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1))
     torch.nn.init.normal_(small.cell.conv_out.weight, std=0.1)
-    large = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=3))
-    grown = load_state_grown(large, small.state_dict())
-    assert "cell.rnn1.gates.weight" in grown and "cell.conv_in.weight" not in grown
-    assert large.cell.rnn2.candidate_h.weight.shape[2:] == (3,) * d
+    large = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=channels,
+                            gru_kernel=kernel))
+    grown = load_state_grown(large, small)
+    assert ("cell.rnn1.gates.weight" in grown) and ("cell.conv_in.weight" in grown) == (
+        channels != (6, 5))
+    assert large.cell.rnn2.candidate_h.weight.shape[2:] == (kernel,) * d
     shape = (20, 18) if d == 2 else (12, 10, 14)
     moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
     with torch.no_grad():
         expected = small.eval()(moving, fixed)[-1]
-        actual = large.eval()(moving, fixed)[-1]
+    actual = large.eval()(moving, fixed)[-1]
     assert expected.abs().max() > 0.01
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-6)
+    # New channels are alive: the weights that will read them get a gradient from the start.
+    actual.square().mean().backward()
+    read_new = large.cell.conv_out.weight.grad[:, 5:]
+    assert channels[1] == 5 or read_new.abs().max() > 0
 
 
 def test_weights_that_cannot_grow_into_a_model_are_refused():
-    wide = RIIR(RIIRConfig(spatial_dims=2, hidden_channels=(8, 8)))
-    with pytest.raises(ValueError, match="does not fit"):  # channels do not grow
-        load_state_grown(wide, RIIR(RIIRConfig(spatial_dims=2)).state_dict())
+    wide = RIIR(RIIRConfig(spatial_dims=2, hidden_channels=(32, 32)))
+    with pytest.raises(ValueError, match="does not fit"):  # channels do not shrink
+        load_state_grown(RIIR(RIIRConfig(spatial_dims=2)), wide)
     with pytest.raises(ValueError, match="does not fit"):  # kernels do not shrink
         load_state_grown(RIIR(RIIRConfig(spatial_dims=2, gru_kernel=1)),
-                         RIIR(RIIRConfig(spatial_dims=2)).state_dict())
+                         RIIR(RIIRConfig(spatial_dims=2)))
     stateless = RIIR(RIIRConfig(spatial_dims=2, hidden_states=(False, True)))
     with pytest.raises(ValueError, match="do not belong"):
-        load_state_grown(stateless, RIIR(RIIRConfig(spatial_dims=2)).state_dict())
+        load_state_grown(stateless, RIIR(RIIRConfig(spatial_dims=2)))
 
 
 def test_unusable_files_raise_model_not_found(tmp_path):

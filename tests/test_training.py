@@ -202,7 +202,7 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
 
 
-def test_fine_tuning_starts_from_a_model_and_can_grow_its_kernels(folder, tmp_path, capsys):
+def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsys):
     first = tmp_path / "first"
     assert main(["train", "--data", str(folder), "--out", str(first), "--iterations", "1",
                  "--gru-kernel", "1", "--cell-stride", "2", "--val-pairs", "1",
@@ -210,14 +210,15 @@ def test_fine_tuning_starts_from_a_model_and_can_grow_its_kernels(folder, tmp_pa
     tuned = tmp_path / "tuned"
     assert main(["train", "--data", str(folder), "--out", str(tuned), "--iterations", "1",
                  "--init", str(first / "checkpoint.pt"), "--gru-kernel", "3",
-                 "--val-pairs", "1", "--threads", "1", "--quiet"]) == 0
+                 "--hidden-channels", "6", "4", "--val-pairs", "1", "--threads", "1",
+                 "--quiet"]) == 0
     model, meta = load_checkpoint(tuned / "checkpoint.pt")
-    # The first model's architecture (stride 2, 4 channels, T = 2) with the kernel given here.
+    # The first model's architecture (stride 2, T = 2) with the kernel and channels given here.
     assert (model.config.cell_stride, model.config.hidden_channels, model.config.steps,
-            model.config.gru_kernel) == (2, (4, 4), 2, 3)
+            model.config.gru_kernel) == (2, (6, 4), 2, 3)
     origin = meta["training"]["init"]
     assert (origin["name"], origin["version"], origin["iterations"]) == ("small", "1.0.0", 1)
-    assert "cell.rnn1.gates.weight" in origin["grown"]
+    assert {"cell.rnn1.gates.weight", "cell.conv_in.weight"} <= set(origin["grown"])
     # A resume keeps the record of where the weights came from.
     assert main(["train", "--out", str(tuned), "--resume", "--iterations", "2", "--quiet"]) == 0
     assert main(["train", "--out", str(tuned), "--resume", "--init", "small", "--quiet"]) == 1
@@ -231,7 +232,7 @@ def test_fine_tuning_starts_from_a_model_and_can_grow_its_kernels(folder, tmp_pa
     assert json.loads((weights / "riir-model.json").read_text())["training"]["init"] == origin
 
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),
-                 "--init", str(first / "checkpoint.pt"), "--hidden-channels", "8", "8",
+                 "--init", str(first / "checkpoint.pt"), "--hidden-channels", "2", "4",
                  "--quiet"]) == 1
     assert "cannot start from --init" in capsys.readouterr().err
     assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),

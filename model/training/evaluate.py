@@ -329,7 +329,7 @@ def _init_line(origin: dict[str, Any] | None) -> list[str]:
     """The card's line for a model fine-tuned from another (``riir train --init``)."""
     if not origin:
         return []
-    grown = f"; kernels grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
+    grown = f"; grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
     return [f"- Initialised from: `{origin.get('model')}` ({origin.get('name')} "
             f"{origin.get('version')}, {origin.get('iterations')} iterations){grown}; the "
             "iterations below count from there"]

@@ -165,8 +165,8 @@ class TrainConfig:
 def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
                   ) -> tuple[nn.Module, dict[str, Any]]:
     """Model ``spec``'s architecture and weights (``cfg.init``), with the settings given for
-    this run overriding its config; convolutions given larger kernels grow from the trained
-    ones. Also returns where it came from, for the model card."""
+    this run overriding its config; larger kernels and more hidden channels grow from the
+    trained ones. Also returns where it came from, for the model card."""
     from riir.catalog import resolve
 
     payload = read_checkpoint(resolve(spec, spatial_dims, 0))
@@ -178,7 +178,9 @@ def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
                          f"model; the data are {spatial_dims}-D")
     model = build_model(cfg.arch, {**payload["config"], **model_config(cfg, spatial_dims)})
     try:
-        grown = load_state_grown(model, payload["state_dict"])
+        source = build_model(payload["arch"], payload["config"])
+        source.load_state_dict(payload["state_dict"])
+        grown = load_state_grown(model, source)
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"cannot start from --init {spec}: {exc}") from None
     meta = payload["meta"]
