@@ -139,16 +139,18 @@ def load_state_grown(model: nn.Module, source: nn.Module) -> list[str]:
     grown, loaded = [], {}
     for name, value in state.items():
         target = own[name]
-        if value.shape == target.shape:
+        # Same shape is not enough: explicit [phi, I_mov∘phi, I_fix] is as wide as gradient
+        # [phi, ∇L] in 2-D, and a gradient weight must not read an image.
+        old, new = old_blocks.get(name), new_blocks.get(name)
+        if value.shape == target.shape and old == new:
             loaded[name] = value
             continue
         small, large = value.shape[2:], target.shape[2:]
-        old, new = old_blocks.get(name), new_blocks.get(name)
         if (old is None or new is None or value.dim() != target.dim()
                 or not (_fits(old[0], new[0]) and _fits(old[1], new[1]))
                 or any(s > n or (n - s) % 2 for s, n in zip(small, large, strict=True))):
-            raise ValueError(f"'{name}' has shape {tuple(value.shape)}, which does not fit "
-                             f"{tuple(target.shape)}")
+            raise ValueError(f"'{name}' has shape {tuple(value.shape)} (channel blocks "
+                             f"{old}), which does not fit {tuple(target.shape)} ({new})")
         loaded[name] = _grow(value, target, old, new)
         grown.append(name)
     model.load_state_dict(loaded)

@@ -22,7 +22,7 @@ from torch import nn
 from model.losses import inner_gradient
 from model.warp import warp
 
-INPUTS = ("gradient", "explicit", "implicit")
+INPUTS = ("gradient", "explicit", "implicit", "gradient+explicit")
 
 
 @dataclass
@@ -31,7 +31,10 @@ class RIIRConfig:
     steps: int = 6  # T
     hidden_channels: tuple[int, int] = (16, 16)
     hidden_states: tuple[bool, bool] = (True, True)  # ablation [1,1], [1,0], [0,1], [0,0]
-    inputs: str = "gradient"  # gradient [phi, ∇L] | explicit [phi, I_mov∘phi, I_fix] | implicit
+    # gradient [phi, ∇L] | explicit [phi, I_mov∘phi, I_fix] | implicit [phi, I_mov, I_fix], the
+    # paper's three; gradient+explicit [phi, ∇L, I_mov∘phi, I_fix] (ours) lets a label-supervised
+    # cell see the anatomy as well as the similarity's pull.
+    inputs: str = "gradient"
     inner_loss: str = "mse"  # mse | ncc | nmi
     ncc_window: int = 9
     gru_kernel: int = 3
@@ -45,6 +48,14 @@ class RIIRConfig:
     # biases drown it and training spends its first thousand steps growing the input weights;
     # a scale that brings it to ~1 lets the cell use it from the start (docs/method.md).
     gradient_scale: float = 1.0
+
+
+def input_blocks(config: RIIRConfig) -> list[int]:
+    """The cell input's channels by part: [phi, ∇L, images], a part absent being 0 wide."""
+    d = config.spatial_dims
+    gradient = d if config.inputs.startswith("gradient") else 0
+    images = 0 if config.inputs == "gradient" else 2
+    return [d, gradient, images]
 
 
 def _conv(spatial_dims: int) -> type[nn.Module]:
@@ -101,9 +112,15 @@ class RIIRCell(nn.Module):
         self.conv_mid = conv(c1, c2, 3, padding=2, dilation=2)
         self.rnn2 = recurrent[1](c2, c2, d, config.gru_kernel)
         self.conv_out = conv(c2, d, 3, padding=1)
+        self.input_blocks = input_blocks(config)
         # Start as the identity optimiser (Δphi = 0): training begins from a stable point.
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def channel_blocks(self) -> dict[str, tuple[list[int], list[int]]]:
+        """conv_in's columns are the input's parts (``input_blocks``), so a gradient model can
+        grow into a gradient+explicit one (``model.checkpoint.load_state_grown``)."""
+        return {"conv_in.weight": ([self.conv_in.out_channels], self.input_blocks)}
 
     def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]
                 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -122,9 +139,7 @@ class RIIR(nn.Module):
         if config.inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {INPUTS}, not {config.inputs!r}")
         self.config = config
-        d = config.spatial_dims
-        in_channels = 2 * d if config.inputs == "gradient" else d + 2
-        self.cell = RIIRCell(in_channels, config)
+        self.cell = RIIRCell(sum(input_blocks(config)), config)
 
     def _coarse(self, x: torch.Tensor) -> torch.Tensor:
         """Average onto the cell's grid (identity at stride 1)."""
@@ -146,14 +161,17 @@ class RIIR(nn.Module):
     def _cell_input(self, phi_coarse: torch.Tensor, phi: torch.Tensor, moving: torch.Tensor,
                     fixed: torch.Tensor, inner_loss: str) -> torch.Tensor:
         cfg = self.config
-        if cfg.inputs == "gradient":
+        parts = [phi_coarse]
+        if cfg.inputs.startswith("gradient"):
             grad = inner_gradient(inner_loss, moving, fixed,
                                   phi if cfg.second_order else phi.detach(),
                                   ncc_window=cfg.ncc_window,
                                   create_graph=cfg.second_order and torch.is_grad_enabled())
-            return torch.cat([phi_coarse, self._coarse(grad * cfg.gradient_scale)], 1)
-        first = warp(moving, phi) if cfg.inputs == "explicit" else moving
-        return torch.cat([phi_coarse, self._coarse(first), self._coarse(fixed)], 1)
+            parts.append(self._coarse(grad * cfg.gradient_scale))
+        if cfg.inputs != "gradient":
+            first = moving if cfg.inputs == "implicit" else warp(moving, phi)
+            parts += [self._coarse(first), self._coarse(fixed)]
+        return torch.cat(parts, 1)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
                 progress: ProgressCallback | None = None, return_all: bool = True,

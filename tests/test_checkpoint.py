@@ -38,16 +38,17 @@ def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
 
 
 @pytest.mark.parametrize("d", [2, 3])
-@pytest.mark.parametrize(("kernel", "channels"), [(3, (6, 5)), (1, (9, 7)), (3, (8, 8))])
-def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels):
-    # ConvGRU 1×1 → 3×3 and/or more hidden channels: the trained weights keep their places
-    # (kernel centres, each gate's block), so the larger model registers exactly as the small
-    # one did before any training.
+@pytest.mark.parametrize(("kernel", "channels", "inputs"), [
+    (3, (6, 5), "gradient"), (1, (9, 7), "gradient"), (3, (8, 8), "gradient+explicit")])
+def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels, inputs):
+    # ConvGRU 1×1 → 3×3, more hidden channels and/or the images as extra inputs: the trained
+    # weights keep their places (kernel centres, each gate's and input's block), so the larger
+    # model registers exactly as the small one did before any training.
     torch.manual_seed(0)
     small = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1))
     torch.nn.init.normal_(small.cell.conv_out.weight, std=0.1)
     large = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=channels,
-                            gru_kernel=kernel))
+                            gru_kernel=kernel, inputs=inputs))
     grown = load_state_grown(large, small)
     assert ("cell.rnn1.gates.weight" in grown) and ("cell.conv_in.weight" in grown) == (
         channels != (6, 5))
@@ -63,6 +64,7 @@ def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels
     actual.square().mean().backward()
     read_new = large.cell.conv_out.weight.grad[:, 5:]
     assert channels[1] == 5 or read_new.abs().max() > 0
+    assert inputs == "gradient" or large.cell.conv_in.weight.grad[:, 2 * d:].abs().max() > 0
 
 
 def test_weights_that_cannot_grow_into_a_model_are_refused():
@@ -71,6 +73,9 @@ def test_weights_that_cannot_grow_into_a_model_are_refused():
         load_state_grown(RIIR(RIIRConfig(spatial_dims=2)), wide)
     with pytest.raises(ValueError, match="does not fit"):  # kernels do not shrink
         load_state_grown(RIIR(RIIRConfig(spatial_dims=2, gru_kernel=1)),
+                         RIIR(RIIRConfig(spatial_dims=2)))
+    with pytest.raises(ValueError, match="does not fit"):  # the gradient is not an image
+        load_state_grown(RIIR(RIIRConfig(spatial_dims=2, inputs="explicit")),
                          RIIR(RIIRConfig(spatial_dims=2)))
     stateless = RIIR(RIIRConfig(spatial_dims=2, hidden_states=(False, True)))
     with pytest.raises(ValueError, match="do not belong"):

@@ -24,7 +24,7 @@ def _randomise_output(model: RIIR) -> RIIR:
 
 
 @pytest.mark.parametrize("d", [2, 3])
-@pytest.mark.parametrize("inputs", ["gradient", "explicit", "implicit"])
+@pytest.mark.parametrize("inputs", ["gradient", "explicit", "implicit", "gradient+explicit"])
 @pytest.mark.parametrize("states", list(itertools.product([False, True], repeat=2)))
 def test_forward_shapes_for_every_variant(d, inputs, states):
     moving, fixed = _pair(d)
@@ -33,6 +33,20 @@ def test_forward_shapes_for_every_variant(d, inputs, states):
     phis = model(moving, fixed)
     assert len(phis) == 3
     assert all(p.shape == (1, d, *SHAPES[d]) for p in phis)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_gradient_explicit_input_is_both_compositions(d):
+    moving, fixed = _pair(d)
+    torch.manual_seed(0)
+    phi = 0.5 * torch.randn(1, d, *SHAPES[d])
+    cells = {name: RIIR(RIIRConfig(spatial_dims=d, inputs=name, gradient_scale=3.0))
+             for name in ("gradient", "explicit", "gradient+explicit")}
+    both, gradient, explicit = (cells[name]._cell_input(phi, phi, moving, fixed, "mse")
+                                for name in ("gradient+explicit", "gradient", "explicit"))
+    assert both.shape[1] == 2 * d + 2 == cells["gradient+explicit"].cell.conv_in.in_channels
+    torch.testing.assert_close(both[:, :2 * d], gradient)  # [phi, ∇L]
+    torch.testing.assert_close(both[:, 2 * d:], explicit[:, d:])  # [I_mov∘phi, I_fix]
 
 
 @pytest.mark.parametrize("d", [2, 3])

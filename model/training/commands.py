@@ -78,8 +78,11 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="RIIR's hidden channels (default 16 16)")
     g.add_argument("--hidden-states", type=_bit, nargs=2, metavar=("H1", "H2"),
                    help="RIIR's hidden states on (1) or off (0), e.g. 1 0 (default 1 1)")
-    g.add_argument("--inputs", choices=("gradient", "explicit", "implicit"),
-                   help="RIIR's input composition (default gradient)")
+    g.add_argument("--inputs",
+                   choices=("gradient", "explicit", "implicit", "gradient+explicit"),
+                   help="RIIR's input composition: gradient [phi, ∇L] (default), explicit "
+                        "[phi, I_mov∘phi, I_fix], implicit [phi, I_mov, I_fix], or "
+                        "gradient+explicit, both (a gradient model grows into it with --init)")
     g.add_argument("--inner-loss", choices=("mse", "ncc", "nmi"),
                    help="similarity whose gradient drives RIIR / GraDIRN (default mse)")
     g.add_argument("--cell-stride", type=int, help="RIIR cell grid stride (default 1)")

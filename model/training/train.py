@@ -78,7 +78,7 @@ class TrainConfig:
     steps: int | None = None  # T
     hidden_channels: list[int] | None = None
     hidden_states: list[bool] | None = None
-    inputs: str | None = None  # gradient | explicit | implicit
+    inputs: str | None = None  # gradient | explicit | implicit | gradient+explicit
     inner_loss: str | None = None  # mse | ncc | nmi
     cell_stride: int | None = None
     gru_kernel: int | None = None
