@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,3 +60,41 @@ def test_api_key_is_a_documented_security_scheme(spec: dict[str, Any]) -> None:
                       "description": scheme["description"]}
     assert "security" not in spec["paths"]["/health"]["get"]
     assert spec["paths"]["/models"]["get"]["security"] == [{"APIKeyHeader": []}]
+
+
+DOCUMENTED = [Path(__file__).parents[2] / "README.md",
+              *sorted((Path(__file__).parents[2] / "docs").glob("*.md"))]
+
+
+def _resolve_ref(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        node: Any = spec
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def test_the_documented_example_requests_name_real_routes(spec: dict[str, Any]) -> None:
+    """Every http://127.0.0.1:8000/… in the README and docs matches a route, and a path
+    parameter with fixed values (an artifact's name) holds one of them: a user who copies a
+    documented curl line gets the file, not a 422."""
+    templates = []
+    for path, item in spec["paths"].items():
+        params = {p["name"]: _resolve_ref(spec, p["schema"]) for op in item.values()
+                  for p in op.get("parameters", []) if p["in"] == "path"}
+        pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path))
+        templates.append((re.compile(pattern + "$"), params))
+    urls = [(doc.name, url) for doc in DOCUMENTED
+            for url in re.findall(r"http://127\.0\.0\.1:8000(/[^\s\"'`)]*)", doc.read_text())]
+    assert len(urls) >= 3
+    for doc, url in urls:
+        path = url.split("?")[0].rstrip("/") or "/"
+        matches = [(m, params) for regex, params in templates if (m := regex.match(path))]
+        # /docs and /openapi.json are FastAPI's own pages.
+        assert matches or path in ("/docs", "/openapi.json"), f"{doc}: {url}"
+        for match, params in matches:
+            for name, value in match.groupdict().items():
+                allowed = params.get(name, {}).get("enum")
+                if allowed is not None:
+                    assert value in allowed, f"{doc}: {url} ({name} must be one of {allowed})"
