@@ -161,14 +161,15 @@ class RIIR(nn.Module):
     def _cell_input(self, phi_coarse: torch.Tensor, phi: torch.Tensor, moving: torch.Tensor,
                     fixed: torch.Tensor, inner_loss: str) -> torch.Tensor:
         cfg = self.config
+        _, gradient_width, images_width = self.cell.input_blocks
         parts = [phi_coarse]
-        if cfg.inputs.startswith("gradient"):
+        if gradient_width:
             grad = inner_gradient(inner_loss, moving, fixed,
                                   phi if cfg.second_order else phi.detach(),
                                   ncc_window=cfg.ncc_window,
                                   create_graph=cfg.second_order and torch.is_grad_enabled())
             parts.append(self._coarse(grad * cfg.gradient_scale))
-        if cfg.inputs != "gradient":
+        if images_width:
             first = moving if cfg.inputs == "implicit" else warp(moving, phi)
             parts += [self._coarse(first), self._coarse(fixed)]
         return torch.cat(parts, 1)
