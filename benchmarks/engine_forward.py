@@ -5,6 +5,7 @@ peak on a GPU) is its own. Prints a Markdown table. Compare rows of one run only
 are shared and noisy.
 
     python benchmarks/engine_forward.py [--device cpu|cuda] [--repeats 3] [--backward]
+                                        [--batch N]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ CASES = [
     # name, spatial shape, config overrides
     ("2-D 256²", (256, 256), {"spatial_dims": 2, "hidden_channels": (32, 16)}),
     ("3-D 64³ full-res cell", (64, 64, 64), {"spatial_dims": 3}),
+    ("3-D 64³ full-res cell, 32 channels", (64, 64, 64),
+     {"spatial_dims": 3, "hidden_channels": (32, 32)}),
     ("3-D 64³ stride-2 cell", (64, 64, 64), {"spatial_dims": 3, "cell_stride": 2}),
     ("3-D 64³ stride-2, GRU 1x1", (64, 64, 64),
      {"spatial_dims": 3, "cell_stride": 2, "gru_kernel": 1}),
@@ -30,7 +33,7 @@ CASES = [
 
 
 def run_case(shape: tuple[int, ...], overrides: dict, device: str, repeats: int,
-             backward: bool) -> dict:
+             backward: bool, batch: int) -> dict:
     import torch
 
     from model.riir import RIIR, RIIRConfig
@@ -38,8 +41,8 @@ def run_case(shape: tuple[int, ...], overrides: dict, device: str, repeats: int,
     torch.manual_seed(0)
     model = RIIR(RIIRConfig(steps=6, **overrides)).to(device)
     torch.nn.init.normal_(model.cell.conv_out.weight, std=0.01)
-    moving = torch.rand(1, 1, *shape, device=device)
-    fixed = torch.rand(1, 1, *shape, device=device)
+    moving = torch.rand(batch, 1, *shape, device=device)
+    fixed = torch.rand(batch, 1, *shape, device=device)
 
     def sync() -> None:
         if device == "cuda":
@@ -75,11 +78,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backward", action="store_true",
                         help="time a training step (forward + backward through T steps)")
+    parser.add_argument("--batch", type=int, default=1, help="pairs per call (default 1)")
     parser.add_argument("--case", type=int, help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     if args.case is not None:
         name, shape, overrides = CASES[args.case]
-        print(json.dumps(run_case(shape, overrides, args.device, args.repeats, args.backward)))
+        print(json.dumps(run_case(shape, overrides, args.device, args.repeats, args.backward,
+                                  args.batch)))
         return
 
     import torch
@@ -87,13 +92,14 @@ def main() -> None:
     what = "forward + backward" if args.backward else "forward (no grad)"
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else (
         f"CPU, {torch.get_num_threads()} threads")
-    print(f"RIIR, T = 6, batch 1, {what}, {device_name}, torch {torch.__version__}, "
+    print(f"RIIR, T = 6, batch {args.batch}, {what}, {device_name}, torch {torch.__version__}, "
           f"best of {args.repeats}\n")
     print("| case | parameters | seconds | peak memory (MB) |")
     print("|---|---:|---:|---:|")
     for i, (name, _, _) in enumerate(CASES):
         cmd = [sys.executable, __file__, "--case", str(i), "--device", args.device,
-               "--repeats", str(args.repeats)] + (["--backward"] if args.backward else [])
+               "--repeats", str(args.repeats), "--batch", str(args.batch)] + (
+                   ["--backward"] if args.backward else [])
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             print(f"| {name} | | failed: {result.stderr.strip().splitlines()[-1]} | |")

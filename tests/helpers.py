@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -17,6 +19,22 @@ def blobs(shape: tuple[int, ...], seed: int = 0, count: int = 4) -> np.ndarray:
         r2 = sum((c - m) ** 2 for c, m in zip(coords, centre, strict=True))
         image += rng.uniform(0.5, 1.0) * np.exp(-r2 / (2 * width**2))
     return (image / image.max()).astype(np.float32)
+
+
+def labelled_folder(root: Path, shape: tuple[int, ...], count: int = 8) -> Path:
+    """A folder dataset (img/, label/) of ``count`` subjects: smooth blobs in uint8 like some
+    hippocampus files, labels 1 and 2 where they are bright."""
+    import SimpleITK as sitk
+
+    (root / "img").mkdir(parents=True)
+    (root / "label").mkdir()
+    for k in range(count):
+        image = blobs(shape, seed=k)
+        labels = (image > 0.45).astype(np.int16) + (image > 0.7)
+        for array, kind in (((image * 200).astype(np.uint8), "img"), (labels, "label")):
+            path = root / kind / f"case_{k:03d}.nii.gz"
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return root
 
 
 def as_tensor(image: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from helpers import blobs
+from helpers import blobs, labelled_folder
 
 from model.checkpoint import load_checkpoint, read_checkpoint
 from model.training import experiments
@@ -45,16 +45,7 @@ def _write(array, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
 
 @pytest.fixture
 def folder(tmp_path):
-    """Eight 16³ subjects: smooth blobs in uint8 like some hippocampus files, labels 1 and 2."""
-    root = tmp_path / "data"
-    (root / "img").mkdir(parents=True)
-    (root / "label").mkdir()
-    for k in range(8):
-        image = blobs(SHAPE, seed=k)
-        labels = (image > 0.45).astype(np.int16) + (image > 0.7)
-        _write((image * 200).astype(np.uint8), root / "img" / f"case_{k:03d}.nii.gz")
-        _write(labels, root / "label" / f"case_{k:03d}.nii.gz")
-    return root
+    return labelled_folder(tmp_path / "data", SHAPE)
 
 
 @pytest.fixture
@@ -200,6 +191,31 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert "riir evaluate" in (weights / "tiny-3d.md").read_text()
     monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
+
+
+def test_a_time_limit_ends_the_call_with_a_checkpoint_that_resumes(folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--data", str(folder), "--out", str(run), "--iterations", "6",
+            "--validate-every", "100", "--checkpoint-every", "100", "--val-pairs", "1",
+            "--dice-weight", "1", *TINY]
+    assert main([*args, "--time-limit", "0.00001"]) == 0  # passed after the first iteration
+    said = capsys.readouterr().out
+    assert "stopped by --time-limit before iteration 6" in said and "--resume" in said
+    training = read_checkpoint(run / "checkpoint.pt")["meta"]["training"]
+    assert training["iterations"] == 1  # saved where it stopped, not at checkpoint_every
+    assert "val_dice" in training["final_metrics"]  # and validated there
+    assert (run / "best.pt").is_file()
+    assert "time_limit" not in json.loads((run / "config.json").read_text())
+
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 0
+    assert "stopped by" not in capsys.readouterr().out
+    assert read_checkpoint(run / "checkpoint.pt")["meta"]["training"]["iterations"] == 6
+    with (run / "log.csv").open() as f:
+        assert [int(r["iteration"]) for r in csv.DictReader(f)] == [1, 2, 3, 4, 5, 6]
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(SystemExit):
+            main([*args, "--time-limit", bad])
+    assert "expected a positive number of minutes" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsys):

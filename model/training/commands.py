@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of minutes, not '{text}'")
+    return value
 
 
 def _bit(text: str) -> bool:
@@ -161,6 +172,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="continue the run in OUT from its last checkpoint (its config.json; "
                         "flags given here override it, e.g. --iterations to train longer)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
+                   help="stop after this many minutes of training (this call's, not the "
+                        "run's), with a validation and a checkpoint at the last iteration; "
+                        "--resume continues it")
     add_train_options(p)
     p.set_defaults(run=run_train)
 
@@ -250,12 +265,16 @@ def run_train(args: argparse.Namespace) -> int:
             raise InputError(f"nothing to resume in '{args.out}' (no config.json)")
         base = json.loads(saved.read_text())
     cfg = TrainConfig.from_dict(train_settings(args, base))
+    limit = None if args.time_limit is None else 60.0 * args.time_limit
     final = train(cfg, args.out, resume=args.resume, command=_command_line(args),
-                  progress=not args.quiet)
+                  progress=not args.quiet, time_limit_s=limit)
     print(f"trained {cfg.name} ({cfg.arch}) for {final['iterations']} iterations in "
           f"{final['seconds']:.0f} s; " + ", ".join(
               f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val_")))
     print(f"checkpoint: {args.out / 'checkpoint.pt'}")
+    if final["time_limited"]:
+        print(f"stopped by --time-limit before iteration {cfg.iterations}; continue with: "
+              f"riir train --out {shlex.quote(str(args.out))} --resume")
     return 0
 
 

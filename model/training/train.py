@@ -390,9 +390,14 @@ def load_source(cfg: TrainConfig) -> PairSource:
 
 def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
           command: str = "", progress: bool = True,
-          source: PairSource | None = None) -> dict[str, Any]:
+          source: PairSource | None = None,
+          time_limit_s: float | None = None) -> dict[str, Any]:
     """Train (or resume) a run in ``out``; returns the final metrics. ``source`` may be given
-    to share loaded data between runs (experiments)."""
+    to share loaded data between runs (experiments).
+
+    ``time_limit_s`` ends this call early, after the first iteration that passes it, with a
+    validation and a checkpoint there, so a run fits a fixed slot (a lent GPU, a night) and
+    ``resume`` continues it. It belongs to the call, not to the run's settings."""
     from tqdm import tqdm
 
     from worker.device import select_device
@@ -444,6 +449,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress,
                dynamic_ncols=True)
     iteration = start
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     for iteration in range(start + 1, cfg.iterations + 1):
         tick = time.perf_counter()
         rng = np.random.default_rng([cfg.seed, iteration])
@@ -466,7 +472,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         ema = loss_value if ema is None else 0.95 * ema + 0.05 * loss_value
         row: dict[str, Any] = {"iteration": iteration, "loss": loss_value, "seconds": seconds,
                                **parts}
-        if iteration % cfg.validate_every == 0 or iteration == cfg.iterations:
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        last = iteration == cfg.iterations or out_of_time
+        if iteration % cfg.validate_every == 0 or last:
             row.update(validate(model, val_pairs, labels, device))
             final = {k: row[k] for k in row if k.startswith("val_")}
             score = cfg.best_score(final)
@@ -487,16 +495,19 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
             postfix["val_epe_mm"] = f"{final['val_epe_mm']:.2f}"
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
-        if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+        if iteration % cfg.checkpoint_every == 0 or last:
             final_metrics = {**final, "train_loss": round(ema, 6)}
             save_checkpoint(out / "checkpoint.pt", model, cfg.arch,
                             _meta(cfg, source, pre, iteration, command, final_metrics, elapsed,
                                   device, origin))
             _save_state(out / "optimizer.pt", optimizer, iteration, elapsed)
+        if out_of_time:
+            break
     bar.close()
     if board is not None:
         board.close()
-    return {**final, "iterations": iteration, "seconds": round(elapsed, 1)}
+    return {**final, "iterations": iteration, "seconds": round(elapsed, 1),
+            "time_limited": iteration < cfg.iterations}
 
 
 def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
