@@ -22,19 +22,19 @@ def test_the_gpu_recipe_trains_scores_and_packs_its_arms(tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
     env = {**os.environ, "DEVICE": "cpu", "STAGE": str(stage), "RUNS": str(runs),
            "OUT": str(out), "PAIRS": "1", "BENCHMARK_S": "1", "PYTHON": sys.executable,
-           "ONLY": "full-c16 grown-0.4.0", "PYTHONPATH": str(ROOT)}
+           "ONLY": "full-c32-imgs grown-0.4.0", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(["bash", str(RECIPE), "run", "0.0001"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
     summary = (out / "summary.md").read_text()
-    for arm in ("full-c16", "grown-0.4.0"):  # trained, stopped by the limit, scored
+    for arm in ("full-c32-imgs", "grown-0.4.0"):  # trained, stopped by the limit, scored
         assert f"trained hippocampus-3d-{arm} (riir) for 1 iterations" in summary
         assert f"# {arm}" in summary and "| last | 1 |" in summary
-    assert "full-c32" not in summary  # ONLY picked the arms
+    assert "full-c32-lam64" not in summary  # ONLY picked the arms
     with tarfile.open(out / "runs.tar.gz") as packed:
         names = set(packed.getnames())
-    assert {"./full-c16/checkpoint.pt", "./grown-0.4.0/eval-val/summary.md"} <= names
+    assert {"./full-c32-imgs/checkpoint.pt", "./grown-0.4.0/eval-val/summary.md"} <= names
     assert (out / "benchmark.md").is_file()
 
 
