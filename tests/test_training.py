@@ -218,6 +218,22 @@ def test_a_time_limit_ends_the_call_with_a_checkpoint_that_resumes(folder, tmp_p
     assert "expected a positive number of minutes" in capsys.readouterr().err
 
 
+def test_a_resumed_run_trains_what_an_uninterrupted_one_does(folder, tmp_path):
+    """Pairs are drawn ahead in a thread (PairStream) from (seed, iteration) alone, and the
+    optimiser state is saved with the weights: stopping and resuming changes nothing."""
+    common = ["--data", str(folder), "--dice-weight", "1", "--batch-size", "2",
+              "--crop", "12", "12", "12", "--validate-every", "100", *TINY]
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert main(["train", "--out", str(straight), "--iterations", "4", *common]) == 0
+    assert main(["train", "--out", str(halves), "--iterations", "2", *common]) == 0
+    assert main(["train", "--out", str(halves), "--resume", "--iterations", "4", "--quiet"]) == 0
+    a = read_checkpoint(straight / "checkpoint.pt")["state_dict"]
+    b = read_checkpoint(halves / "checkpoint.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["cell.conv_out.weight"], torch.zeros_like(a["cell.conv_out.weight"]))
+
+
 def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsys):
     first = tmp_path / "first"
     assert main(["train", "--data", str(folder), "--out", str(first), "--iterations", "1",
