@@ -130,13 +130,18 @@ def load_state_grown(model: nn.Module, source: nn.Module) -> list[str]:
     The grown model computes exactly what ``source`` did (with ``padding = kernel // 2`` a
     centred kernel adds nothing, and new channels are not read yet), so training starts from
     the trained model's function and only adds context around each voxel (a ConvGRU 1×1×1 →
-    3×3×3) or capacity (more hidden channels)."""
+    3×3×3) or capacity (more hidden channels). Parameters that the model declares neutral
+    (``starts_neutral``, e.g. a convex upsampling that starts as linear interpolation) keep
+    their initialisation and are listed too."""
     own, state = model.state_dict(), source.state_dict()
-    if set(own) != set(state):
-        differ = sorted(set(own) ^ set(state))
+    # Parameters the model declares neutral at initialisation (``starts_neutral``) may be new.
+    neutral = tuple(getattr(model, "starts_neutral", ()))
+    added = sorted(k for k in set(own) - set(state) if k.startswith(neutral))
+    differ = sorted((set(own) ^ set(state)) - set(added))
+    if differ:
         raise ValueError(f"the weights do not belong to this architecture: {differ[:4]}")
     new_blocks, old_blocks = channel_blocks(model), channel_blocks(source)
-    grown, loaded = [], {}
+    grown, loaded = list(added), {k: own[k] for k in added}
     for name, value in state.items():
         target = own[name]
         # Same shape is not enough: explicit [phi, I_mov∘phi, I_fix] is as wide as gradient

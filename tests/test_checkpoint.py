@@ -18,9 +18,10 @@ def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
     torch.manual_seed(0)
     config = RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5),
                         hidden_states=(True, False), inputs="explicit", inner_loss="ncc",
-                        cell_stride=2, gru_kernel=1)
+                        cell_stride=2, gru_kernel=1, upsampling="convex")
     model = RIIR(config)
     torch.nn.init.normal_(model.cell.conv_out.weight, std=0.1)
+    torch.nn.init.normal_(model.upsampling.weights.weight, std=0.1)
     path = save_checkpoint(tmp_path / "m.pt", model, "riir", {"name": "m", "version": "1"})
     # The file alone rebuilds the model, and loads under weights_only=True.
     payload = torch.load(path, weights_only=True)
@@ -65,6 +66,29 @@ def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels
     read_new = large.cell.conv_out.weight.grad[:, 5:]
     assert channels[1] == 5 or read_new.abs().max() > 0
     assert inputs == "gradient" or large.cell.conv_in.weight.grad[:, 2 * d:].abs().max() > 0
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_a_linear_model_grows_into_a_convex_one_that_starts_the_same(d):
+    torch.manual_seed(0)
+    config = RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1,
+                        cell_stride=2)
+    linear = RIIR(config)
+    torch.nn.init.normal_(linear.cell.conv_out.weight, std=0.1)
+    convex = RIIR(RIIRConfig(**{**vars(config), "upsampling": "convex"}))
+    assert load_state_grown(convex, linear) == ["upsampling.weights.bias",
+                                                "upsampling.weights.weight"]
+    shape = (20, 18) if d == 2 else (12, 10, 14)
+    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
+    with torch.no_grad():
+        expected = linear.eval()(moving, fixed)[-1]
+    actual = convex.eval()(moving, fixed)[-1]
+    assert expected.abs().max() > 0.01
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    actual.square().mean().backward()  # and the upsampling learns from the first step
+    assert convex.upsampling.weights.weight.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="do not belong"):  # nothing else may be new
+        load_state_grown(linear, convex)
 
 
 def test_weights_that_cannot_grow_into_a_model_are_refused():

@@ -69,6 +69,46 @@ def test_every_parameter_gets_a_gradient(loss, stride):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.parametrize(("d", "stride"), [(2, 2), (2, 3), (3, 2)])
+def test_convex_upsampling_starts_as_linear_interpolation_and_learns_edges(d, stride):
+    # RAFT's convex combination of the 3^D coarse neighbours, at its initial weights, is
+    # F.interpolate's linear interpolation (align_corners=False, edges replicated).
+    from model.riir import ConvexUpsampling
+
+    torch.manual_seed(0)
+    coarse = torch.randn(2, d, *([5, 4, 3][:d]))
+    features = torch.randn(2, 7, *coarse.shape[2:])
+    up = ConvexUpsampling(7, d, stride)
+    fine = up(coarse, features)
+    assert fine.shape == (2, d, *(stride * n for n in coarse.shape[2:]))
+    mode = "bilinear" if d == 2 else "trilinear"
+    expected = torch.nn.functional.interpolate(coarse, size=fine.shape[2:], mode=mode,
+                                               align_corners=False)
+    torch.testing.assert_close(fine, expected, rtol=1e-5, atol=1e-5)
+    # Other weights give a convex combination of the neighbours, not an interpolation:
+    # never outside their range, and different where the field changes.
+    torch.nn.init.normal_(up.weights.weight, std=1.0)
+    moved = up(coarse, features)
+    assert (moved - expected).abs().max() > 0.05
+    assert moved.max() <= coarse.max() + 1e-5 and moved.min() >= coarse.min() - 1e-5
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_a_convex_model_registers_any_shape_and_asks_for_multiples(d):
+    moving, fixed = _pair(d)  # 24×20 / 12×14×10: multiples of 2
+    odd = tuple(n - 1 for n in SHAPES[d])
+    model = _randomise_output(RIIR(RIIRConfig(spatial_dims=d, steps=2, cell_stride=2,
+                                              upsampling="convex")))
+    assert model.shape_multiple == 2
+    assert model(moving, fixed)[-1].shape == (1, d, *SHAPES[d])
+    crop = (..., *(slice(0, n) for n in odd))
+    assert model(moving[crop], fixed[crop])[-1].shape == (1, d, *odd)
+    linear = RIIR(RIIRConfig(spatial_dims=d, cell_stride=2))
+    assert linear.shape_multiple == 1 and linear.upsampling is None
+    with pytest.raises(ValueError, match="upsampling must be one of"):
+        RIIR(RIIRConfig(spatial_dims=d, upsampling="cubic"))
+
+
 def test_second_order_meta_gradient_differs_from_first_order():
     moving, fixed = _pair(2)
     grads = []

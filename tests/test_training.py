@@ -242,15 +242,18 @@ def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsy
     tuned = tmp_path / "tuned"
     assert main(["train", "--data", str(folder), "--out", str(tuned), "--iterations", "1",
                  "--init", str(first / "checkpoint.pt"), "--gru-kernel", "3",
-                 "--hidden-channels", "6", "4", "--val-pairs", "1", "--threads", "1",
-                 "--quiet"]) == 0
+                 "--hidden-channels", "6", "4", "--upsampling", "convex", "--val-pairs", "1",
+                 "--threads", "1", "--quiet"]) == 0
     model, meta = load_checkpoint(tuned / "checkpoint.pt")
-    # The first model's architecture (stride 2, T = 2) with the kernel and channels given here.
+    # The first model's architecture (stride 2, T = 2) with the kernel, channels and
+    # upsampling given here.
     assert (model.config.cell_stride, model.config.hidden_channels, model.config.steps,
-            model.config.gru_kernel) == (2, (6, 4), 2, 3)
+            model.config.gru_kernel, model.config.upsampling) == (2, (6, 4), 2, 3, "convex")
+    assert meta["preprocessing"]["shape_multiple"] == 2  # convex: grids a multiple of 2
     origin = meta["training"]["init"]
     assert (origin["name"], origin["version"], origin["iterations"]) == ("small", "1.0.0", 1)
-    assert {"cell.rnn1.gates.weight", "cell.conv_in.weight"} <= set(origin["grown"])
+    assert {"cell.rnn1.gates.weight", "cell.conv_in.weight",
+            "upsampling.weights.weight"} <= set(origin["grown"])
     # A resume keeps the record of where the weights came from.
     assert main(["train", "--out", str(tuned), "--resume", "--iterations", "2", "--quiet"]) == 0
     assert main(["train", "--out", str(tuned), "--resume", "--init", "small", "--quiet"]) == 1

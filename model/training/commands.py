@@ -98,6 +98,10 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="similarity whose gradient drives RIIR / GraDIRN (default mse)")
     g.add_argument("--cell-stride", type=int, help="RIIR cell grid stride (default 1)")
     g.add_argument("--gru-kernel", type=int, help="RIIR ConvGRU kernel size (default 3)")
+    g.add_argument("--upsampling", choices=("linear", "convex"),
+                   help="how a coarse cell's field returns to the image grid: linear "
+                        "interpolation (default) or a learned convex combination (RAFT's), "
+                        "which starts as linear, so a linear model grows into it with --init")
     g.add_argument("--second-order", action=argparse.BooleanOptionalAction, default=None,
                    help="meta-gradient through ∇L_inner (default: first order)")
     g.add_argument("--init", metavar="NAME|PATH",
@@ -149,6 +153,7 @@ TRAIN_FLAGS = {  # argparse dest -> TrainConfig field
     "spacing_mm": "spacing_mm", "max_voxels": "max_voxels", "arch": "arch", "steps": "steps",
     "hidden_channels": "hidden_channels", "hidden_states": "hidden_states", "inputs": "inputs",
     "inner_loss": "inner_loss", "cell_stride": "cell_stride", "gru_kernel": "gru_kernel",
+    "upsampling": "upsampling",
     "second_order": "second_order", "similarity": "similarity", "weights": "weights",
     "lam": "lam", "dice_weight": "dice_weight", "lr": "lr", "batch_size": "batch_size",
     "iterations": "iterations", "seed": "seed", "checkpoint_every": "checkpoint_every",

@@ -32,7 +32,7 @@ from riir.errors import InputError
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
 ARCHS = ("riir", "voxelmorph", "gradirn")
 RIIR_ONLY = ("steps", "hidden_channels", "hidden_states", "inputs", "cell_stride", "gru_kernel",
-             "second_order")
+             "upsampling", "second_order")
 DEFAULT_VALUES = {
     "hidden-states": ("00", "01", "10", "11"),
     "inner-loss": ("mse", "ncc", "nmi"),

@@ -59,7 +59,7 @@ BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}
 ARCHS = ("riir", "voxelmorph", "gradirn")
 # TrainConfig fields that set a field of the architecture's config of the same name.
 MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_loss",
-                "cell_stride", "gru_kernel", "second_order", "ncc_window")
+                "cell_stride", "gru_kernel", "upsampling", "second_order", "ncc_window")
 
 
 @dataclass
@@ -83,6 +83,7 @@ class TrainConfig:
     inner_loss: str | None = None  # mse | ncc | nmi
     cell_stride: int | None = None
     gru_kernel: int | None = None
+    upsampling: str | None = None  # linear | convex
     second_order: bool | None = None
     ncc_window: int | None = None
     model: dict[str, Any] = field(default_factory=dict)  # any other architecture field
