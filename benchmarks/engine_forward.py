@@ -26,6 +26,8 @@ CASES = [
     ("3-D 64³ stride-2 cell", (64, 64, 64), {"spatial_dims": 3, "cell_stride": 2}),
     ("3-D 64³ stride-2, GRU 1x1", (64, 64, 64),
      {"spatial_dims": 3, "cell_stride": 2, "gru_kernel": 1}),
+    ("3-D 64³ stride-2, GRU 1x1, convex upsampling", (64, 64, 64),
+     {"spatial_dims": 3, "cell_stride": 2, "gru_kernel": 1, "upsampling": "convex"}),
     ("3-D 128³ stride-2 cell", (128, 128, 128), {"spatial_dims": 3, "cell_stride": 2}),
     ("3-D 128³ stride-2, GRU 1x1", (128, 128, 128),
      {"spatial_dims": 3, "cell_stride": 2, "gru_kernel": 1}),
