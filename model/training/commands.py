@@ -107,8 +107,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init", metavar="NAME|PATH",
                    help="start from a shipped model or a checkpoint instead of random weights: "
                         "its architecture, with the model flags given here overriding it; a "
-                        "larger --gru-kernel or --hidden-channels grows from its trained "
-                        "weights, starting from the same function (fine-tuning)")
+                        "larger --gru-kernel, more --hidden-channels or --upsampling convex "
+                        "grows from its trained weights, starting from the same function "
+                        "(fine-tuning)")
     g.add_argument("--model-option", type=_key_value, action="append", metavar="KEY=VALUE",
                    help="any other field of the architecture's config, e.g. encoder=[16,32]")
     g = p.add_argument_group("outer loss")
