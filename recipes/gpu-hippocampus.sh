@@ -85,8 +85,8 @@ run() {
   (( threads > 0 )) || threads=1
   if [[ $device == cuda ]]; then
     # Python's tarfile, not tar -J: the machine's image may lack xz.
-    "${PYTHON:-python3}" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall("/tmp", filter="data")' \
-      "$STAGE/site.tar.xz"
+    "${PYTHON:-python3}" -c 'import sys, tarfile
+tarfile.open(sys.argv[1]).extractall("/tmp", filter="data")' "$STAGE/site.tar.xz"
     export PYTHONPATH=/tmp/site:$PWD
     nvidia-smi -L
   fi
