@@ -38,6 +38,19 @@ def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
         assert torch.equal(a, b)
 
 
+def _registers_as(grown: RIIR, source: RIIR, d: int, **tolerance: float) -> torch.Tensor:
+    """``grown``'s final field on a blob pair, checked to be ``source``'s (which moves); it
+    keeps its graph, for the gradient checks."""
+    shape = (20, 18) if d == 2 else (12, 10, 14)
+    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
+    with torch.no_grad():
+        expected = source.eval()(moving, fixed)[-1]
+    actual = grown.eval()(moving, fixed)[-1]
+    assert expected.abs().max() > 0.01
+    torch.testing.assert_close(actual, expected, **tolerance)
+    return actual
+
+
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize(("kernel", "channels", "inputs"), [
     (3, (6, 5), "gradient"), (1, (9, 7), "gradient"), (3, (8, 8), "gradient+explicit")])
@@ -54,13 +67,7 @@ def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels
     assert ("cell.rnn1.gates.weight" in grown) and ("cell.conv_in.weight" in grown) == (
         channels != (6, 5))
     assert large.cell.rnn2.candidate_h.weight.shape[2:] == (kernel,) * d
-    shape = (20, 18) if d == 2 else (12, 10, 14)
-    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
-    with torch.no_grad():
-        expected = small.eval()(moving, fixed)[-1]
-    actual = large.eval()(moving, fixed)[-1]
-    assert expected.abs().max() > 0.01
-    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-6)
+    actual = _registers_as(large, small, d, rtol=1e-5, atol=1e-6)
     # New channels are alive: the weights that will read them get a gradient from the start.
     actual.square().mean().backward()
     read_new = large.cell.conv_out.weight.grad[:, 5:]
@@ -78,13 +85,7 @@ def test_a_linear_model_grows_into_a_convex_one_that_starts_the_same(d):
     convex = RIIR(RIIRConfig(**{**vars(config), "upsampling": "convex"}))
     assert load_state_grown(convex, linear) == ["upsampling.weights.bias",
                                                 "upsampling.weights.weight"]
-    shape = (20, 18) if d == 2 else (12, 10, 14)
-    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape))
-    with torch.no_grad():
-        expected = linear.eval()(moving, fixed)[-1]
-    actual = convex.eval()(moving, fixed)[-1]
-    assert expected.abs().max() > 0.01
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
+    actual = _registers_as(convex, linear, d, rtol=1e-4, atol=1e-5)
     actual.square().mean().backward()  # and the upsampling learns from the first step
     assert convex.upsampling.weights.weight.grad.abs().max() > 0
     with pytest.raises(ValueError, match="do not belong"):  # nothing else may be new
