@@ -213,17 +213,19 @@ class RIIR(nn.Module):
         self.config = config
         self.cell = RIIRCell(sum(input_blocks(config)), config)
         self.upsampling = None
-        # Grids a multiple of the stride (the engine and training resample to one) keep the
-        # convex upsampling exact; other shapes still work (``_fine``).
-        self.shape_multiple = 1
         if config.upsampling == "convex" and config.cell_stride > 1:
             self.upsampling = ConvexUpsampling(config.hidden_channels[1], config.spatial_dims,
                                                config.cell_stride)
-            self.shape_multiple = config.cell_stride
 
     # Parameters whose initialisation leaves the function unchanged: a model without them
     # grows into one with them (model.checkpoint.load_state_grown).
     starts_neutral = ("upsampling.",)
+
+    @property
+    def shape_multiple(self) -> int:
+        """Grids a multiple of the stride (the engine and training resample to one) keep the
+        convex upsampling exact; other shapes still work (``_fine``)."""
+        return 1 if self.upsampling is None else self.upsampling.stride
 
     def _coarse(self, x: torch.Tensor) -> torch.Tensor:
         """Average onto the cell's grid (identity at stride 1)."""

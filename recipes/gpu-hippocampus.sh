@@ -74,42 +74,39 @@ run() {
   local pairs=${PAIRS:-20} benchmark_s=${BENCHMARK_S:-60}
   local runs=${RUNS:-/tmp/gpu-hippocampus}
   [[ -d $STAGE/hippocampus ]] || { echo "nothing staged: run 'prepare' first" >&2; exit 2; }
-  local arm name flags selected=()
+  # The arms to run (ONLY, else all), their names and flags split once.
+  local arm name rest names=() flags=()
   for arm in "${ARMS[@]}"; do
-    read -r name _ <<< "$(echo $arm)"
-    [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] && selected+=("$arm")
+    read -r name rest <<< "$(echo $arm)"  # echo joins an arm's lines
+    [[ -z ${ONLY:-} || " $ONLY " == *" $name "* ]] || continue
+    names+=("$name"); flags+=("$rest")
   done
-  (( ${#selected[@]} )) || { echo "no arm named in ONLY='$ONLY'" >&2; exit 2; }
-  ARMS=("${selected[@]}")
-  local threads=$(( $(nproc) / ${#ARMS[@]} ))
+  (( ${#names[@]} )) || { echo "no arm named in ONLY='$ONLY'" >&2; exit 2; }
+  local threads=$(( $(nproc) / ${#names[@]} )) py=${PYTHON:-python3} i
   (( threads > 0 )) || threads=1
   if [[ $device == cuda ]]; then
     # Python's tarfile, not tar -J: the machine's image may lack xz.
-    "${PYTHON:-python3}" -c 'import sys, tarfile
+    "$py" -c 'import sys, tarfile
 tarfile.open(sys.argv[1]).extractall("/tmp", filter="data")' "$STAGE/site.tar.xz"
     export PYTHONPATH=/tmp/site:$PWD
     nvidia-smi -L
   fi
   export PYTHONPATH=${PYTHONPATH:-$PWD} PYTHONUNBUFFERED=1
-  local py=${PYTHON:-python3}
   rm -rf "$runs" && mkdir -p "$runs" "$out"
 
   timeout "$benchmark_s" "$py" benchmarks/engine_forward.py --device "$device" --backward \
     --batch 4 > "$out/benchmark.md" 2>&1 || echo "(benchmark stopped)" >> "$out/benchmark.md"
   cat "$out/benchmark.md"
 
-  for arm in "${ARMS[@]}"; do
-    read -r name flags <<< "$(echo $arm)"
+  for i in "${!names[@]}"; do
     # shellcheck disable=SC2086  # the flags are words
-    "$py" -m riir.cli train --data "$STAGE/hippocampus" --out "$runs/$name" --quiet \
-      --device "$device" --threads "$threads" \
-      --time-limit "$minutes" --name "hippocampus-3d-$name" $COMMON $flags \
-      > "$runs/$name.log" 2>&1 &
+    "$py" -m riir.cli train --data "$STAGE/hippocampus" --out "$runs/${names[i]}" --quiet \
+      --device "$device" --threads "$threads" --time-limit "$minutes" \
+      --name "hippocampus-3d-${names[i]}" $COMMON ${flags[i]} > "$runs/${names[i]}.log" 2>&1 &
   done
   wait || true
 
-  for arm in "${ARMS[@]}"; do  # the arms' evaluations side by side too
-    read -r name _ <<< "$(echo $arm)"
+  for name in "${names[@]}"; do  # the arms' evaluations side by side too
     [[ -f $runs/$name/checkpoint.pt ]] || continue
     local models=(--model "last=$runs/$name/checkpoint.pt")
     [[ -f $runs/$name/best.pt ]] && models+=(--model "best=$runs/$name/best.pt")
@@ -120,8 +117,7 @@ tarfile.open(sys.argv[1]).extractall("/tmp", filter="data")' "$STAGE/site.tar.xz
   wait || true
 
   : > "$out/summary.md"
-  for arm in "${ARMS[@]}"; do
-    read -r name _ <<< "$(echo $arm)"
+  for name in "${names[@]}"; do
     tail -n 4 "$runs/$name.log" >> "$out/summary.md"
     cat "$runs/$name/eval-val/summary.md" >> "$out/summary.md" 2>/dev/null \
       || tail -n 4 "$runs/$name-eval.log" >> "$out/summary.md" 2>/dev/null || true

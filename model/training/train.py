@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,12 +280,12 @@ class PairStream:
     preparing them (resampling on the CPU, ~25 ms a 64³ pair) then overlaps the step, which
     on a GPU takes about as long. Iteration k's pairs depend on (seed, k) alone, so a resumed
     run draws what an uninterrupted one would have. One thread, so SimpleITK is never used
-    from two at once."""
+    from two at once. ``take`` is called for ``first``, ``first + 1``, … in turn."""
 
-    def __init__(self, source: PairSource, pre: Preprocessing, cfg: TrainConfig):
+    def __init__(self, source: PairSource, pre: Preprocessing, cfg: TrainConfig, first: int):
         self.source, self.pre, self.cfg = source, pre, cfg
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="training-pairs")
-        self._ahead: tuple[int, Future[list[Pair]]] | None = None
+        self._ahead = self._pool.submit(self._draw, first)
 
     def _draw(self, iteration: int) -> list[Pair]:
         rng = np.random.default_rng([self.cfg.seed, iteration])
@@ -296,13 +296,9 @@ class PairStream:
         return pairs
 
     def take(self, iteration: int) -> list[Pair]:
-        if self._ahead is not None and self._ahead[0] == iteration:
-            pairs = self._ahead[1].result()
-        else:
-            pairs = self._pool.submit(self._draw, iteration).result()
-        self._ahead = None
+        pairs = self._ahead.result()
         if iteration < self.cfg.iterations:
-            self._ahead = (iteration + 1, self._pool.submit(self._draw, iteration + 1))
+            self._ahead = self._pool.submit(self._draw, iteration + 1)
         return pairs
 
     def close(self) -> None:
@@ -486,7 +482,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
                dynamic_ncols=True)
     iteration = start
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
-    stream = PairStream(source, pre, cfg)
+    stream = PairStream(source, pre, cfg, first=start + 1)
     for iteration in range(start + 1, cfg.iterations + 1):
         tick = time.perf_counter()
         pairs = stream.take(iteration)
