@@ -38,7 +38,7 @@ def run_case(shape: tuple[int, ...], overrides: dict, device: str, repeats: int,
              backward: bool, batch: int) -> dict:
     import torch
 
-    from model.riir import RIIR, RIIRConfig
+    from model.networks.riir import RIIR, RIIRConfig
 
     torch.manual_seed(0)
     model = RIIR(RIIRConfig(steps=6, **overrides)).to(device)

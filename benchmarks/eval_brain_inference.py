@@ -21,8 +21,8 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from conventions.grid import Grid
 from model.training.datasets import SynthBrainPairs
-from riir.grid import Grid
 
 
 def one_mm(image: sitk.Image, interpolator: int) -> sitk.Image:

@@ -25,7 +25,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from model.metrics import pca_groupwise
+from model.networks.metrics import pca_groupwise
 
 
 def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -> None:

@@ -30,10 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from service import broker  # noqa: E402
-from service.jobstore import TERMINAL, JobStore  # noqa: E402
-from service.serve import Child, EmbeddedRedis, gateway_argv, spawn, spawn_worker  # noqa: E402
-from service.settings import Settings  # noqa: E402
+from jobs import broker  # noqa: E402
+from jobs.settings import Settings  # noqa: E402
+from jobs.store import TERMINAL, JobStore  # noqa: E402
+from riir.serve import Child, EmbeddedRedis, gateway_argv, spawn, spawn_worker  # noqa: E402
 
 MODEL = "load-2d"
 
@@ -42,8 +42,8 @@ def make_model(folder: Path) -> None:
     """A tiny RIIR with random weights: the service's cost, not the model's, is measured."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.riir import RIIR, RIIRConfig
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.riir import RIIR, RIIRConfig
 
     folder.mkdir(parents=True)
     torch.manual_seed(0)

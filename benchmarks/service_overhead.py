@@ -64,8 +64,8 @@ def untrained_models(folder: Path) -> dict[int, str]:
     """RIIR of the paper's sizes: [32, 16] for 2-D, [16, 16] for 3-D, T = 6."""
     import torch
 
-    from model.checkpoint import save_checkpoint
-    from model.riir import RIIR, RIIRConfig
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.riir import RIIR, RIIRConfig
 
     names = {}
     for dims, hidden in ((2, (32, 16)), (3, (16, 16))):
@@ -141,7 +141,7 @@ def main() -> int:
         cards = [json.loads(p.read_text()) for p in models_dir.glob("*.json")]
         names = {int(c["spatial_dims"]): c["name"] for c in cards}
     else:
-        from riir import catalog
+        from conventions import catalog
 
         shipped = {card["name"] for card in catalog.list_models()}
         if not set(names.values()) <= shipped:

@@ -12,9 +12,11 @@ WORKDIR /app
 COPY docker/gateway.requirements.txt /tmp/requirements.txt
 RUN pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
-# Source only: riir/ (I/O, validation, catalog) and service/. The model cards and
-# checkpoints are copied so GET /models and the model check see what the workers run.
-COPY riir ./riir
+# Source only: conventions/ (header checks, catalog, options), jobs/ (the job plane) and
+# service/. The model cards and checkpoints are copied so GET /models and the model check see
+# what the workers run.
+COPY conventions ./conventions
+COPY jobs ./jobs
 COPY service ./service
 COPY model/weights ./weights
 

@@ -24,10 +24,12 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY riir ./riir
+COPY conventions ./conventions
 COPY model ./model
 COPY worker ./worker
+COPY jobs ./jobs
 COPY service ./service
+COPY riir ./riir
 RUN pip install . && cp -r model/weights ./weights
 
 RUN useradd --uid 10001 --create-home riir && mkdir -p /data && chown riir:riir /data

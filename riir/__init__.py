@@ -1,6 +1,8 @@
-"""RIIR: recurrent inference image registration — shared conventions and the command line.
+"""Layer 7 (the top): the ``riir`` command line and the process supervisor of ``riir serve``.
 
-This package is torch-free on purpose: the gateway imports its image I/O and validation.
+Imports whatever it runs, lazily, so ``riir --help`` is instant.
 """
 
-__version__ = "0.1.0"
+from conventions.version import __version__
+
+__all__ = ["__version__"]

@@ -11,12 +11,12 @@ import argparse
 import sys
 from importlib import import_module
 
+from conventions.errors import RiirError
 from riir import __version__
-from riir.errors import RiirError
 
 COMMAND_MODULES = (
     "riir.commands",  # register, register-series, models
-    "service.serve",  # serve
+    "riir.serve",  # serve
     "model.training.commands",  # train, evaluate, experiment
 )
 

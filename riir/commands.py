@@ -7,11 +7,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from riir.options import INITS
+from conventions.options import (
+    HELP,
+    INITS,
+    SIMILARITIES,
+    Options,
+    RegistrationOptions,
+    SeriesOptions,
+    check,
+)
 
-HELP_MODEL = ("shipped model name (see 'riir models') or path to a .pt checkpoint; default: "
-              "chosen from the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 "
-              "voxels: hippocampus-3d, larger 3-D: brain-3d)")
+HELP_MODEL = HELP["model"].replace("a shipped model name (see GET /models or 'riir models')",
+                                   "a shipped model name (see 'riir models') or the path of a "
+                                   ".pt checkpoint")
 
 
 def _positive(text: str) -> int:
@@ -27,15 +35,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="NAME|PATH", help=HELP_MODEL)
     p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
                    help="where the model runs; auto uses CUDA when present (default: auto)")
-    p.add_argument("--steps", type=_positive, metavar="T",
-                   help="recurrent steps T (default: the model's own, 6 for the shipped ones)")
-    p.add_argument("--init", choices=INITS, default="physical",
-                   help="initial alignment: 'physical' trusts the headers' world coordinates; "
-                        "'center' first translates the moving image's centre onto the fixed "
-                        "image's (different scanners or subjects) (default: physical)")
-    p.add_argument("--similarity", choices=("mse", "ncc", "nmi"),
-                   help="similarity whose gradient drives the model (default: the one it "
-                        "was trained with; others are out of its training distribution)")
+    p.add_argument("--steps", type=_positive, metavar="T", help=HELP["steps"])
+    p.add_argument("--init", choices=INITS, default="physical", help=HELP["init"])
+    p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -63,9 +65,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                     "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
                     "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.")
     p.add_argument("series", type=Path, help="4-D series (X, Y, Z, frames)")
-    p.add_argument("--template", type=int, default=-1, metavar="N",
-                   help="index of the template frame, negative counts from the end "
-                        "(default: -1, the last frame, as in the RIIR paper)")
+    p.add_argument("--template", type=int, default=-1, metavar="N", help=HELP["template"])
     _add_model_options(p)
     p.set_defaults(run=run_register_series)
 
@@ -92,11 +92,9 @@ class _Bar:
         self.bar.close()
 
 
-def _options(args: argparse.Namespace) -> Any:
-    from worker.pipeline import Options
-
-    return Options(model=args.model, device=args.device, steps=args.steps, init=args.init,
-                   similarity=args.similarity)
+def _options(args: argparse.Namespace, kind: type[Options]) -> Options:
+    """The request options from the flags of the same names (checked once, here)."""
+    return check(kind, {name: getattr(args, name) for name in kind.model_fields})
 
 
 def _summary(report: dict[str, Any], out: Path) -> str:
@@ -121,11 +119,12 @@ def _summary(report: dict[str, Any], out: Path) -> str:
 
 
 def run_register(args: argparse.Namespace) -> int:
-    from worker.pipeline import register_files
+    from worker.inference.pipeline import register_files
 
     bar = _Bar("registering", args.quiet)
     try:
-        report = register_files(args.fixed, args.moving, args.out, _options(args),
+        report = register_files(args.fixed, args.moving, args.out,
+                                _options(args, RegistrationOptions), device=args.device,
                                 fixed_labels=args.fixed_labels, moving_labels=args.moving_labels,
                                 progress=bar)
     finally:
@@ -135,12 +134,12 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def run_register_series(args: argparse.Namespace) -> int:
-    from worker.pipeline import register_series_file
+    from worker.inference.pipeline import register_series_file
 
     bar = _Bar("registering series", args.quiet)
     try:
-        report = register_series_file(args.series, args.out, _options(args),
-                                      template=args.template, progress=bar)
+        report = register_series_file(args.series, args.out, _options(args, SeriesOptions),
+                                      device=args.device, progress=bar)
     finally:
         bar.close()
     print(_summary(report, args.out))
@@ -148,7 +147,7 @@ def run_register_series(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from riir import catalog
+    from conventions import catalog
 
     cards = catalog.list_models()
     if args.json:

@@ -1,1 +1,3 @@
-"""The FastAPI gateway of the registration service. Torch-free: it never imports ``model``."""
+"""Layer 6: the FastAPI gateway of the registration service: routes, schemas, uploads, auth,
+HTTP errors. Imports ``jobs`` and ``conventions`` only: never torch, SimpleITK, ``model`` or
+``worker`` (it dispatches Celery tasks by name), so it starts in a second."""

@@ -10,10 +10,10 @@ from celery import Celery
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from jobs.settings import Settings
+from jobs.storage import Storage
+from jobs.store import JobStore
 from service.errors import Unauthorized
-from service.jobstore import JobStore
-from service.settings import Settings
-from service.storage import Storage
 
 
 def _settings(request: Request) -> Settings:

@@ -2,8 +2,8 @@
 
 The one place that maps domain errors to HTTP status codes:
 
-- ``riir.errors.InputError`` (a bad image, label map or parameter) -> 422
-- ``riir.errors.ModelNotFoundError`` (a model name that is not shipped) -> 422
+- ``conventions.errors.InputError`` (a bad image, label map or parameter) -> 422
+- ``conventions.errors.ModelNotFoundError`` (a model name that is not shipped) -> 422
 - ``ServiceError`` subclasses below -> their own status (400, 401, 404, 409, 413, 415, 503;
   a 503 always carries Retry-After, the full queue's included)
 - request validation (FastAPI) -> 422 with the list of offending fields
@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from riir.errors import InputError, ModelNotFoundError
+from conventions.errors import InputError, ModelNotFoundError
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"

@@ -16,15 +16,16 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from riir import __version__
-from service import broker, errors
+from conventions.version import __version__
+from jobs import broker
+from jobs.lease import recover
+from jobs.settings import Settings, get_settings
+from jobs.storage import Storage, cleanup
+from jobs.store import JobStore
+from service import errors
 from service.deps import require_api_key
-from service.jobstore import JobStore
-from service.lease import recover
 from service.metrics import RequestMetrics, make_registry
 from service.routes import health, jobs, metrics, models, registrations
-from service.settings import Settings, get_settings
-from service.storage import Storage, cleanup
 
 log = logging.getLogger("service")
 

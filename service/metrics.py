@@ -16,8 +16,8 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import broker
-from service.jobstore import DURATION_BUCKETS, JobStore
+from jobs import broker
+from jobs.store import DURATION_BUCKETS, JobStore
 
 HISTOGRAMS = {
     "run_seconds": "Time a job ran on a worker, by kind and final state",

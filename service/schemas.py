@@ -5,41 +5,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from riir.options import MAX_STEPS, Init, Similarity
-from service.jobstore import Job, Kind, Status
+from conventions.options import RegistrationOptions, SeriesOptions
+from jobs.store import Job, Kind, Status
 
-
-class PairParams(BaseModel):
-    """Form fields of ``POST /register`` (besides the files)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str | None = Field(
-        default=None, max_length=100,
-        description="a shipped model name from GET /models; default: chosen from the image "
-                    "(2-D: cardiac-2d, 3-D up to 96^3 voxels: hippocampus-3d, else brain-3d)")
-    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS,
-                              description="recurrent steps T (default: the model's own)")
-    init: Init = Field(
-        default="physical", description="initial alignment: 'physical' trusts the headers; "
-                                        "'center' first aligns the image centres")
-    similarity: Similarity | None = Field(
-        default=None, description="inner similarity (default: the model's own)")
-
-    @field_validator("model", "steps", "similarity", mode="before")
-    @classmethod
-    def _blank_is_default(cls, value: object) -> object:
-        """An empty form field (an HTML form's untouched input) means "the default"."""
-        return None if isinstance(value, str) and not value.strip() else value
-
-
-class SeriesParams(PairParams):
-    """Form fields of ``POST /register-series``."""
-
-    template: int = Field(default=-1, description="template frame index; negative counts from "
-                                                  "the end (default -1: the last frame)")
+# The form fields of POST /register and /register-series (besides the files) are the
+# request options themselves: the gateway refuses exactly what the worker would.
+PairParams = RegistrationOptions
+SeriesParams = SeriesOptions
 
 
 class Progress(BaseModel):

@@ -1,6 +1,6 @@
 """Validating uploads before anything is queued: a bad file gets a 422 the user can act on.
 
-Per file: ``riir.imageio.inspect_header``, the same check ``riir register`` makes: the header
+Per file: ``conventions.header.inspect_header``, the same check ``riir register`` makes: the header
 (dimensions, sizes, spacings, the affine's own voxel size, the data offset), then the voxels
 streamed once in bounded chunks: exactly as long as the header says (decompression stops a
 little past it, so a gzip bomb costs no disk and a few MiB of memory), finite, and whole
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from riir import catalog
-from riir.errors import InputError, ModelNotFoundError
-from riir.imageio import HeaderInfo, Limits, inspect_header
+from conventions import catalog
+from conventions.errors import InputError, ModelNotFoundError
+from conventions.header import HeaderInfo, Limits, inspect_header
 
 ROLES = {"fixed": "fixed image", "moving": "moving image", "fixed_labels": "fixed labels",
          "moving_labels": "moving labels", "series": "series"}

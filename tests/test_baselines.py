@@ -4,9 +4,9 @@ import pytest
 import torch
 from helpers import as_tensor, blobs, shifted
 
-from model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from model.losses import diffusion, mse
-from model.warp import warp
+from model.networks.checkpoint import build_model, load_checkpoint, save_checkpoint
+from model.networks.losses import diffusion, mse
+from model.networks.warp import warp
 
 SHAPES = {2: (32, 32), 3: (16, 16, 16)}
 ARCHS = {

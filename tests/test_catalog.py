@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from riir import catalog
-from riir.errors import ModelNotFoundError
+from conventions import catalog
+from conventions.errors import ModelNotFoundError
 
 
 def _ship(folder, name, dims):

@@ -2,15 +2,15 @@ import pytest
 import torch
 from helpers import as_tensor, blobs
 
-from model.checkpoint import (
+from conventions.errors import ModelNotFoundError
+from model.networks.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     load_state_grown,
     read_checkpoint,
     save_checkpoint,
 )
-from model.riir import RIIR, RIIRConfig
-from riir.errors import ModelNotFoundError
+from model.networks.riir import RIIR, RIIRConfig
 
 
 @pytest.mark.parametrize("d", [2, 3])

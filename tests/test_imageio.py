@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from riir import imageio
-from riir.errors import InputError
+from conventions import header
+from conventions.errors import InputError
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
@@ -16,7 +16,7 @@ def test_nan_anywhere_in_the_voxels_is_found(tmp_path, suffix, where):
     path = tmp_path / f"x{suffix}"
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     with pytest.raises(InputError, match="NaN"):
-        imageio.inspect_header(path, "fixed")
+        header.inspect_header(path, "fixed")
 
 
 def test_voxels_after_a_header_extension_are_checked(tmp_path):
@@ -26,12 +26,12 @@ def test_voxels_after_a_header_extension_are_checked(tmp_path):
     path = tmp_path / "ext.nii"
     nib.save(image, path)
     assert nib.load(path).dataobj.offset > 352
-    assert imageio.inspect_header(path, "fixed").shape == (12, 10, 8)
+    assert header.inspect_header(path, "fixed").shape == (12, 10, 8)
 
     data[-1, -1, -1] = np.inf
     nib.save(nib.Nifti1Image(data, np.eye(4), header=image.header), path)
     with pytest.raises(InputError, match="NaN or infinite"):
-        imageio.inspect_header(path, "fixed")
+        header.inspect_header(path, "fixed")
 
 
 def test_a_file_cut_inside_the_voxels_is_truncated(tmp_path):
@@ -40,7 +40,7 @@ def test_a_file_cut_inside_the_voxels_is_truncated(tmp_path):
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
     path.write_bytes(path.read_bytes()[:-8])
     with pytest.raises(InputError, match="truncated"):
-        imageio.inspect_header(path, "fixed")
+        header.inspect_header(path, "fixed")
 
 
 def _patched(tmp_path, offset: int, fmt: str, *values) -> str:
@@ -62,7 +62,7 @@ def _patched(tmp_path, offset: int, fmt: str, *values) -> str:
 ])
 def test_headers_that_lie_are_refused_in_one_line(tmp_path, offset, fmt, values, words):
     with pytest.raises(InputError, match=words):
-        imageio.inspect_header(_patched(tmp_path, offset, fmt, *values), "moving image")
+        header.inspect_header(_patched(tmp_path, offset, fmt, *values), "moving image")
 
 
 def test_an_affine_with_an_absurd_voxel_size_is_refused(tmp_path):
@@ -70,7 +70,7 @@ def test_an_affine_with_an_absurd_voxel_size_is_refused(tmp_path):
     path = _patched(tmp_path, 280, "4f", 1e30, 0.0, 0.0, 0.0)  # srow_x
     assert nib.load(path).header.get_zooms()[0] == 1.0
     with pytest.raises(InputError, match="affine's voxel size"):
-        imageio.inspect_header(path, "fixed image")
+        header.inspect_header(path, "fixed image")
 
 
 def test_messages_name_the_file_but_not_its_folder(tmp_path):
@@ -80,6 +80,6 @@ def test_messages_name_the_file_but_not_its_folder(tmp_path):
     path = folder / "fixed.nii"
     path.write_bytes(np.random.default_rng(0).bytes(2000))
     with pytest.raises(InputError) as caught:
-        imageio.inspect_header(path, "fixed image")
+        header.inspect_header(path, "fixed image")
     assert "fixed.nii" in str(caught.value)
     assert str(folder) not in str(caught.value) and "secret-id" not in str(caught.value)

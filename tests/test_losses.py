@@ -2,8 +2,8 @@ import pytest
 import torch
 from helpers import as_tensor, blobs
 
-from model.losses import diffusion, inner_gradient, local_ncc, mse, nmi, soft_dice
-from model.warp import warp
+from model.networks.losses import diffusion, inner_gradient, local_ncc, mse, nmi, soft_dice
+from model.networks.warp import warp
 
 SHAPES = [(20, 22), (12, 14, 10)]
 

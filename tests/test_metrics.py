@@ -1,4 +1,5 @@
-"""Hand-computed checks of the evaluation metrics in ``model.metrics`` (tiny arrays only)."""
+"""Hand-computed checks of the evaluation metrics in ``model.networks.metrics`` (tiny arrays
+only)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from model.metrics import (
+from model.networks.metrics import (
     dice,
     end_point_error,
     hausdorff95,
@@ -410,7 +411,7 @@ def test_hd95_is_unchanged_by_empty_margins_and_border_contact():
     tight = hausdorff95(a, b, spacing=spacing)
     padded = hausdorff95(np.pad(a, 7), np.pad(b, 7), spacing=spacing)
     assert tight.keys() == padded.keys() == {1, 2, 3}
-    from model.metrics import _directed_surface_distances, _surface
+    from model.networks.metrics import _directed_surface_distances, _surface
 
     for label in tight:  # against the whole-image computation
         sa, sb = _surface(a == label), _surface(b == label)

@@ -13,6 +13,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conventions import imageio
+from conventions.errors import InputError
+from model.networks.warp import warp
 from model.training.qmri import (
     LABELS,
     TISSUES,
@@ -23,9 +26,6 @@ from model.training.qmri import (
     simulate_series,
     write_nifti,
 )
-from model.warp import warp
-from riir import imageio
-from riir.errors import InputError
 
 SMALL = {"shape": (48, 48), "spacing_mm": 4.0}  # the phantom's 192-mm field of view, coarsely
 
@@ -160,12 +160,12 @@ def test_register_series_output_is_comparable_with_the_truth(tmp_path):
     """End to end: the simulator's truth and ``riir register-series``'s displacement files
     share a convention, so a registration brings the error down (a classical descent model
     on frames of similar contrast, late MOLLI inversion times)."""
-    from model.checkpoint import save_checkpoint
-    from model.descent import Descent, DescentConfig
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.descent import Descent, DescentConfig
     from riir.cli import main
 
     model = tmp_path / "descent2d.pt"
-    config = DescentConfig(spatial_dims=2, steps=200, step=1.0, sigma=3.0)
+    config = DescentConfig(spatial_dims=2, iterations=200, step=1.0, sigma=3.0)
     save_checkpoint(model, Descent(config), "descent", {"name": "descent-2d", "version": "test"})
     series = simulate_series(
         "molli", shape=(64, 64), spacing_mm=3.0, noise="none", times=[2201.0, 3118.0, 4118.0]
@@ -202,12 +202,11 @@ def test_frame_tissue_maps_move_with_the_frames():
 
 
 def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_error(tmp_path):
-    from model.training.commands import DATA_KINDS
-    from model.training.datasets import DATA_KINDS as SOURCES
-    from model.training.datasets import SimulatedSeriesPairs
+    from model.training.config import DATA_KINDS
+    from model.training.datasets import SOURCES, SimulatedSeriesPairs
     from riir.cli import main
 
-    assert DATA_KINDS == SOURCES  # the CLI's list (kept import-free) and the sources agree
+    assert tuple(SOURCES) == DATA_KINDS  # the CLI's list (kept import-free) and the sources
     source = SimulatedSeriesPairs("msasha", series=1, **SMALL)
     assert source.description["kind"] == "qmri"  # what a model card names as the data
     assert source.description["signal_model"] == "msasha"
@@ -242,7 +241,7 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
 
 
 def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_path):
-    from model.riir import RIIR, RIIRConfig
+    from model.networks.riir import RIIR, RIIRConfig
     from model.training.datasets import Preprocessing, SimulatedSeriesPairs, prepare_pair
     from model.training.train import validate
     from riir.cli import main
@@ -269,7 +268,7 @@ def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_p
     with (run / "log.csv").open() as f:
         logged = float(next(csv.DictReader(f))["val_epe_mm"])
     assert logged > 0
-    from model.checkpoint import read_checkpoint
+    from model.networks.checkpoint import read_checkpoint
 
     best = read_checkpoint(run / "best.pt")["meta"]["training"]["final_metrics"]
     assert best["val_epe_mm"] == pytest.approx(logged, rel=1e-5)

@@ -12,11 +12,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from model.checkpoint import save_checkpoint
-from model.descent import Descent, DescentConfig
-from model.riir import RIIR, RIIRConfig
+from conventions.grid import Grid
+from model.networks.checkpoint import save_checkpoint
+from model.networks.descent import Descent, DescentConfig
+from model.networks.riir import RIIR, RIIRConfig
 from riir.cli import main
-from riir.grid import Grid
 
 CENTRES = [(-6.0, 4.0, 3.0), (7.0, -5.0, -4.0), (2.0, 8.0, -6.0), (-4.0, -7.0, 5.0)]
 
@@ -70,7 +70,7 @@ def checkpoints(tmp_path_factory):
     paths = {}
     for d in (2, 3):
         save_checkpoint(folder / f"descent{d}d.pt",
-                        Descent(DescentConfig(spatial_dims=d, steps=400, step=1.0, sigma=3.0)),
+                        Descent(DescentConfig(spatial_dims=d, iterations=400, step=1.0, sigma=3.0)),
                         "descent", {"name": f"descent-{d}d", "version": "test"})
         torch.manual_seed(0)
         riir = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(8, 8), cell_stride=2))
@@ -227,7 +227,7 @@ def test_a_series_gets_the_series_model_by_default(tmp_path, monkeypatch):
     weights.mkdir()
     for name in ("cardiac-2d", "qmri-2d"):
         save_checkpoint(weights / f"{name}.pt",
-                        Descent(DescentConfig(spatial_dims=2, steps=2, step=1.0, sigma=3.0)),
+                        Descent(DescentConfig(spatial_dims=2, iterations=2, step=1.0, sigma=3.0)),
                         "descent", {"name": name, "version": "test"})
         (weights / f"{name}.json").write_text(json.dumps({"name": name, "spatial_dims": 2}))
     monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))

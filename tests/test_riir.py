@@ -5,10 +5,10 @@ import pytest
 import torch
 from helpers import as_tensor, blobs, shifted
 
-from model.descent import descend
-from model.losses import mse
-from model.riir import RIIR, RIIRConfig
-from model.warp import warp
+from model.networks.descent import descend
+from model.networks.losses import mse
+from model.networks.riir import RIIR, RIIRConfig
+from model.networks.warp import warp
 
 SHAPES = {2: (24, 20), 3: (12, 14, 10)}
 
@@ -73,7 +73,7 @@ def test_every_parameter_gets_a_gradient(loss, stride):
 def test_convex_upsampling_starts_as_linear_interpolation_and_learns_edges(d, stride):
     # RAFT's convex combination of the 3^D coarse neighbours, at its initial weights, is
     # F.interpolate's linear interpolation (align_corners=False, edges replicated).
-    from model.riir import ConvexUpsampling
+    from model.networks.riir import ConvexUpsampling
 
     torch.manual_seed(0)
     coarse = torch.randn(2, d, *([5, 4, 3][:d]))

@@ -11,7 +11,9 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from model.metrics import dice, jacobian_determinant
+from conventions.errors import InputError
+from conventions.grid import Grid, model_grid
+from model.networks.metrics import dice, jacobian_determinant
 from model.training import synthesis
 from model.training.synthesis import (
     LABEL_NAMES,
@@ -24,8 +26,6 @@ from model.training.synthesis import (
     warp_nearest,
     working_grid,
 )
-from riir.errors import InputError
-from riir.grid import Grid, model_grid
 
 BOX = (48, 52, 60)  # left-right, inferior-superior, anterior-posterior (mm)
 SCORED = (2, 3, 4, 16, 41, 42, 43)

@@ -15,8 +15,13 @@ import SimpleITK as sitk
 import torch
 from helpers import blobs, labelled_folder
 
-from model.checkpoint import load_checkpoint, read_checkpoint
+from conventions import catalog
+from conventions.errors import InputError
+from conventions.grid import model_grid
+from conventions.intensity import normalize
+from model.networks.checkpoint import load_checkpoint, read_checkpoint
 from model.training import experiments
+from model.training.config import TrainConfig, model_config
 from model.training.datasets import (
     AcdcPairs,
     FolderPairs,
@@ -25,12 +30,8 @@ from model.training.datasets import (
     prepare_pair,
     split_subjects,
 )
-from model.training.train import TrainConfig, model_config, one_hot, step_weights
-from riir import catalog
+from model.training.train import one_hot, step_weights
 from riir.cli import main
-from riir.errors import InputError
-from riir.grid import model_grid
-from riir.intensity import normalize
 
 SHAPE = (16, 16, 16)
 TINY = ["--hidden-channels", "4", "4", "-T", "2", "--threads", "1", "--quiet"]
@@ -81,7 +82,7 @@ def test_folder_pairs_and_preprocessing_match_inference(folder):
     assert len(pairs) == 2 and pairs[0].fixed.name != pairs[0].moving.name
     pre = Preprocessing(spacing_mm=2.0)
     prepared = prepare_pair(pairs[0], pre)
-    # What worker.engine.register_images feeds the model for this pair:
+    # What worker.inference.engine.register_images feeds the model for this pair:
     grid = model_grid(pairs[0].fixed.image, 2.0)
     expected = normalize(sitk.GetArrayFromImage(grid.resample(pairs[0].moving.image)))
     assert prepared.moving.shape == grid.shape == (9, 9, 9)  # 15 mm extent at 2 mm
@@ -141,9 +142,14 @@ def test_step_weights_and_one_hot():
 
 def test_settings_that_do_not_apply_are_refused():
     with pytest.raises(InputError, match="does not apply"):
-        model_config(TrainConfig(arch="voxelmorph", steps=4, data="x"), 2)
-    assert model_config(TrainConfig(steps=4, hidden_states=[True, False], data="x"), 2) == {
+        model_config(TrainConfig(arch="voxelmorph", model={"steps": 4}, data="x"), 2)
+    riir = TrainConfig(model={"steps": 4, "hidden_states": [True, False]}, data="x")
+    assert model_config(riir, 2) == {
         "spatial_dims": 2, "steps": 4, "hidden_states": [True, False]}
+    # A run saved before the architecture's settings moved under "model" reads the same.
+    old = TrainConfig.from_dict({"data": "x", "steps": 4, "hidden_states": [True, False],
+                                 "inputs": None})
+    assert old == riir
     with pytest.raises(InputError, match="unknown training settings"):
         TrainConfig.from_dict({"learning_rate": 1})
 
@@ -328,7 +334,9 @@ def test_bad_training_input_is_a_clear_error(folder, tmp_path, capsys):
 def test_experiment_variants_and_a_tiny_run(acdc, tmp_path):
     plan = experiments.variants("data-fraction", {}, ["0.05", "1"], ["riir", "voxelmorph"])
     assert list(plan) == ["riir-5pct", "riir-100pct", "voxelmorph-5pct", "voxelmorph-100pct"]
-    assert plan["voxelmorph-5pct"]["steps"] is None
+    base = {"name": "x", "model": {"steps": 4, "inner_loss": "ncc"}}  # RIIR's, from flags
+    assert "model" not in experiments._variant_settings(base, plan["voxelmorph-5pct"], "v")
+    assert experiments._variant_settings(base, plan["riir-5pct"], "v")["model"] == base["model"]
     steps = experiments.variants("steps", {}, ["2", "4"])
     assert steps["T4-uni"] == {"steps": 4, "weights": "uniform"}
     out = tmp_path / "exp" / "inputs"

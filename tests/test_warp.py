@@ -3,7 +3,7 @@ import pytest
 import torch
 from helpers import as_tensor, blobs, shifted
 
-from model.warp import identity_grid, resize_displacement, warp
+from model.networks.warp import identity_grid, resize_displacement, warp
 
 SHAPES = [(24, 20), (16, 18, 14)]
 
@@ -56,11 +56,12 @@ def test_identity_grid_is_voxel_coordinates():
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_resize_displacement_keeps_physical_motion(shape):
-    # A constant shift of 3 voxels on a grid of n voxels is (2n-2)/(n-1) * 3 voxels on a grid
-    # of 2n - 1 voxels covering the same field of view (first and last centres fixed).
+    # A constant shift of 3 voxels on a grid of n voxels is 3 * m / n voxels on a grid of m
+    # voxels covering the same field of view (voxel cells aligned, as average pooling is).
     phi = torch.full((1, len(shape), *shape), 3.0)
-    big = tuple(2 * n - 1 for n in shape)
+    big = tuple(2 * n + d for d, n in enumerate(shape))
     resized = resize_displacement(phi, big)
     assert resized.shape[2:] == big
     for d, n in enumerate(shape):
-        torch.testing.assert_close(resized[0, d], torch.full(big, 3.0 * (2 * n - 2) / (n - 1)))
+        torch.testing.assert_close(resized[0, d], torch.full(big, 3.0 * big[d] / n))
+    torch.testing.assert_close(resize_displacement(resized, shape), phi)  # and back

@@ -1,6 +1,6 @@
 """The Celery application of the workers: ``celery -A worker.celery_app worker``.
 
-Configuration comes from ``service.broker.celery_config`` (shared with the gateway) and is
+Configuration comes from ``jobs.broker.celery_config`` (shared with the gateway) and is
 read lazily, when Celery first needs it, not when this module is imported. Nothing here
 imports torch: the pool's child process imports it (``worker_process_init``), so the parent
 never holds CUDA or a model across ``fork``.
@@ -16,10 +16,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
-from service.broker import celery_config
-from service.jobstore import JobStore
-from service.lease import recover
-from service.settings import Settings, get_settings
+from jobs.broker import celery_config
+from jobs.lease import recover
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,8 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _warm_up(**_: Any) -> None:
     """Import the inference stack (torch) in each pool process before its first job, so
     the first job's timing is the model's, not the import's. Models load on first use
-    (``worker.engine`` caches them per process)."""
-    import worker.pipeline  # noqa: F401
+    (``worker.inference.engine`` caches them per process)."""
+    import worker.inference.pipeline  # noqa: F401
 
     log.info("inference stack imported in the worker process")
 

@@ -1,8 +1,9 @@
-"""Celery tasks: thin shells that run a job through ``worker.pipeline`` and keep its record.
+"""Celery tasks: thin shells that run a job through ``worker.inference.pipeline`` and keep its
+record.
 
 The message carries only the job id. A task is idempotent: it refuses a job that already
 ended (a duplicate delivery, or one cancelled while queued) or that a live worker holds
-(``service.lease``); a job whose worker died runs again from its inputs, and its artifacts
+(``jobs.lease``); a job whose worker died runs again from its inputs, and its artifacts
 are published all at once, never replacing a published set (``Storage.publish``).
 """
 
@@ -20,12 +21,13 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from riir import artifacts, catalog
-from riir.errors import ModelNotFoundError, RiirError
-from service.jobstore import ACTIVE, Job, JobStore
-from service.lease import Lease
-from service.settings import Settings, get_settings
-from service.storage import Storage
+from conventions import artifacts, catalog
+from conventions.errors import ModelNotFoundError, RiirError
+from conventions.options import Options, RegistrationOptions, SeriesOptions, check
+from jobs.lease import Lease
+from jobs.settings import Settings, get_settings
+from jobs.storage import Storage
+from jobs.store import ACTIVE, Job, JobStore
 from worker.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -59,46 +61,34 @@ class JobTask(Task):  # type: ignore[misc]
         return Storage(self.settings.storage_dir)
 
 
-def _options(job: Job, settings: Settings) -> Any:
-    from worker.pipeline import Options
-
-    model = job.params.get("model")
+def _options(job: Job, kind: type[Options]) -> Options:
+    """The request's options as the gateway validated them (``check`` refuses a record that
+    was altered since, as bad input)."""
+    options = check(kind, job.params)
     # Only shipped names reach here (the gateway checks); a path in a record is refused anyway.
-    if model is not None and model not in {card["name"] for card in catalog.list_models()}:
-        raise ModelNotFoundError(f"unknown model '{model}'")
-    return Options(model=model, device=settings.device, steps=job.params.get("steps"),
-                   init=job.params.get("init", "physical"),
-                   similarity=job.params.get("similarity"))
+    if options.model is not None and options.model not in catalog.names():
+        raise ModelNotFoundError(f"unknown model '{options.model}'")
+    return options
 
 
 def register_pair(job: Job, inputs: Path, out: Path, progress: Progress,
                   settings: Settings) -> dict[str, Any]:
-    from worker.pipeline import register_files
+    from worker.inference.pipeline import register_files
 
     labels = {role: inputs / job.inputs[role] for role in ("fixed_labels", "moving_labels")
               if role in job.inputs}
     return register_files(inputs / job.inputs["fixed"], inputs / job.inputs["moving"], out,
-                          _options(job, settings), progress=progress, limits=settings.limits,
-                          **labels)
+                          _options(job, RegistrationOptions), device=settings.device,
+                          progress=progress, limits=settings.limits, **labels)
 
 
 def register_series(job: Job, inputs: Path, out: Path, progress: Progress,
                     settings: Settings) -> dict[str, Any]:
-    from worker.pipeline import register_series_file
+    from worker.inference.pipeline import register_series_file
 
-    return register_series_file(inputs / job.inputs["series"], out, _options(job, settings),
-                                template=int(job.params.get("template", -1)),
+    return register_series_file(inputs / job.inputs["series"], out,
+                                _options(job, SeriesOptions), device=settings.device,
                                 progress=progress, limits=settings.limits)
-
-
-def artifact_names(out: Path) -> list[str]:
-    """What the gateway may serve: contract names plus ``displacements/{frame}``."""
-    names = artifacts.present(out)
-    folder = out / artifacts.SERIES_DISPLACEMENTS
-    stems = (p.name.removeprefix("frame_").removesuffix(".nii.gz")
-             for p in folder.glob("frame_*.nii.gz"))
-    frames = sorted(int(stem) for stem in stems if stem.isdigit())
-    return names + [f"{artifacts.SERIES_DISPLACEMENTS}/{frame}" for frame in frames]
 
 
 def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
@@ -139,7 +129,7 @@ def _run_leased(job_id: str, compute: Compute, store: JobStore, storage: Storage
             return outcome
     out = storage.out(job_id)
     metrics = json.loads((out / artifacts.filename("metrics")).read_text())
-    if not _patiently(lambda: store.succeed(job_id, metrics, artifact_names(out))):
+    if not _patiently(lambda: store.succeed(job_id, metrics, artifacts.present(out))):
         return _drop_if_cancelled(job_id, store, storage) or "skipped"
     return "succeeded"
 

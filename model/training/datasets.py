@@ -2,10 +2,10 @@
 
 Every pair reaches a model through ``prepare_pair``, which repeats the engine's steps
 (``worker/engine.py: register_images`` with the default physical initialisation): the fixed
-image's working grid from ``riir.grid.model_grid`` with the model's preprocessing (spacing,
+image's working grid from ``conventions.grid.model_grid`` with the model's preprocessing (spacing,
 shape multiple, voxel budget), both images resampled onto it with ``Grid.resample``, intensities
-mapped by ``riir.intensity.normalize``. A shipped model therefore sees at inference the very
-arrays it saw in training. Images are read with ``riir.imageio`` (the service's own reader).
+mapped by ``conventions.intensity.normalize``. A shipped model therefore sees at inference the very
+arrays it saw in training. Images are read with ``conventions.imageio`` (the service's own reader).
 
 Sources of pairs (``PairSource``):
 
@@ -36,14 +36,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from conventions import header, imageio
+from conventions.errors import InputError
+from conventions.grid import Grid, model_grid
+from conventions.intensity import normalize
 from model.training import qmri
-from riir import imageio
-from riir.errors import InputError
-from riir.grid import Grid, model_grid
-from riir.intensity import normalize
+from model.training.config import DATA_KINDS
 
 SPLITS = ("train", "val", "test")
-DATA_KINDS = ("folder", "acdc", "series", "brain", "qmri")
 ACDC_SPACING_MM = 1.5  # the HDF5 files keep no spacing; ACDC's in-plane spacing is ~1.5 mm
 
 
@@ -190,7 +190,7 @@ class PairSource:
 
 
 def _nifti_name(path: Path) -> str | None:
-    for suffix in imageio.NIFTI_SUFFIXES:
+    for suffix in header.NIFTI_SUFFIXES:
         if path.name.endswith(suffix):
             return path.name[: -len(suffix)]
     return None
@@ -507,11 +507,13 @@ class SimulatedSeriesPairs(PairSource):
         return out[:count] if count is not None else out
 
 
+SOURCES: dict[str, type] = {"folder": FolderPairs, "acdc": AcdcPairs, "series": SeriesPairs,
+                            "brain": SynthBrainPairs, "qmri": SimulatedSeriesPairs}
+
+
 def open_source(kind: str, path: str | os.PathLike, **options: Any) -> PairSource:
     """A pair source by kind (``DATA_KINDS``); options are the class's keyword arguments."""
-    classes = {"folder": FolderPairs, "acdc": AcdcPairs, "series": SeriesPairs,
-               "brain": SynthBrainPairs, "qmri": SimulatedSeriesPairs}
-    if kind not in classes:
+    if kind not in SOURCES:
         raise InputError(f"unknown data kind '{kind}'; choose {', '.join(DATA_KINDS)}")
     options = {k: v for k, v in options.items() if v is not None}
-    return classes[kind](path, **options)
+    return SOURCES[kind](path, **options)

@@ -3,18 +3,19 @@
 A *method* registers a ``SubjectPair`` and returns the displacement field on the fixed image's
 grid (ITK convention, LPS mm) and the moving labels warped onto that grid:
 
-- a trained model runs through the inference engine itself (``worker.engine.register_images``,
-  physical initialisation), so the numbers are those a user of ``riir register`` gets;
+- a trained model runs through the inference engine itself
+  (``worker.inference.engine.register_images``, physical initialisation), so the numbers are
+  those a user of ``riir register`` gets;
 - ``identity``: no registration (the moving labels resampled onto the fixed grid), the
   "before" row;
 - ``ants``: ANTs SyN through antspyx (``ants.registration(type_of_transform="SyN")``, its
   defaults), an optional extra (``pip install antspyx``).
 
-Every pair is scored on the fixed grid with ``model.metrics``: Dice and HD95 (mm) per label and
-their means, std log|J| and % folding voxels (|J| <= 0) of the field, and the seconds the method
-took (preprocessing, model and resampling back, as ``riir register`` times them; not reading
-files). ``evaluate`` writes ``pairs.csv`` (one row per method and pair), ``summary.csv`` and
-``summary.md`` (mean ± std per method) and ``dice.png`` (box plots).
+Every pair is scored on the fixed grid with ``model.networks.metrics``: Dice and HD95 (mm)
+per label and their means, std log|J| and % folding voxels (|J| <= 0) of the field, and the
+seconds the method took (preprocessing, model and resampling back, as ``riir register`` times
+them; not reading files). ``evaluate`` writes ``pairs.csv`` (one row per method and pair),
+``summary.csv`` and ``summary.md`` (mean ± std per method) and ``dice.png`` (box plots).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from model import metrics
+from conventions.errors import InputError
+from conventions.grid import Grid
+from model.networks import metrics
 from model.training.datasets import SubjectPair
-from riir.errors import InputError
-from riir.grid import Grid
 
 Registered = tuple[sitk.Image, sitk.Image]  # (field on the fixed grid, warped moving labels)
 
@@ -53,18 +54,20 @@ def model_method(spec: str, label: str | None = None, device: str = "auto",
                  steps: int | None = None) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine."""
 
-    from model.checkpoint import load_checkpoint
-    from riir import catalog
-    from worker.device import select_device
-    from worker.engine import Engine, register_images, resample_through
+    from conventions import catalog
+    from conventions.options import RegistrationOptions, check
+    from model.networks.checkpoint import load_checkpoint
+    from worker.inference.device import select_device
+    from worker.inference.engine import Engine, register_images, resample_through
 
     path = Path(spec) if Path(spec).is_file() else catalog.resolve(spec, 0, 0)
     torch_device = select_device(device)
     model, meta = load_checkpoint(path, torch_device)
     engine = Engine(model, meta, Path(path), torch_device)
+    options = check(RegistrationOptions, {"steps": steps})
 
     def register(pair: SubjectPair) -> Registered:
-        reg = register_images(engine, pair.fixed.image, pair.moving.image, steps=steps)
+        reg = register_images(engine, pair.fixed.image, pair.moving.image, options)
         warped = resample_through(reg.field, pair.moving.labels, sitk.sitkNearestNeighbor)
         return reg.field, warped
 
@@ -281,7 +284,7 @@ def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
     """Copy a trained checkpoint into the weights folder as ``NAME.pt`` with its card:
     ``NAME.json`` (name, version, arch, spatial_dims, description, metrics measured by
     ``riir evaluate`` on a split it did not train on) and ``NAME.md``."""
-    from model.checkpoint import read_checkpoint
+    from model.networks.checkpoint import read_checkpoint
 
     payload = read_checkpoint(checkpoint)
     meta, training = payload["meta"], payload["meta"].get("training", {})

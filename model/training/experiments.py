@@ -25,17 +25,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from conventions.errors import InputError
+from conventions.options import SIMILARITIES
+from model.networks import architectures
+from model.training.config import TrainConfig, model_config, normalized
 from model.training.datasets import SubjectPair
-from model.training.train import TrainConfig, load_source, train
-from riir.errors import InputError
+from model.training.train import load_source, train
 
 FRACTIONS = (0.05, 0.1, 0.25, 0.5, 1.0)
-ARCHS = ("riir", "voxelmorph", "gradirn")
-RIIR_ONLY = ("steps", "hidden_channels", "hidden_states", "inputs", "cell_stride", "gru_kernel",
-             "upsampling", "second_order")
 DEFAULT_VALUES = {
     "hidden-states": ("00", "01", "10", "11"),
-    "inner-loss": ("mse", "ncc", "nmi"),
+    "inner-loss": SIMILARITIES,
     "inputs": ("gradient", "explicit", "implicit"),
     "steps": ("2", "4", "6", "8", "10"),
 }
@@ -51,14 +51,9 @@ def variants(experiment: str, base: dict[str, Any], values: list[str] | None = N
     if experiment == "data-fraction":
         fractions = [float(v) for v in values] if values else list(FRACTIONS)
         out = {}
-        for arch in archs or ARCHS:
+        for arch in archs or architectures.TRAINABLE:
             for f in fractions:
-                settings: dict[str, Any] = {"arch": arch, "fraction": f}
-                if arch != "riir":  # drop RIIR's own settings from the base for the baselines
-                    settings.update({k: None for k in RIIR_ONLY})
-                    if arch == "voxelmorph":
-                        settings["inner_loss"] = None
-                out[f"{arch}-{_percent(f)}"] = settings
+                out[f"{arch}-{_percent(f)}"] = {"arch": arch, "fraction": f}
         return out
     if experiment not in DEFAULT_VALUES:
         raise InputError(f"unknown experiment '{experiment}'")
@@ -75,6 +70,18 @@ def variants(experiment: str, base: dict[str, Any], values: list[str] | None = N
     schemes = [base["weights"]] if base.get("weights") else ["exponential", "uniform"]
     return {f"T{int(v)}-{w[:3]}": {"steps": int(v), "weights": w}
             for w in schemes for v in chosen}
+
+
+def _variant_settings(base: dict[str, Any], settings: dict[str, Any], name: str
+                      ) -> dict[str, Any]:
+    """The base settings with the variant's; a variant's architecture keeps only the base's
+    model settings that it has (a baseline drops RIIR's own)."""
+    values = normalized({**base, **settings, "name": f"{base['name']}-{name}"})
+    arch = values.get("arch", "riir")
+    own = {f.name for f in dataclasses.fields(architectures.config_class(arch))}
+    model = {k: v for k, v in values.pop("model", {}).items() if k in own}
+    values = {k: v for k, v in values.items() if v is not None}
+    return {**values, "model": model} if model else values
 
 
 def _percent(fraction: float) -> str:
@@ -107,8 +114,7 @@ def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
     rows = []
     test_pairs: list[SubjectPair] | None = None
     for name, settings in plan.items():
-        values_ = {**base, **settings, "name": f"{base['name']}-{name}"}
-        cfg = TrainConfig.from_dict({k: v for k, v in values_.items() if v is not None})
+        cfg = TrainConfig.from_dict(_variant_settings(base, settings, name))
         run_dir = out / name
         source = load_source(cfg)
         _reuse_identical(cfg, run_dir, out.parent)
@@ -140,14 +146,11 @@ def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
 def _resolved(values: dict[str, Any]) -> dict[str, Any]:
     """A run's settings with the architecture's defaults filled in, so that RIIR's default
     variant reads the same whether or not a setting was spelled out; identity fields dropped."""
-    from model.architectures import architecture
-    from model.training.train import MODEL_FIELDS, model_config
-
     cfg = TrainConfig.from_dict(values)
-    _, config_cls = architecture(cfg.arch)
+    config_cls = architectures.config_class(cfg.arch)
     model = dataclasses.asdict(config_cls(**{
         k: tuple(v) if isinstance(v, list) else v for k, v in model_config(cfg, 2).items()}))
-    ignore = {"name", "description", "threads", "device", "version", "model", *MODEL_FIELDS}
+    ignore = {"name", "description", "threads", "device", "version", "model"}
     return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore},
             "model": model}
 
@@ -182,7 +185,7 @@ def _stale(eval_dir: Path, run_dir: Path) -> bool:
 
 
 def _train_seconds(run_dir: Path) -> float:
-    from model.checkpoint import read_checkpoint
+    from model.networks.checkpoint import read_checkpoint
 
     meta = read_checkpoint(run_dir / "checkpoint.pt")["meta"]
     return float(meta.get("training", {}).get("seconds", math.nan))

@@ -27,7 +27,8 @@ Signal models (times in ms):
 Conventions: images are (H, W) numpy arrays, axis 0 pointing inferior (the breathing axis),
 axis 1 left-right; ``fields[n]`` is a voxel displacement (2, H, W) on the template grid, channel
 c along axis c, with frame n at x + phi_n(x) showing the anatomy the template shows at x: the
-registration engine's convention (``model.warp``), what ``riir register-series`` should return.
+registration engine's convention (``model.networks.warp``), what ``riir register-series`` should
+return.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from riir import imageio
+from conventions import imageio
 
 # -- tissues ------------------------------------------------------------------------------
 

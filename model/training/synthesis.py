@@ -6,7 +6,7 @@ contrast-invariant registration without acquired images", IEEE TMI 2022), a trai
 made from two label maps: each is deformed by a random smooth diffeomorphism, an image is drawn
 from it (one Gaussian intensity distribution per label, blur, multiplicative bias field, noise,
 gamma), and the image is normalised by the very rule inference uses
-(``riir.intensity.normalize``).
+(``conventions.intensity.normalize``).
 
 - ``BrainLabels`` loads the maps once, strips the non-brain head labels (so images look like
   the skull-stripped brains registration is used on), brings every map into one affine space
@@ -33,10 +33,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from riir import imageio
-from riir.errors import InputError
-from riir.grid import Grid, model_grid, oriented
-from riir.intensity import normalize
+from conventions import header
+from conventions.errors import InputError
+from conventions.grid import Grid, model_grid, oriented
+from conventions.intensity import normalize
 
 # -- labels -------------------------------------------------------------------------------
 
@@ -119,8 +119,8 @@ def working_grid(
     """The model grid the engine uses for a 1-mm brain volume of ``box_mm`` (left-right,
     inferior-superior, anterior-posterior) centred at ``centre_mm`` (LPS).
 
-    Built by ``riir.grid.model_grid`` itself, so training sees the same voxel size and shape as
-    inference on such a brain: 97×113×81 (S, P, L) at 2 mm for the default box.
+    Built by ``conventions.grid.model_grid`` itself, so training sees the same voxel size and shape
+    as inference on such a brain: 97×113×81 (S, P, L) at 2 mm for the default box.
     """
     lr, si, ap = (int(n) for n in box_mm)
     box = sitk.Image([lr, ap, si], sitk.sitkUInt8)  # ITK order in LPS: x = L, y = P, z = S
@@ -188,7 +188,7 @@ def _coarse_t1(labels: sitk.Image) -> sitk.Image:
 
 
 def _load_subject(path: Path) -> _Subject:
-    imageio.inspect_header(path, "label map")
+    header.inspect_header(path, "label map")
     image = sitk.ReadImage(str(path))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"label map '{path.name}': expected a 3-D scalar label map")

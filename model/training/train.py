@@ -9,8 +9,8 @@ regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot label
 ``dice_weight``, 0 by default: the paper's unsupervised setting).
 
 A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
-(the model, rebuilt by ``model.checkpoint.load_checkpoint``, with the ``meta`` inference needs),
-``best.pt`` (best validation Dice, or end-point error with ``best_by="epe"``, among
+(the model, rebuilt by ``model.networks.checkpoint.load_checkpoint``, with the ``meta`` inference
+needs), ``best.pt`` (best validation Dice, or end-point error with ``best_by="epe"``, among
 validations within the smoothness limits
 ``best_max_std_log_jacobian`` / ``best_max_folding_percent`` when they are set),
 ``optimizer.pt`` (Adam's state and the iteration, for
@@ -30,7 +30,7 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from model import metrics
-from model.architectures import architecture
-from model.checkpoint import (
+from conventions.errors import InputError
+from model.networks import metrics
+from model.networks.checkpoint import (
     build_model,
     load_checkpoint,
     load_state_grown,
@@ -48,118 +48,10 @@ from model.checkpoint import (
     save_atomically,
     save_checkpoint,
 )
-from model.losses import diffusion, similarity_loss, soft_dice
+from model.networks.losses import diffusion, similarity_loss, soft_dice
+from model.networks.warp import warp
+from model.training.config import TrainConfig, model_config
 from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
-from model.warp import warp
-from riir.errors import InputError
-
-WEIGHTS = ("uniform", "exponential")
-# --best-by -> the validation metric and its sign in a higher-is-better score
-BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}
-ARCHS = ("riir", "voxelmorph", "gradirn")
-# TrainConfig fields that set a field of the architecture's config of the same name.
-MODEL_FIELDS = ("steps", "hidden_channels", "hidden_states", "inputs", "inner_loss",
-                "cell_stride", "gru_kernel", "upsampling", "second_order", "ncc_window")
-
-
-@dataclass
-class TrainConfig:
-    # data
-    data: str = ""  # path of the data (folder, ACDC folder, series, label maps)
-    data_kind: str = "folder"  # folder | acdc | series | brain | qmri
-    fraction: float = 1.0  # share of the training subjects used (the test split never moves)
-    split_seed: int = 0
-    unlabelled: list[str] = field(default_factory=list)  # extra unlabelled image folders
-    crop: list[int] | None = None  # random training window (voxels on the working grid)
-    data_options: dict[str, Any] = field(default_factory=dict)  # the data source's own options
-    spacing_mm: float | None = None  # working-grid spacing (meta.preprocessing)
-    max_voxels: int | None = None
-    # model (None: the architecture's default)
-    arch: str = "riir"
-    steps: int | None = None  # T
-    hidden_channels: list[int] | None = None
-    hidden_states: list[bool] | None = None
-    inputs: str | None = None  # gradient | explicit | implicit | gradient+explicit
-    inner_loss: str | None = None  # mse | ncc | nmi
-    cell_stride: int | None = None
-    gru_kernel: int | None = None
-    upsampling: str | None = None  # linear | convex
-    second_order: bool | None = None
-    ncc_window: int | None = None
-    model: dict[str, Any] = field(default_factory=dict)  # any other architecture field
-    # Start from this model's weights (a shipped name or a checkpoint) instead of a random
-    # initialisation: its architecture, with the model flags above overriding it.
-    init: str | None = None
-    # outer loss
-    similarity: str = "mse"
-    weights: str = "exponential"
-    lam: float = 0.05  # λ, diffusion regulariser
-    dice_weight: float = 0.0  # β, label supervision (0: unsupervised, the paper's setting)
-    # optimisation
-    lr: float = 8e-4
-    batch_size: int = 1
-    iterations: int = 1000
-    seed: int = 0
-    checkpoint_every: int = 100
-    validate_every: int = 100
-    val_pairs: int = 8
-    device: str = "auto"
-    threads: int | None = None
-    # identity of the result
-    name: str = "riir-model"
-    version: str = "0.1.0"
-    description: str = ""
-    tensorboard: bool = False
-    # best.pt: a validation qualifies only within these limits (None: no limit). The label
-    # term trades smoothness for Dice, so the best Dice alone can pick a rough field.
-    best_max_std_log_jacobian: float | None = None
-    best_max_folding_percent: float | None = None
-    # What "best" means: the highest validation Dice, or (simulated data with a known
-    # field) the lowest end-point error.
-    best_by: str = "dice"
-
-    def check(self) -> None:
-        if self.arch not in ARCHS:
-            raise InputError(f"unknown architecture '{self.arch}'; choose {', '.join(ARCHS)}")
-        if self.weights not in WEIGHTS:
-            raise InputError(f"weights must be uniform or exponential; got '{self.weights}'")
-        for name in ("iterations", "batch_size", "checkpoint_every", "validate_every"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.lam < 0 or self.dice_weight < 0:
-            raise InputError("lam and dice_weight must not be negative")
-        if not self.data:
-            raise InputError("no training data given (--data PATH)")
-        if self.best_by not in BEST_BY:
-            raise InputError(f"best_by must be dice or epe; got '{self.best_by}'")
-        for name in ("best_max_std_log_jacobian", "best_max_folding_percent"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise InputError(f"{name} must not be negative; got {getattr(self, name)}")
-
-    def best_score(self, validation: dict[str, Any]) -> float:
-        """How good a validation is by ``best_by`` (higher is better; -inf when it lacks the
-        metric or lies outside the smoothness limits)."""
-        metric, sign = BEST_BY[self.best_by]
-        value = validation.get(metric)
-        if value is None or not self.qualifies_as_best(validation):
-            return -math.inf
-        return sign * float(value)
-
-    def qualifies_as_best(self, validation: dict[str, Any]) -> bool:
-        """Whether a validation's field is smooth enough to become best.pt."""
-        limits = (("val_std_log_jacobian", self.best_max_std_log_jacobian),
-                  ("val_folding_percent", self.best_max_folding_percent))
-        return all(limit is None or validation.get(key, float("inf")) <= limit
-                   for key, limit in limits)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise InputError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**values)
-
 
 # -- model and loss -----------------------------------------------------------------------
 
@@ -169,7 +61,7 @@ def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
     """Model ``spec``'s architecture and weights (``cfg.init``), with the settings given for
     this run overriding its config; larger kernels and more hidden channels grow from the
     trained ones. Also returns where it came from, for the model card."""
-    from riir.catalog import resolve
+    from conventions.catalog import resolve
 
     payload = read_checkpoint(resolve(spec, spatial_dims, 0))
     if payload["arch"] != cfg.arch:
@@ -189,25 +81,6 @@ def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
     return model, {"model": spec, "name": meta.get("name"), "version": meta.get("version"),
                    "iterations": meta.get("training", {}).get("iterations"),
                    "grown": grown}
-
-
-def model_config(cfg: TrainConfig, spatial_dims: int) -> dict[str, Any]:
-    """The architecture's config dict from the training settings that apply to it."""
-    _, config_cls = architecture(cfg.arch)
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    values: dict[str, Any] = {"spatial_dims": spatial_dims}
-    for name in MODEL_FIELDS:
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        if name not in fields:
-            raise InputError(f"'{name}' does not apply to the {cfg.arch} architecture")
-        values[name] = value
-    for name, value in cfg.model.items():
-        if name not in fields:
-            raise InputError(f"'{name}' is not a setting of the {cfg.arch} architecture")
-        values[name] = value
-    return values
 
 
 def step_weights(count: int, scheme: str) -> torch.Tensor:
@@ -432,7 +305,7 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     ``resume`` continues it. It belongs to the call, not to the run's settings."""
     from tqdm import tqdm
 
-    from worker.device import select_device
+    from worker.inference.device import select_device
 
     out = Path(out)
     cfg.check()

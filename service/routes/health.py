@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
-from service import broker
+from jobs import broker
 from service.deps import CeleryDep, SettingsDep, StoreDep, require_api_key
 from service.errors import Unavailable, problem_responses
 from service.schemas import Health, Ready

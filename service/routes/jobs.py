@@ -10,11 +10,11 @@ from fastapi import APIRouter
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from riir import artifacts
-from service import broker
+from conventions import artifacts
+from jobs import broker
+from jobs.store import ACTIVE, Job, JobStore, is_job_id
 from service.deps import CeleryDep, RootDep, StorageDep, StoreDep
 from service.errors import Conflict, NotFound, problem_responses
-from service.jobstore import ACTIVE, Job, JobStore, is_job_id
 from service.schemas import JobOut, job_out
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from riir import catalog
+from conventions import catalog
 from service.errors import problem_responses
 from service.schemas import ModelCard
 

@@ -10,10 +10,12 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service import broker, formdata, uploads
+from conventions.options import describe_errors
+from jobs import broker
+from jobs.store import Job, Kind, new_job_id
+from service import formdata, uploads
 from service.deps import CeleryDep, RootDep, SettingsDep, StorageDep, StoreDep
 from service.errors import InvalidParameters, QueueFull, problem_responses
-from service.jobstore import Job, Kind, new_job_id
 from service.schemas import JobOut, PairParams, SeriesParams, job_out
 
 router = APIRouter(tags=["registration"])
@@ -44,8 +46,7 @@ def _parse(model: type[BaseModel], fields: dict[str, str]) -> Any:
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise InvalidParameters(detail) from None
+        raise InvalidParameters(describe_errors(exc)) from None
 
 
 async def _submit(request: Request, response: Response, kind: Kind,

@@ -24,8 +24,8 @@ from typing import Any
 from celery.signals import worker_process_init
 
 import worker.tasks
-from riir import artifacts
-from riir.imageio import atomic_path
+from conventions import artifacts
+from conventions.imageio import atomic_path
 from worker.celery_app import _warm_up, app  # noqa: F401  (celery -A finds ``app``)
 
 FAKE_FILES = ("displacement", "warped", "jacobian")

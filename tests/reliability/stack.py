@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service import broker
-from service.jobstore import TERMINAL, Job, JobStore, new_job_id
-from service.serve import Child, gateway_argv, spawn, worker_argv
-from service.settings import Settings
+from jobs import broker
+from jobs.settings import Settings
+from jobs.store import TERMINAL, Job, JobStore, new_job_id
+from riir.serve import Child, gateway_argv, spawn, worker_argv
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]

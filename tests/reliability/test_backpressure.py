@@ -11,7 +11,7 @@ from helpers import blobs
 from stack import Stack
 from support import files_of, write_nifti
 
-from service import broker
+from jobs import broker
 from service.main import create_app
 
 LIMIT = 3

@@ -16,7 +16,7 @@ from helpers import blobs
 from stack import Stack, wait_until
 from support import files_of, write_nifti
 
-from service.jobstore import Job
+from jobs.store import Job
 
 API_KEY = "k-" + "7" * 30
 

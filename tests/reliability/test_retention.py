@@ -13,9 +13,9 @@ from helpers import blobs
 from stack import Stack, wait_until
 from support import files_of, write_nifti
 
-from service.jobstore import new_job_id
+from jobs.storage import Storage
+from jobs.store import new_job_id
 from service.main import create_app
-from service.storage import Storage
 
 RETENTION_S = 1.0
 

@@ -2,7 +2,7 @@
 complete and the same as an uninterrupted run's, and a duplicate delivery changes nothing.
 
 Recovery must be prompt (seconds), not Celery's visibility timeout (hours): see
-``service.lease``. The numbers these tests print are the figures of docs/reliability.md.
+``jobs.lease``. The numbers these tests print are the figures of docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import pytest
 from fault_worker import FAKE_FILES, expected_bytes, input_digest
 from stack import Stack, wait_until
 
-from riir import artifacts
-from service import broker
-from service.lease import Holder, Lease, lease_key
+from conventions import artifacts
+from jobs import broker
+from jobs.lease import Holder, Lease, lease_key
 
 KILLS = 6  # kill/restart cycles in the loop (each ~2 s: a worker restart is most of it)
 STEPS = 50
@@ -99,7 +99,8 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
     from helpers import blobs
     from support import write_nifti
 
-    from worker.pipeline import Options, register_files
+    from conventions.options import RegistrationOptions
+    from worker.inference.pipeline import register_files
 
     stack: Stack = stack_factory(lease_s=3)  # type: ignore[operator]
     worker = stack.start_worker(fake=False)
@@ -134,7 +135,7 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1); 2 would crawl here
     try:
         register_files(fixed, moving, tmp_path / "local",
-                       Options(model="tiny-2d", steps=STEPS, device="cpu"))
+                       RegistrationOptions(model="tiny-2d", steps=STEPS), device="cpu")
     finally:
         torch.set_num_threads(threads)
     out = stack.settings.storage_dir / "jobs" / job.id / "out"

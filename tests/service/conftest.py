@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
-from service import broker
-from service.jobstore import JobStore
-from service.serve import Child, EmbeddedRedis, gateway_argv, spawn, spawn_worker
-from service.settings import Settings
+from jobs import broker
+from jobs.settings import Settings
+from jobs.store import JobStore
+from riir.serve import Child, EmbeddedRedis, gateway_argv, spawn, spawn_worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import blobs  # noqa: E402  (tests/ is on the path: tests/conftest.py)

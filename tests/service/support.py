@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from service.jobstore import TERMINAL
+from jobs.store import TERMINAL
 
 
 def free_port() -> int:
@@ -40,8 +40,8 @@ def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0
 
 def make_models(folder: Path) -> Path:
     """A tiny 2-D and 3-D RIIR with non-zero output weights (a zero update would hide bugs)."""
-    from model.checkpoint import save_checkpoint
-    from model.riir import RIIR, RIIRConfig
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.riir import RIIR, RIIRConfig
 
     folder.mkdir(parents=True, exist_ok=True)
     for dims in (2, 3):

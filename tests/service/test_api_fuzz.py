@@ -19,9 +19,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service import broker
+from jobs import broker
+from jobs.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 
 EXAMPLES = 10  # per operation and mode; 10 operations
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

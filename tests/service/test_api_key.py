@@ -9,8 +9,8 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from support import files_of
 
+from jobs.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 
 KEY = "s3cret-key"
 JOB = "/jobs/" + "A" * 22

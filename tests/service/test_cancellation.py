@@ -11,9 +11,9 @@ import pytest
 from helpers import blobs
 from support import files_of, wait_for, write_nifti
 
-from service import broker
-from service.jobstore import Job, JobStore, new_job_id
-from service.settings import Settings
+from jobs import broker
+from jobs.settings import Settings
+from jobs.store import Job, JobStore, new_job_id
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[2]
-FIRST_PARTY = {"riir", "service", "model", "worker"}
+FIRST_PARTY = {"conventions", "model", "worker", "jobs", "service", "riir"}
 
 
 def _copies(dockerfile: str) -> set[str]:
@@ -48,10 +48,10 @@ def gateway_modules(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """First-party modules the gateway process loads."""
     tmp_path = tmp_path_factory.mktemp("gateway")
     code = ("import sys, json\nfrom service.main import create_app\n"
-            "from service.settings import Settings\nimport service.uploads, service.lease\n"
+            "from jobs.settings import Settings\nimport service.uploads, jobs.lease\n"
             f"create_app(Settings(storage_dir={str(tmp_path)!r})).openapi()\n"
             "print(json.dumps(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('riir', 'service'))))\n")
+            "if m.split('.')[0] in ('conventions', 'jobs', 'service'))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=60, check=True).stdout
     return json.loads(out)  # type: ignore[no-any-return]
@@ -95,6 +95,7 @@ def test_worker_image_has_what_pip_install_needs() -> None:
     copies = _copies("worker.Dockerfile")
     assert {"pyproject.toml", readme.group(1)} <= copies
     packages = {p.strip().strip('"').rstrip("*") for p in include.group(1).split(",")}
-    assert packages == {"riir", "model", "worker", "service"} and packages <= copies
+    assert packages == {"conventions", "model", "worker", "jobs", "service", "riir"}
+    assert packages <= copies
     text = (ROOT / "docker" / "worker.Dockerfile").read_text()
     assert "model/weights" in text and "RIIR_MODELS_DIR=/app/weights" in text

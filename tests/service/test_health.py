@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from support import files_of
 
+from jobs.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 
 
 def _app(settings: Settings, **update: object) -> TestClient:

@@ -14,10 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from support import files_of, wait_for
 
-from riir import artifacts
+from conventions import artifacts
+from conventions.options import RegistrationOptions, SeriesOptions
+from jobs.settings import Settings
 from service.main import create_app
-from service.settings import Settings
-from worker.pipeline import Options, register_files, register_series_file
+from worker.inference.pipeline import register_files, register_series_file
 
 PAIR_ARTIFACTS = {"displacement", "warped", "jacobian", "metrics", "preview"}
 
@@ -52,7 +53,8 @@ def test_pair_matches_the_command_line_path(client: httpx.Client, images: dict[s
     assert job["metrics"]["model"]["name"] == f"tiny-{dims}d"
 
     expected = register_files(fixed, moving, tmp_path / "local",
-                              Options(model=f"tiny-{dims}d", steps=2, device="cpu"))
+                              RegistrationOptions(model=f"tiny-{dims}d", steps=2),
+                              device="cpu")
     for name in ("displacement", "warped", "jacobian"):
         served = _download(client, job["artifacts"][name], tmp_path / artifacts.filename(name))
         local = tmp_path / "local" / artifacts.filename(name)
@@ -96,9 +98,9 @@ def test_series_gives_one_field_per_frame(client: httpx.Client, images: dict[str
     assert {"warped", "metrics", "preview"} <= set(job["artifacts"])
 
     register_series_file(images["series2"], tmp_path / "local",
-                         Options(model="tiny-2d", steps=2, device="cpu"))
+                         SeriesOptions(model="tiny-2d", steps=2), device="cpu")
     served = _download(client, job["artifacts"]["displacements/0"], tmp_path / "frame0.nii.gz")
-    local = tmp_path / "local" / artifacts.SERIES_DISPLACEMENTS / "frame_000.nii.gz"
+    local = artifacts.frame_path(tmp_path / "local", 0)
     np.testing.assert_allclose(_voxels(served), _voxels(local), rtol=1e-5, atol=1e-6)
     template = _voxels(_download(client, job["artifacts"]["displacements/2"],
                                  tmp_path / "frame2.nii.gz"))

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from riir.errors import InputError
-from service.jobstore import Job, JobStore, new_job_id
-from service.settings import Settings
-from service.storage import Storage, cleanup
+from conventions.errors import InputError
+from jobs.settings import Settings
+from jobs.storage import Storage, cleanup
+from jobs.store import Job, JobStore, new_job_id
 from worker.tasks import run_job
 
 

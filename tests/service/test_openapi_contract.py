@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from jobs.settings import Settings
 from service.main import create_app
-from service.settings import Settings
 
 EXPECTED = {
     ("post", "/register"): {"202", "400", "401", "413", "415", "422", "503"},

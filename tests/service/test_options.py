@@ -1,19 +1,41 @@
-"""The request options the gateway validates are the ones the engine accepts."""
+"""The request options have one owner: the form, the job record, the CLI and the engine agree."""
 
 from __future__ import annotations
 
 import typing
 
-from model.losses import SIMILARITIES
-from riir import options
-from service.schemas import PairParams
-from worker import engine
+import pytest
+
+from conventions import options
+from conventions.errors import InputError
+from model.networks import losses
+from riir.cli import build_parser
+from service.schemas import PairParams, SeriesParams
 
 
-def test_gateway_and_engine_share_the_options() -> None:
-    assert options.SIMILARITIES == SIMILARITIES
-    assert options.INITS == engine.INITS and options.MAX_STEPS == engine.MAX_STEPS
+def test_every_entry_point_reads_the_same_options() -> None:
+    for name in options.SIMILARITIES:  # each named similarity exists
+        assert callable(losses.similarity_loss(name))
+    assert PairParams is options.RegistrationOptions and SeriesParams is options.SeriesOptions
     fields = PairParams.model_fields
     assert typing.get_args(fields["init"].annotation) == options.INITS
     steps = {type(m).__name__: m for m in fields["steps"].metadata}
     assert steps["Le"].le == options.MAX_STEPS
+    # The CLI offers the same choices and every option by its own name.
+    args = build_parser().parse_args(["register", "f.nii", "m.nii", "--out", "o"])
+    assert set(options.RegistrationOptions.model_fields) <= set(vars(args))
+    series = build_parser().parse_args(["register-series", "s.nii", "--out", "o"])
+    assert set(options.SeriesOptions.model_fields) <= set(vars(series))
+
+
+def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
+    asked = options.SeriesOptions(model="qmri-2d", steps=4, init="center", template=2)
+    assert options.check(options.SeriesOptions, asked.model_dump()) == asked
+
+
+@pytest.mark.parametrize("values", [{"steps": 0}, {"steps": options.MAX_STEPS + 1},
+                                    {"init": "affine?"}, {"similarity": "ssd"},
+                                    {"unknown": 1}])
+def test_bad_options_are_refused_with_the_reason(values: dict[str, object]) -> None:
+    with pytest.raises(InputError, match=next(iter(values))):
+        options.check(options.RegistrationOptions, values)

@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from support import files_of, wait_for
 
-from service.jobstore import new_job_id
+from jobs.settings import Settings
+from jobs.store import new_job_id
 from service.main import create_app
-from service.settings import Settings
 
 
 def test_job_ids_carry_128_random_bits() -> None:
@@ -51,8 +51,8 @@ def test_only_published_artifacts_are_served(client: httpx.Client, finished: str
 
 def test_an_unfinished_job_serves_nothing(client: httpx.Client, store: object,
                                           settings: Settings) -> None:
-    from service.jobstore import Job, JobStore
-    from service.storage import Storage
+    from jobs.storage import Storage
+    from jobs.store import Job, JobStore
 
     assert isinstance(store, JobStore)
     job = store.create(Job(id=new_job_id(), kind="pair"))  # queued, never dispatched

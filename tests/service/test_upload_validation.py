@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from support import assert_problem, files_of, wait_for, write_nifti
 
-from riir.errors import InputError
-from riir.imageio import inspect_header
-from service.settings import Settings
+from conventions.errors import InputError
+from conventions.header import inspect_header
+from jobs.settings import Settings
 
 
 def _nifti_bytes(array: np.ndarray, dtype: type = np.float32) -> bytes:

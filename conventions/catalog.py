@@ -13,7 +13,7 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from riir.errors import ModelNotFoundError
+from conventions.errors import ModelNotFoundError
 
 # Default model by input: 2-D -> cardiac; small 3-D crops -> hippocampus; else whole brain.
 # A 2-D series (qMRI) changes contrast from frame to frame, which a model trained on one
@@ -55,6 +55,11 @@ def default_name(spatial_dims: int, voxels: int, series: bool = False) -> str:
     if spatial_dims == 2:
         return DEFAULT_2D_SERIES if series else DEFAULT_2D
     return DEFAULT_SMALL_3D if voxels <= SMALL_3D_MAX_VOXELS else DEFAULT_LARGE_3D
+
+
+def names() -> set[str]:
+    """The shipped models' names."""
+    return {card["name"] for card in list_models()}
 
 
 def resolve(spec: str | None, spatial_dims: int, voxels: int, series: bool = False) -> Path:

@@ -8,37 +8,22 @@ Coarse to fine over ``resolutions`` levels, ``iterations`` steps each:
 ``tau_k`` is a learned step size per iteration and ``R_r`` a small CNN per resolution (weights
 shared across that resolution's iterations) standing for the gradient of a learned regulariser.
 Unlike RIIR there is no hidden state and the similarity gradient enters linearly, not through a
-network. Between levels ``phi`` is upsampled and its voxel units doubled (``_upsample``).
-The similarity gradient is ``model.losses.inner_gradient``: the same scaling as RIIR's input.
+network. Between levels ``phi`` is upsampled and its voxel units doubled
+(``model.networks.warp.resize_displacement``). The similarity gradient is
+``model.networks.losses.inner_gradient``: the same scaling as RIIR's input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.losses import inner_gradient
-from model.warp import warp
-
-
-@dataclass
-class GraDIRNConfig:
-    spatial_dims: int = 3
-    resolutions: int = 2
-    iterations: int = 3  # per resolution
-    hidden_channels: int = 16
-    inner_loss: str = "mse"
-    ncc_window: int = 9
-    initial_step: float = 1.0  # tau at initialisation, in voxels per unit of gradient
-
-    @property
-    def steps(self) -> int:
-        """Iterates produced: ``resolutions × iterations`` (the outer loss weighs them all)."""
-        return self.resolutions * self.iterations
+from model.networks.configs import GraDIRNConfig
+from model.networks.losses import inner_gradient
+from model.networks.warp import resize_displacement, warp
 
 
 class Regulariser(nn.Module):
@@ -79,16 +64,6 @@ class GraDIRN(nn.Module):
             levels.append(pool(levels[-1], 2))
         return levels[::-1]
 
-    @staticmethod
-    def _upsample(phi: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-        """A displacement on a grid ``n`` times finer, in that grid's voxels. Corners not
-        aligned: the same geometry as the average-pooling pyramid (coarse voxel = n fine ones)."""
-        if tuple(phi.shape[2:]) == shape:
-            return phi
-        mode = "bilinear" if phi.dim() == 4 else "trilinear"
-        scale = shape[0] / phi.shape[2]
-        return F.interpolate(phi, size=shape, mode=mode, align_corners=False) * scale
-
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
                 progress: Callable[[int, int], None] | None = None, return_all: bool = True,
                 inner_loss: str | None = None) -> list[torch.Tensor]:
@@ -110,14 +85,14 @@ class GraDIRN(nn.Module):
                                            strict=True)):
             level_shape = tuple(f.shape[2:])
             phi = (f.new_zeros(f.shape[0], len(level_shape), *level_shape) if phi is None
-                   else self._upsample(phi, level_shape))
+                   else resize_displacement(phi, level_shape))
             for _ in range(cfg.iterations):
                 grad = inner_gradient(inner_loss, m, f, phi.detach(), ncc_window=cfg.ncc_window)
                 update = self.regularisers[level](torch.cat([phi, warp(m, phi), f], 1))
                 phi = phi - self.step_sizes[k] * grad - update
                 k += 1
                 if return_all or k == cfg.steps:
-                    out.append(self._upsample(phi, shape))
+                    out.append(resize_displacement(phi, shape))
                 if progress is not None:
                     progress(k, cfg.steps)
         return out

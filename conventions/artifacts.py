@@ -30,8 +30,22 @@ def filename(name: str) -> str:
 
 
 def present(folder: Path) -> list[str]:
-    """Names of the artifacts that exist in ``folder``."""
-    return [name for name, (file, _) in ARTIFACTS.items() if (folder / file).is_file()]
+    """Names of the artifacts that exist in ``folder``, a series' fields as
+    ``displacements/{frame}``."""
+    names = [name for name, (file, _) in ARTIFACTS.items() if (folder / file).is_file()]
+    return names + [f"{SERIES_DISPLACEMENTS}/{frame}" for frame in frames(folder)]
+
+
+def frame_path(folder: Path, frame: int) -> Path:
+    """Where a series job in ``folder`` keeps frame ``frame``'s displacement field."""
+    return folder / SERIES_DISPLACEMENTS / f"frame_{frame:03d}.nii.gz"
+
+
+def frames(folder: Path) -> list[int]:
+    """Frame indices of the per-frame displacement fields in a series job's ``folder``."""
+    stems = (p.name.removeprefix("frame_").removesuffix(".nii.gz")
+             for p in (folder / SERIES_DISPLACEMENTS).glob("frame_*.nii.gz"))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
 def _jsonable(value: Any) -> Any:

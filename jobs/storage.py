@@ -11,7 +11,8 @@ A run writes into its own ``work/{token}`` folder and publishes it by renaming i
 run or none, and once a job's artifacts are published no later run replaces them.
 
 Every path is built from a validated job id and names of our own, never from a client's
-file name. Artifacts are served only from ``out/``, by name from ``riir.artifacts.ARTIFACTS``.
+file name. Artifacts are served only from ``out/``, by name from
+``conventions.artifacts.ARTIFACTS``.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from riir import artifacts
-from service.jobstore import JobStore, is_job_id
+from conventions import artifacts
+from jobs.store import JobStore, is_job_id
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +86,8 @@ class Storage:
         return path if path.is_file() else None
 
     def frame_displacement(self, job_id: str, frame: int) -> Path | None:
-        path = self.out(job_id) / artifacts.SERIES_DISPLACEMENTS / f"frame_{frame:03d}.nii.gz"
+        path = artifacts.frame_path(self.out(job_id), frame)
         return path if frame >= 0 and path.is_file() else None
-
-    def frames(self, job_id: str) -> list[int]:
-        """Frame indices of a series job's per-frame displacement fields."""
-        folder = self.out(job_id) / artifacts.SERIES_DISPLACEMENTS
-        found = (p.name.removeprefix("frame_").removesuffix(".nii.gz")
-                 for p in folder.glob("frame_*.nii.gz"))
-        return sorted(int(n) for n in found if n.isdigit())
 
 
 def cleanup(store: JobStore, storage: Storage, retention_s: float,

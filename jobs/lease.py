@@ -33,8 +33,8 @@ from typing import Any
 import redis
 from celery import Celery
 
-from service import broker
-from service.jobstore import PREFIX, JobStore
+from jobs import broker
+from jobs.store import PREFIX, JobStore
 
 log = logging.getLogger(__name__)
 

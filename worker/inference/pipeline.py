@@ -19,34 +19,24 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from model import metrics
-from riir import artifacts, imageio
-from riir.errors import InputError
-from riir.grid import Grid
-from riir.intensity import normalize
-from riir.preview import write_preview
-from worker.device import select_device
-from worker.engine import (
+from conventions import artifacts, imageio
+from conventions.errors import InputError
+from conventions.grid import Grid
+from conventions.header import DEFAULT_LIMITS, Limits
+from conventions.intensity import normalize
+from conventions.options import RegistrationOptions, SeriesOptions
+from model.networks import metrics
+from worker.inference.device import select_device
+from worker.inference.engine import (
     Engine,
     Registration,
-    check_request,
     load_engine,
     register_images,
     resample_through,
 )
+from worker.inference.preview import write_preview
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Options:
-    """What a user may choose for a registration (CLI flags, form fields of the API)."""
-
-    model: str | None = None  # shipped name or checkpoint path; None picks by input
-    device: str = "auto"
-    steps: int | None = None  # None: the model's own T
-    init: str = "physical"  # physical: trust the headers; center: align the image centres
-    similarity: str | None = None  # inner loss override; None: the model's own
 
 
 def _array(image: sitk.Image) -> np.ndarray:
@@ -77,7 +67,7 @@ class _Inputs:
 
 
 def _read_inputs(fixed_path: Path, moving_path: Path, fixed_labels: Path | None,
-                 moving_labels: Path | None, limits: imageio.Limits) -> _Inputs:
+                 moving_labels: Path | None, limits: Limits) -> _Inputs:
     fixed = imageio.read_image(fixed_path, "fixed image", limits)
     moving = imageio.read_image(moving_path, "moving image", limits)
     dims = imageio.spatial_dims(fixed), imageio.spatial_dims(moving)
@@ -95,14 +85,14 @@ def _read_inputs(fixed_path: Path, moving_path: Path, fixed_labels: Path | None,
     return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), labels)
 
 
-def _engine(options: Options, fixed: sitk.Image, series: bool = False) -> Engine:
-    check_request(options.steps, options.init, options.similarity)
-    device = select_device(options.device)
+def _engine(options: RegistrationOptions, device: str, fixed: sitk.Image,
+            series: bool = False) -> Engine:
     voxels = int(np.prod(fixed.GetSize()))
-    return load_engine(options.model, fixed.GetDimension(), voxels, device, series)
+    return load_engine(options.model, fixed.GetDimension(), voxels, select_device(device),
+                       series)
 
 
-def _header(engine: Engine, options: Options, fixed: sitk.Image) -> dict[str, Any]:
+def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> dict[str, Any]:
     return {"model": engine.describe(), "device": str(engine.device),
             "steps": options.steps or engine.steps, "init": options.init,
             "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
@@ -110,20 +100,21 @@ def _header(engine: Engine, options: Options, fixed: sitk.Image) -> dict[str, An
 
 
 def register_files(fixed_path: Path, moving_path: Path, out_dir: Path,
-                   options: Options = Options(), *, fixed_labels: Path | None = None,
+                   options: RegistrationOptions = RegistrationOptions(), *,
+                   device: str = "auto", fixed_labels: Path | None = None,
                    moving_labels: Path | None = None, progress: Progress | None = None,
-                   limits: imageio.Limits = imageio.DEFAULT_LIMITS) -> dict[str, Any]:
-    """Register two NIfTI files and write every artifact into ``out_dir``; return the metrics."""
+                   limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Register two NIfTI files and write every artifact into ``out_dir``; return the metrics.
+    ``device``: auto | cpu | cuda (where the model runs, not the request's to choose)."""
     start = time.perf_counter()
     inputs = _read_inputs(Path(fixed_path), Path(moving_path), fixed_labels, moving_labels,
                           limits)
     fixed = inputs.fixed_2d
-    engine = _engine(options, fixed)
+    engine = _engine(options, device, fixed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    reg = register_images(engine, fixed, inputs.moving, steps=options.steps, init=options.init,
-                          similarity=options.similarity, progress=progress)
+    reg = register_images(engine, fixed, inputs.moving, options, progress=progress)
     phi = Grid.of(fixed).field_to_voxel(reg.field, np.float32)
     det = metrics.jacobian_determinant(phi)
     fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
@@ -166,24 +157,26 @@ def _label_report(reg: Registration, labels: tuple[sitk.Image, sitk.Image]
     return report, after
 
 
-def register_series_file(series_path: Path, out_dir: Path, options: Options = Options(), *,
-                         template: int = -1, progress: Progress | None = None,
-                         limits: imageio.Limits = imageio.DEFAULT_LIMITS) -> dict[str, Any]:
-    """Register every frame of a 4-D series to its template frame (default: the last)."""
+def register_series_file(series_path: Path, out_dir: Path,
+                         options: SeriesOptions = SeriesOptions(), *, device: str = "auto",
+                         progress: Progress | None = None,
+                         limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Register every frame of a 4-D series to its template frame (``options.template``,
+    default: the last)."""
     start = time.perf_counter()
     series_path, out_dir = Path(series_path), Path(out_dir)
     frames_as_read = imageio.read_series(series_path, "series", limits)
     frames = [imageio.slice_as_2d(frame) for frame in frames_as_read]
     n = len(frames)
+    template = options.template
     if not -n <= template < n:
         raise InputError(f"template frame {template} is outside the series' {n} frames")
     template %= n
     fixed = frames[template]
-    engine = _engine(options, fixed, series=True)
+    engine = _engine(options, device, fixed, series=True)
     steps = options.steps or engine.steps
     out_dir.mkdir(parents=True, exist_ok=True)
-    fields_dir = out_dir / artifacts.SERIES_DISPLACEMENTS
-    fields_dir.mkdir(exist_ok=True)
+    artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
     grid = Grid.of(fixed)
 
     warped_frames, before, after, jacobians, phis = [], [], [], [], []
@@ -197,11 +190,10 @@ def register_series_file(series_path: Path, out_dir: Path, options: Options = Op
             moved, initial = frame, frame
             frame_progress(steps, steps)
         else:
-            reg = register_images(engine, fixed, frame, steps=options.steps, init=options.init,
-                                  similarity=options.similarity, progress=frame_progress)
+            reg = register_images(engine, fixed, frame, options, progress=frame_progress)
             field, moved, initial = reg.field, reg.warped, reg.initial
         imageio.write_displacement(imageio.restore_layout(field, frames_as_read[template]),
-                                   fields_dir / f"frame_{i:03d}.nii.gz")
+                                   artifacts.frame_path(out_dir, i))
         phis.append(grid.field_to_voxel(field, np.float32))
         jacobians.append(metrics.jacobian_determinant(phis[-1]))
         warped_frames.append(imageio.restore_layout(moved, frames_as_read[template]))

@@ -53,17 +53,26 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "linear",
                          align_corners=True)
 
 
-def resize_displacement(displacement: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """Displacement (B, D, *S) on a grid of the same field of view with ``shape`` voxels.
+def resize(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """Values (B, C, *S) on a grid of the same field of view with ``shape`` voxels.
 
-    Values are rescaled because they are in voxels: with voxel centres of the first and last
-    voxels fixed (align_corners), one old voxel is ``(n_new - 1) / (n_old - 1)`` new voxels.
+    Linear interpolation with the voxel *cells* aligned (``align_corners=False``, edges
+    replicated): the geometry of average pooling, where one coarse voxel covers ``s`` fine
+    ones. Every move of a field between grids in the networks goes through here.
     """
+    if tuple(x.shape[2:]) == tuple(shape):
+        return x
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=False)
+
+
+def resize_displacement(displacement: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Displacement (B, D, *S) on a grid of the same field of view with ``shape`` voxels, in
+    that grid's voxels: ``resize``, with values scaled by ``n_new / n_old`` along each axis
+    (one old voxel is that many new ones when the cells are aligned)."""
     old = displacement.shape[2:]
     if tuple(old) == tuple(shape):
         return displacement
-    mode = "bilinear" if len(shape) == 2 else "trilinear"
-    resized = F.interpolate(displacement, size=tuple(shape), mode=mode, align_corners=True)
-    factors = torch.tensor([(n - 1) / max(o - 1, 1) for n, o in zip(shape, old, strict=True)],
+    factors = torch.tensor([n / o for n, o in zip(shape, old, strict=True)],
                            device=displacement.device, dtype=displacement.dtype)
-    return resized * factors.view(1, -1, *[1] * len(shape))
+    return resize(displacement, shape) * factors.view(1, -1, *[1] * len(shape))

@@ -21,12 +21,12 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from model.checkpoint import load_checkpoint
-from riir import catalog
-from riir.errors import InputError
-from riir.grid import Grid, center_offset, model_grid, translation
-from riir.intensity import normalize
-from riir.options import INITS, MAX_STEPS, SIMILARITIES
+from conventions import catalog
+from conventions.errors import InputError
+from conventions.grid import Grid, center_offset, model_grid, translation
+from conventions.intensity import normalize
+from conventions.options import RegistrationOptions
+from model.networks.checkpoint import load_checkpoint
 
 Progress = Callable[[int, int], None]
 
@@ -107,23 +107,13 @@ def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].to(device)
 
 
-def check_request(steps: int | None, init: str, similarity: str | None) -> None:
-    if steps is not None and not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be between 1 and {MAX_STEPS}; got {steps}")
-    if init not in INITS:
-        raise InputError(f"init must be one of {', '.join(INITS)}; got '{init}'")
-    if similarity is not None and similarity not in SIMILARITIES:
-        raise InputError(f"similarity must be one of {', '.join(SIMILARITIES)}; "
-                         f"got '{similarity}'")
-
-
-def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image, *,
-                    steps: int | None = None, init: str = "physical",
-                    similarity: str | None = None,
+def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image,
+                    options: RegistrationOptions = RegistrationOptions(), *,
                     progress: Progress | None = None) -> Registration:
     """Register ``moving`` to ``fixed``: images of the model's dimension (2-D slices as 2-D
-    images, see ``riir.imageio.slice_as_2d``), geometry from their headers."""
-    check_request(steps, init, similarity)
+    images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
+    ``options.model`` is the caller's to load (``engine``); the rest apply here."""
+    steps, init, similarity = options.steps, options.init, options.similarity
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pre = engine.preprocessing

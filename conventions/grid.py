@@ -7,7 +7,7 @@ Conventions (owned here):
 - Arrays follow numpy order, the reverse of ITK order, as ``sitk.GetArrayFromImage`` gives them.
 - A *voxel displacement* ``phi`` is an array (D, *spatial) in voxels of a grid, where channel c
   moves along numpy axis c. (A 2-D slice stored as (H, W, 1) is handled as a 2-D image; see
-  ``riir.imageio.slice_as_2d``.)
+  ``conventions.imageio.slice_as_2d``.)
 - A *physical field* is a SimpleITK vector image of LPS millimetre vectors, mapping a point of
   the grid to its point in the moving image (a resampling transform, as ITK and ANTs use).
 """

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from model.warp import warp
+from conventions.options import SIMILARITIES
+from model.networks.warp import warp
 
 
 def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
@@ -111,16 +112,14 @@ SimilarityLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def similarity_loss(name: str, ncc_window: int = 9) -> SimilarityLoss:
+    """The similarity named ``name``, one of ``conventions.options.SIMILARITIES``."""
     if name == "mse":
         return mse
     if name == "ncc":
         return lambda w, f: local_ncc(w, f, window=ncc_window)
     if name == "nmi":
         return nmi
-    raise ValueError(f"unknown similarity {name!r}; choose mse, ncc or nmi")
-
-
-SIMILARITIES = ("mse", "ncc", "nmi")
+    raise ValueError(f"unknown similarity {name!r}; choose {', '.join(SIMILARITIES)}")
 
 
 def inner_gradient(name: str, moving: torch.Tensor, fixed: torch.Tensor,

@@ -10,12 +10,12 @@ reporting progress can never overwrite each other)::
     queued -> running -> succeeded | failed
     queued | running -> cancelled
     running -> running   (a redelivered job after a worker crash; attempts + 1)
-    running -> queued    (its worker is gone: requeued by service.lease.recover)
+    running -> queued    (its worker is gone: requeued by jobs.lease.recover)
     queued -> succeeded | failed   (a run that outlived its lease still records its answer)
 
 Keys: ``riir:job:{id}`` (hash), ``riir:jobs:{status}`` (set of ids, for counting),
 ``riir:jobs:expiry`` (sorted set id -> time after which cleanup removes the job),
-``riir:lease:{id}`` (the running job's holder, see ``service.lease``),
+``riir:lease:{id}`` (the running job's holder, see ``jobs.lease``),
 ``riir:stats:{metric}:{kind}:{status}`` (histogram counters for /metrics).
 
 Torch-free: the worker imports this module too.

@@ -11,24 +11,11 @@ velocity integration), as in the paper's comparison.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-
-@dataclass
-class VoxelMorphConfig:
-    spatial_dims: int = 3
-    # VoxelMorph's vm2: four poolings (the input must be a multiple of 16), then the decoder's
-    # first len(encoder) convolutions (one per level) and the remaining full-resolution ones.
-    encoder: tuple[int, ...] = (16, 32, 32, 32)
-    decoder: tuple[int, ...] = (32, 32, 32, 32, 32, 16, 16)
-
-    @property
-    def steps(self) -> int:
-        """One prediction (every architecture answers ``config.steps``)."""
-        return 1
+from model.networks.configs import VoxelMorphConfig
 
 
 class ConvBlock(nn.Module):

@@ -8,13 +8,13 @@ recovered through ``inner_gradient`` and ``warp``) and serves as a reference bas
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.losses import inner_gradient
+from model.networks.configs import DescentConfig
+from model.networks.losses import inner_gradient
 
 
 def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -53,16 +53,6 @@ def descend(moving: torch.Tensor, fixed: torch.Tensor, inner_loss: str = "mse",
         scale = grad.flatten(1).norm(dim=0).amax().clamp_min(1e-12)  # largest vector length
         phi = gaussian_smooth(phi - step * (1 - i / iterations) * grad / scale, sigma)
     return phi
-
-
-@dataclass
-class DescentConfig:
-    spatial_dims: int = 3
-    steps: int = 200  # iterations
-    inner_loss: str = "mse"
-    step: float = 0.5
-    sigma: float = 2.0
-    ncc_window: int = 9
 
 
 class Descent(nn.Module):

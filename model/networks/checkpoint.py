@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.architectures import architecture
-from riir.errors import ModelNotFoundError
+from conventions.errors import ModelNotFoundError
+from model.networks.architectures import architecture
 
 FORMAT = "riir-checkpoint"
 FORMAT_VERSION = 1

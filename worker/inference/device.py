@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from riir.errors import InputError
+from conventions.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from riir.imageio import DEFAULT_LIMITS, Limits
+from conventions.header import DEFAULT_LIMITS, Limits
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     cleanup_interval_s: float = Field(default=600, gt=0)
     job_time_limit_s: int = Field(default=3600, gt=0)  # hard limit of one job on a worker
     max_attempts: int = Field(default=3, ge=1)  # deliveries of one job (worker crashes)
-    # A running job's lease (service.lease): renewed every lease_s / 3; a job whose worker
+    # A running job's lease (jobs.lease): renewed every lease_s / 3; a job whose worker
     # stopped renewing for lease_s is requeued, by a starting worker or the gateway's sweep
     # every recovery_interval_s.
     lease_s: float = Field(default=60, gt=0)

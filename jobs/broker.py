@@ -13,8 +13,8 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 from celery import Celery
 
-from service.jobstore import Job, Kind
-from service.settings import Settings
+from jobs.settings import Settings
+from jobs.store import Job, Kind
 
 TASKS: dict[Kind, str] = {"pair": "riir.register", "series": "riir.register_series"}
 

@@ -192,8 +192,8 @@ class _Stop:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from riir.errors import InputError
-    from service.settings import Settings
+    from conventions.errors import InputError
+    from jobs.settings import Settings
 
     if args.workers < 1:
         raise InputError("--workers must be at least 1")

@@ -15,46 +15,14 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.losses import inner_gradient
-from model.warp import warp
-
-INPUTS = ("gradient", "explicit", "implicit", "gradient+explicit")
-UPSAMPLING = ("linear", "convex")
-
-
-@dataclass
-class RIIRConfig:
-    spatial_dims: int = 3
-    steps: int = 6  # T
-    hidden_channels: tuple[int, int] = (16, 16)
-    hidden_states: tuple[bool, bool] = (True, True)  # ablation [1,1], [1,0], [0,1], [0,0]
-    # gradient [phi, ∇L] | explicit [phi, I_mov∘phi, I_fix] | implicit [phi, I_mov, I_fix], the
-    # paper's three; gradient+explicit [phi, ∇L, I_mov∘phi, I_fix] (ours) lets a label-supervised
-    # cell see the anatomy as well as the similarity's pull.
-    inputs: str = "gradient"
-    inner_loss: str = "mse"  # mse | ncc | nmi
-    ncc_window: int = 9
-    gru_kernel: int = 3
-    # The cell runs on a grid coarser by this factor (1 = full resolution, as the paper);
-    # the inner gradient is average-pooled onto it and the update upsampled back.
-    cell_stride: int = 1
-    # How the coarse field returns to the image grid: "linear" interpolation, or "convex":
-    # RAFT's learned convex combination of the coarse neighbours, weighted by the cell's
-    # features, which can keep edges the interpolation blurs (starts as "linear").
-    upsampling: str = "linear"
-    # False: first-order meta-gradient (∇L_inner treated as an input, no second derivatives).
-    second_order: bool = False
-    # ∇L_inner is multiplied by this before it enters the cell. The MSE gradient of [0, 1]
-    # images has an RMS of ~0.03 per voxel, so at the default initialisation the cell's
-    # biases drown it and training spends its first thousand steps growing the input weights;
-    # a scale that brings it to ~1 lets the cell use it from the start (docs/method.md).
-    gradient_scale: float = 1.0
+from model.networks.configs import INPUTS, UPSAMPLING, RIIRConfig
+from model.networks.losses import inner_gradient
+from model.networks.warp import resize, warp
 
 
 def input_blocks(config: RIIRConfig) -> list[int]:
@@ -89,7 +57,8 @@ class ConvGRU(nn.Module):
 
     def channel_blocks(self) -> dict[str, tuple[list[int], list[int]]]:
         """The gates' rows are [reset, update], their columns [x, h] (``forward``): a model
-        with more channels grows each block apart (``model.checkpoint.load_state_grown``)."""
+        with more channels grows each block apart
+        (``model.networks.checkpoint.load_state_grown``)."""
         x, h = self.candidate_x.in_channels, self.hidden
         return {"gates.weight": ([h, h], [x, h]), "gates.bias": ([h, h], [])}
 
@@ -126,7 +95,7 @@ class RIIRCell(nn.Module):
 
     def channel_blocks(self) -> dict[str, tuple[list[int], list[int]]]:
         """conv_in's columns are the input's parts (``input_blocks``), so a gradient model can
-        grow into a gradient+explicit one (``model.checkpoint.load_state_grown``)."""
+        grow into a gradient+explicit one (``model.networks.checkpoint.load_state_grown``)."""
         return {"conv_in.weight": ([self.conv_in.out_channels], self.input_blocks)}
 
     def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]
@@ -147,7 +116,7 @@ class ConvexUpsampling(nn.Module):
 
     The weights start as linear interpolation's (``align_corners=False``, edges replicated:
     what ``F.interpolate`` does), so a model with this module computes what one without it
-    did until training moves them (``model.checkpoint.load_state_grown``). 2^D rather than
+    did until training moves them (``model.networks.checkpoint.load_state_grown``). 2^D rather than
     RAFT's 3^D neighbours: a third of the cost, which on a CPU is most of a training step."""
 
     def __init__(self, features: int, spatial_dims: int, stride: int):
@@ -218,7 +187,7 @@ class RIIR(nn.Module):
                                                config.cell_stride)
 
     # Parameters whose initialisation leaves the function unchanged: a model without them
-    # grows into one with them (model.checkpoint.load_state_grown).
+    # grows into one with them (model.networks.checkpoint.load_state_grown).
     starts_neutral = ("upsampling.",)
 
     @property
@@ -249,8 +218,7 @@ class RIIR(nn.Module):
             x = self.upsampling(x, features)
             if x.shape[2:] == shape:
                 return x
-        mode = "bilinear" if x.dim() == 4 else "trilinear"
-        return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=False)
+        return resize(x, shape)
 
     def _cell_input(self, phi_coarse: torch.Tensor, phi: torch.Tensor, moving: torch.Tensor,
                     fixed: torch.Tensor, inner_loss: str) -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""The options a registration request may set: their one owner, typed end to end.
+
+The HTTP form (``POST /register``), the job record in Redis, the Celery task, the inference
+pipeline and ``riir register`` all read and write these models, so the gateway refuses exactly
+what the worker would, a name means the same in every place, and ``check`` runs once, where an
+option enters (the form, the command line, the Python call). Torch-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from conventions.errors import InputError
+
+MAX_STEPS = 50  # recurrent steps T a request may ask for (the paper trains with T = 6)
+
+Init = Literal["physical", "center"]
+# physical: trust the headers' world coordinates; center: first align the image centres.
+INITS: tuple[str, ...] = get_args(Init)
+
+Similarity = Literal["mse", "ncc", "nmi"]
+# A similarity L_sim / L_inner (model.networks.losses implements exactly these).
+SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+
+HELP = {
+    "model": "a shipped model name (see GET /models or 'riir models'); default: chosen from "
+             "the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 voxels: "
+             "hippocampus-3d, larger 3-D: brain-3d)",
+    "steps": "recurrent steps T (default: the model's own, 6 for the shipped ones)",
+    "init": "initial alignment: 'physical' trusts the headers' world coordinates; 'center' "
+            "first translates the moving image's centre onto the fixed image's (different "
+            "scanners or subjects) (default: physical)",
+    "similarity": "similarity whose gradient drives the model (default: the one it was "
+                  "trained with; others are out of its training distribution)",
+    "template": "index of the template frame, negative counts from the end (default: -1, "
+                "the last frame, as in the RIIR paper)",
+}
+
+
+class RegistrationOptions(BaseModel):
+    """What a user may choose for a pairwise registration."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A shipped name, or (command line and Python only) a checkpoint path; None: by input.
+    model: str | None = Field(default=None, max_length=1024, description=HELP["model"])
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description=HELP["steps"])
+    init: Init = Field(default="physical", description=HELP["init"])
+    similarity: Similarity | None = Field(default=None, description=HELP["similarity"])
+
+    @field_validator("model", "steps", "similarity", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        """An empty form field (an HTML form's untouched input) means "the default"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+class SeriesOptions(RegistrationOptions):
+    """What a user may choose for a series registration."""
+
+    template: int = Field(default=-1, description=HELP["template"])
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """pydantic's errors as one line a user can act on: ``steps must be … (got 500); …``."""
+
+    def one(error: Any) -> str:
+        name, message = ".".join(map(str, error["loc"])), error["msg"]
+        said = (message.replace("Input should", f"{name} must", 1)
+                if message.startswith("Input should") else f"{name}: {message}")
+        return f"{said} (got {repr(error['input'])[:60]})"
+
+    return "; ".join(one(e) for e in exc.errors())
+
+
+Options = TypeVar("Options", bound=RegistrationOptions)
+
+
+def check(kind: type[Options], values: dict[str, Any]) -> Options:
+    """``kind`` from plain values, or InputError with every reason."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as exc:
+        raise InputError(describe_errors(exc)) from None
