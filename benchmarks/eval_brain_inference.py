@@ -28,8 +28,7 @@ from model.training.datasets import SynthBrainPairs
 def one_mm(image: sitk.Image, interpolator: int) -> sitk.Image:
     """``image`` on a 1-mm grid over the same box (160×192×224 mm for the working grid)."""
     grid = Grid.of(image)
-    size = tuple(int(round((n - 1) * s)) + 1 for n, s in zip(grid.size, grid.spacing,
-                                                             strict=True))
+    size = tuple(int(round((n - 1) * s)) + 1 for n, s in zip(grid.size, grid.spacing, strict=True))
     fine = Grid(size, (1.0, 1.0, 1.0), grid.origin, grid.direction)
     return fine.resample(image, interpolator=interpolator, extrapolate=False)
 
@@ -43,8 +42,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     if not args.labels.is_dir():
-        print(f"label folder '{args.labels}' not found (see ../shared/data/README.md)",
-              file=sys.stderr)
+        print(
+            f"label folder '{args.labels}' not found (see ../shared/data/README.md)",
+            file=sys.stderr,
+        )
         return 1
     source = SynthBrainPairs(args.labels, cache_dir=args.cache)
     pair = source.pairs("test", 1, seed=0)[0]
@@ -53,24 +54,48 @@ def main() -> int:
     for role, subject in (("fixed", pair.fixed), ("moving", pair.moving)):
         paths[role] = args.out / f"{role}.nii.gz"
         sitk.WriteImage(one_mm(subject.image, sitk.sitkLinear), str(paths[role]))
-        sitk.WriteImage(one_mm(subject.labels, sitk.sitkNearestNeighbor),
-                        str(args.out / f"{role}_labels.nii.gz"))
+        sitk.WriteImage(
+            one_mm(subject.labels, sitk.sitkNearestNeighbor),
+            str(args.out / f"{role}_labels.nii.gz"),
+        )
     shape = sitk.ReadImage(str(paths["fixed"])).GetSize()
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run(["riir", "register", str(paths["fixed"]), str(paths["moving"]),
-                        "--model", args.model, "--out", str(args.out / "result"), "--quiet",
-                        "--fixed-labels", str(args.out / "fixed_labels.nii.gz"),
-                        "--moving-labels", str(args.out / "moving_labels.nii.gz")],
-                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "riir",
+                "register",
+                str(paths["fixed"]),
+                str(paths["moving"]),
+                "--model",
+                args.model,
+                "--out",
+                str(args.out / "result"),
+                "--quiet",
+                "--fixed-labels",
+                str(args.out / "fixed_labels.nii.gz"),
+                "--moving-labels",
+                str(args.out / "moving_labels.nii.gz"),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - start)
     report = json.loads((args.out / "result" / "metrics.json").read_text())
-    print(json.dumps({"input_shape": shape, "model_grid": report["model_grid_shape"],
-                      "command_seconds": [round(t, 2) for t in times],
-                      "engine_seconds": report["seconds"],
-                      "dice_before": report["labels"]["before"]["dice_mean"],
-                      "dice_after": report["labels"]["after"]["dice_mean"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "input_shape": shape,
+                "model_grid": report["model_grid_shape"],
+                "command_seconds": [round(t, 2) for t in times],
+                "engine_seconds": report["seconds"],
+                "dice_before": report["labels"]["before"]["dice_mean"],
+                "dice_after": report["labels"]["after"]["dice_mean"],
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

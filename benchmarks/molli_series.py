@@ -43,9 +43,12 @@ def ants_pca(frames: np.ndarray, spacing: tuple[float, float]) -> tuple[dict, fl
 
     tick = time.perf_counter()
     template = image(frames[..., -1])
-    after = [ants.registration(template, image(frames[..., k]),
-                               type_of_transform="SyN")["warpedmovout"].numpy()
-             for k in range(frames.shape[-1] - 1)]
+    after = [
+        ants.registration(template, image(frames[..., k]), type_of_transform="SyN")[
+            "warpedmovout"
+        ].numpy()
+        for k in range(frames.shape[-1] - 1)
+    ]
     after.append(frames[..., -1])  # the template stays where it is
     return pca_groupwise(np.stack(after)), time.perf_counter() - tick
 
@@ -69,8 +72,21 @@ def main() -> int:
         write_series(array[:, :, s, :], spacing, series)
         result = args.out / f"slice{s}"
         tick = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "riir.cli", "register-series", str(series),
-                        "--out", str(result), "--model", args.model, "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "riir.cli",
+                "register-series",
+                str(series),
+                "--out",
+                str(result),
+                "--model",
+                args.model,
+                "--quiet",
+            ],
+            check=True,
+        )
         seconds = time.perf_counter() - tick
         metrics = json.loads((result / "metrics.json").read_text())
         rows.append((s, args.model, metrics["pca_before"], metrics["pca_after"], seconds))
@@ -78,12 +94,15 @@ def main() -> int:
             after, seconds = ants_pca(array[:, :, s, :], spacing)
             rows.append((s, "ants-syn", metrics["pca_before"], after, seconds))
     print(f"MOLLI kidney series, {array.shape[3]} frames to the last\n")
-    print("| slice | method | D_PCA1 before | D_PCA1 after | D_PCA2 before | D_PCA2 after "
-          "| seconds |")
+    print(
+        "| slice | method | D_PCA1 before | D_PCA1 after | D_PCA2 before | D_PCA2 after | seconds |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for s, method, before, after, seconds in rows:
-        print(f"| {s} | {method} | {before['d_pca1']:.4f} | {after['d_pca1']:.4f} | "
-              f"{before['d_pca2']:.4f} | {after['d_pca2']:.4f} | {seconds:.1f} |")
+        print(
+            f"| {s} | {method} | {before['d_pca1']:.4f} | {after['d_pca1']:.4f} | "
+            f"{before['d_pca2']:.4f} | {after['d_pca2']:.4f} | {seconds:.1f} |"
+        )
     return 0
 
 

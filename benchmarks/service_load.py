@@ -47,9 +47,12 @@ def make_model(folder: Path) -> None:
 
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    save_checkpoint(folder / f"{MODEL}.pt", RIIR(RIIRConfig(spatial_dims=2,
-                                                            hidden_channels=(8, 8), steps=2)),
-                    "riir", {"name": MODEL, "version": "load"})
+    save_checkpoint(
+        folder / f"{MODEL}.pt",
+        RIIR(RIIRConfig(spatial_dims=2, hidden_channels=(8, 8), steps=2)),
+        "riir",
+        {"name": MODEL, "version": "load"},
+    )
     (folder / f"{MODEL}.json").write_text(json.dumps({"name": MODEL, "spatial_dims": 2}))
 
 
@@ -73,17 +76,25 @@ class Recorder:
         return response
 
 
-async def client_loop(http: httpx.AsyncClient, rec: Recorder, queue: asyncio.Queue[int],
-                      files: dict[str, tuple[str, bytes]], accepted: list[str],
-                      refused: list[int], poll_s: float) -> None:
+async def client_loop(
+    http: httpx.AsyncClient,
+    rec: Recorder,
+    queue: asyncio.Queue[int],
+    files: dict[str, tuple[str, bytes]],
+    accepted: list[str],
+    refused: list[int],
+    poll_s: float,
+) -> None:
     while True:
         try:
             queue.get_nowait()
         except asyncio.QueueEmpty:
             return
         while True:
-            response = await rec.call("POST /register", http.post(
-                "/register", files=files, data={"model": MODEL, "steps": "2"}))
+            response = await rec.call(
+                "POST /register",
+                http.post("/register", files=files, data={"model": MODEL, "steps": "2"}),
+            )
             if response.status_code != 503:
                 break
             refused.append(1)  # backpressure: come back when told to
@@ -98,8 +109,9 @@ async def client_loop(http: httpx.AsyncClient, rec: Recorder, queue: asyncio.Que
             if job["status"] in TERMINAL:
                 break
         if job["status"] == "succeeded":
-            await rec.call("GET /jobs/{id}/artifacts/metrics",
-                           http.get(f"/jobs/{job_id}/artifacts/metrics"))
+            await rec.call(
+                "GET /jobs/{id}/artifacts/metrics", http.get(f"/jobs/{job_id}/artifacts/metrics")
+            )
 
 
 def percentiles(values: list[float]) -> str:
@@ -114,15 +126,21 @@ async def run_load(url: str, args: argparse.Namespace) -> tuple[Recorder, list[s
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(args.jobs):
         queue.put_nowait(i)
-    files = {"fixed": ("fixed.nii", nifti(args.size, 0)),
-             "moving": ("moving.nii", nifti(args.size, 1))}
+    files = {
+        "fixed": ("fixed.nii", nifti(args.size, 0)),
+        "moving": ("moving.nii", nifti(args.size, 1)),
+    }
     accepted: list[str] = []
     refused: list[int] = []
     limits = httpx.Limits(max_connections=args.clients)
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await asyncio.gather(*(client_loop(http, rec, queue, files, accepted, refused,
-                                           args.poll_s) for _ in range(args.clients)))
+        await asyncio.gather(
+            *(
+                client_loop(http, rec, queue, files, accepted, refused, args.poll_s)
+                for _ in range(args.clients)
+            )
+        )
     return rec, accepted, len(refused), time.perf_counter() - started
 
 
@@ -132,26 +150,42 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--size", type=int, default=32, help="image side (2-D, pixels)")
     parser.add_argument("--poll-s", type=float, default=0.2, help="poll interval per client")
-    parser.add_argument("--max-queued", type=int, default=8,
-                        help="RIIR_MAX_QUEUED: small, so backpressure is exercised")
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=8,
+        help="RIIR_MAX_QUEUED: small, so backpressure is exercised",
+    )
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="riir-load-"))
     make_model(folder / "models")
     with open(folder / "redis.log", "wb") as redis_log:
         redis_server = EmbeddedRedis(folder / "redis").start(output=redis_log)
-    settings = Settings(redis_url=redis_server.url, storage_dir=folder / "storage",
-                        max_queued=args.max_queued, device="cpu")
-    env = dict(os.environ, REDIS_URL=redis_server.url, RIIR_STORAGE_DIR=str(folder / "storage"),
-               RIIR_MODELS_DIR=str(folder / "models"), RIIR_DEVICE="cpu",
-               RIIR_MAX_QUEUED=str(args.max_queued), RIIR_LOG_LEVEL="warning",
-               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    settings = Settings(
+        redis_url=redis_server.url,
+        storage_dir=folder / "storage",
+        max_queued=args.max_queued,
+        device="cpu",
+    )
+    env = dict(
+        os.environ,
+        REDIS_URL=redis_server.url,
+        RIIR_STORAGE_DIR=str(folder / "storage"),
+        RIIR_MODELS_DIR=str(folder / "models"),
+        RIIR_DEVICE="cpu",
+        RIIR_MAX_QUEUED=str(args.max_queued),
+        RIIR_LOG_LEVEL="warning",
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(ROOT),
+    )
     port = 18000 + os.getpid() % 1000
     children: list[Child] = []
     with open(folder / "stack.log", "wb") as log:
         children.append(spawn_worker(0, settings.queue, env, output=log))
-        children.append(spawn("gateway", gateway_argv("127.0.0.1", port, "warning"), env,
-                              output=log))
+        children.append(
+            spawn("gateway", gateway_argv("127.0.0.1", port, "warning"), env, output=log)
+        )
     store = JobStore.from_url(settings.redis, settings.job_retention_s)
     try:
         celery = broker.make_client(settings)
@@ -165,19 +199,27 @@ def main() -> int:
         waits = [j.started_at - j.created_at for j in succeeded if j.started_at]
         duplicated = sum(1 for j in succeeded if j.attempts != 1)
         polls = sum(len(v) for k, v in rec.latency.items() if k.startswith("GET /jobs/{id}"))
-        print(f"\n{args.jobs} jobs of {args.size}x{args.size} pixels, {args.clients} concurrent "
-              f"clients, 1 worker (CPU), RIIR_MAX_QUEUED={args.max_queued}, "
-              f"{seconds:.1f} s, {len(succeeded) / seconds:.1f} jobs/s\n")
+        print(
+            f"\n{args.jobs} jobs of {args.size}x{args.size} pixels, {args.clients} concurrent "
+            f"clients, 1 worker (CPU), RIIR_MAX_QUEUED={args.max_queued}, "
+            f"{seconds:.1f} s, {len(succeeded) / seconds:.1f} jobs/s\n"
+        )
         print("| figure | value |\n|---|---|")
         print(f"| submissions accepted (202) | {len(accepted)} |")
         print(f"| submissions refused by backpressure (503 + Retry-After, retried) | {refused} |")
         print(f"| jobs completed (succeeded) | {len(succeeded)} |")
         print(f"| jobs lost (accepted, never completed) | {len(accepted) - len(succeeded)} |")
         print(f"| jobs duplicated (run more than once) | {duplicated} |")
-        print(f"| HTTP requests | {sum(len(v) for v in rec.latency.values())} "
-              f"({polls} polls and downloads) |")
-        errors = sum(n for codes in rec.status.values() for code, n in codes.items()
-                     if code >= 500 and code != 503)
+        print(
+            f"| HTTP requests | {sum(len(v) for v in rec.latency.values())} "
+            f"({polls} polls and downloads) |"
+        )
+        errors = sum(
+            n
+            for codes in rec.status.values()
+            for code, n in codes.items()
+            if code >= 500 and code != 503
+        )
         print(f"| server errors (5xx other than 503) | {errors} |")
         print("\n| route | requests | p50 / p95 latency (ms) |\n|---|---|---|")
         for route, values in rec.latency.items():

@@ -46,8 +46,9 @@ def blobs(shape: tuple[int, ...], seed: int) -> np.ndarray:
     for _ in range(4):
         centre = [rng.uniform(0.3 * n, 0.7 * n) for n in shape]
         width = rng.uniform(0.12, 0.2) * min(shape)
-        image += np.exp(-sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
-                        / (2 * width**2)).astype(np.float32)
+        image += np.exp(
+            -sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True)) / (2 * width**2)
+        ).astype(np.float32)
     return image / image.max()
 
 
@@ -85,8 +86,10 @@ def free_port() -> int:
 
 
 def submit(client: httpx.Client, pair: tuple[Path, Path], model: str, steps: int | None) -> str:
-    files = {role: (path.name, path.read_bytes()) for role, path in zip(("fixed", "moving"),
-                                                                         pair, strict=True)}
+    files = {
+        role: (path.name, path.read_bytes())
+        for role, path in zip(("fixed", "moving"), pair, strict=True)
+    }
     data = {"model": model, **({"steps": str(steps)} if steps else {})}
     response = client.post("/register", files=files, data=data)
     response.raise_for_status()
@@ -103,8 +106,9 @@ def wait(client: httpx.Client, job_id: str) -> dict[str, Any]:
         time.sleep(POLL_S)
 
 
-def one_job(client: httpx.Client, pair: tuple[Path, Path], model: str,
-            steps: int | None) -> dict[str, float]:
+def one_job(
+    client: httpx.Client, pair: tuple[Path, Path], model: str, steps: int | None
+) -> dict[str, float]:
     start = time.perf_counter()
     job = wait(client, submit(client, pair, model, steps))
     wall = time.perf_counter() - start
@@ -119,16 +123,22 @@ def row(label: str, runs: list[dict[str, float]]) -> str:
     overhead = sorted(r["wall"] - r["model"] for r in runs)
     service = statistics.median(r["wall"] - r["total"] for r in runs)
     worst = overhead[-1]
-    return (f"| {label:<18} | {len(runs):>2} | {med('wall'):7.3f} | {med('model'):7.3f} | "
-            f"{statistics.median(overhead):8.3f} | {worst:8.3f} | "
-            f"{med('total') - med('model'):8.3f} | {service:7.3f} |")
+    return (
+        f"| {label:<18} | {len(runs):>2} | {med('wall'):7.3f} | {med('model'):7.3f} | "
+        f"{statistics.median(overhead):8.3f} | {worst:8.3f} | "
+        f"{med('total') - med('model'):8.3f} | {service:7.3f} |"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=5, help="timed jobs per shape")
-    parser.add_argument("--batch", type=int, default=10, help="jobs submitted at once for "
-                        "the throughput figure (half 2-D, half 3-D)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=10,
+        help="jobs submitted at once for the throughput figure (half 2-D, half 3-D)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="steps T (default: model's)")
     parser.add_argument("--models", type=Path, help="folder of models (RIIR_MODELS_DIR)")
     args = parser.parse_args()
@@ -148,8 +158,10 @@ def main() -> int:
             models_dir = work / "models"
             models_dir.mkdir()
             names, untrained = untrained_models(models_dir), True
-    pairs = {"2-D 128x128": (2, write_pair(work, (128, 128))),
-             "3-D 64x64x64": (3, write_pair(work, (64, 64, 64)))}
+    pairs = {
+        "2-D 128x128": (2, write_pair(work, (128, 128))),
+        "3-D 64x64x64": (3, write_pair(work, (64, 64, 64))),
+    }
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -157,8 +169,12 @@ def main() -> int:
     if models_dir is not None:
         env["RIIR_MODELS_DIR"] = str(models_dir)
     log = open(work / "serve.log", "wb")  # noqa: SIM115
-    serve = subprocess.Popen([sys.executable, "-m", "riir.cli", "serve", "--port", str(port)],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "riir.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.perf_counter()
@@ -176,11 +192,15 @@ def main() -> int:
             results = {}
             for label, (dims, pair) in pairs.items():
                 one_job(client, pair, names[dims], args.steps)  # warm-up: model load
-                results[label] = [one_job(client, pair, names[dims], args.steps)
-                                  for _ in range(args.jobs)]
+                results[label] = [
+                    one_job(client, pair, names[dims], args.steps) for _ in range(args.jobs)
+                ]
             start = time.perf_counter()
-            batch = [submit(client, pairs[label][1], names[pairs[label][0]], args.steps)
-                     for i in range(args.batch) for label in [list(pairs)[i % 2]]]
+            batch = [
+                submit(client, pairs[label][1], names[pairs[label][0]], args.steps)
+                for i in range(args.batch)
+                for label in [list(pairs)[i % 2]]
+            ]
             for job_id in batch:
                 wait(client, job_id)
             per_minute = 60 * args.batch / (time.perf_counter() - start)
@@ -189,20 +209,28 @@ def main() -> int:
         serve.wait(60)
         log.close()
 
-    print(f"riir serve ready in {ready_s:.1f} s; models {names[2]} / {names[3]}"
-          f"{' (untrained, paper sizes)' if untrained else ''}; steps "
-          f"{args.steps or 'model default'}; polling every {POLL_S * 1000:.0f} ms")
-    print("| job                | n  | wall s  | model s | overhead | worst    | pipeline | "
-          "service |")
-    print("|--------------------|----|---------|---------|----------|----------|----------|"
-          "---------|")
+    print(
+        f"riir serve ready in {ready_s:.1f} s; models {names[2]} / {names[3]}"
+        f"{' (untrained, paper sizes)' if untrained else ''}; steps "
+        f"{args.steps or 'model default'}; polling every {POLL_S * 1000:.0f} ms"
+    )
+    print(
+        "| job                | n  | wall s  | model s | overhead | worst    | pipeline | service |"
+    )
+    print(
+        "|--------------------|----|---------|---------|----------|----------|----------|---------|"
+    )
     for label, runs in results.items():
         print(row(label, runs))
-    print("wall: POST sent -> poll sees succeeded (median); overhead = wall - model (median, "
-          "worst); pipeline = seconds.total - model (I/O, resampling, metrics, artifacts); "
-          "service = wall - seconds.total (HTTP, validation, Redis, Celery, polling)")
-    print(f"throughput, one worker: {per_minute:.1f} jobs/minute ({args.batch} jobs submitted "
-          "at once, alternating 2-D and 3-D)")
+    print(
+        "wall: POST sent -> poll sees succeeded (median); overhead = wall - model (median, "
+        "worst); pipeline = seconds.total - model (I/O, resampling, metrics, artifacts); "
+        "service = wall - seconds.total (HTTP, validation, Redis, Celery, polling)"
+    )
+    print(
+        f"throughput, one worker: {per_minute:.1f} jobs/minute ({args.batch} jobs submitted "
+        "at once, alternating 2-D and 3-D)"
+    )
     return 0
 
 

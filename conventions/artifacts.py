@@ -43,8 +43,10 @@ def frame_path(folder: Path, frame: int) -> Path:
 
 def frames(folder: Path) -> list[int]:
     """Frame indices of the per-frame displacement fields in a series job's ``folder``."""
-    stems = (p.name.removeprefix("frame_").removesuffix(".nii.gz")
-             for p in (folder / SERIES_DISPLACEMENTS).glob("frame_*.nii.gz"))
+    stems = (
+        p.name.removeprefix("frame_").removesuffix(".nii.gz")
+        for p in (folder / SERIES_DISPLACEMENTS).glob("frame_*.nii.gz")
+    )
     return sorted(int(stem) for stem in stems if stem.isdigit())
 
 

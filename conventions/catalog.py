@@ -73,7 +73,8 @@ def resolve(spec: str | None, spatial_dims: int, voxels: int, series: bool = Fal
             if not same_dims:
                 raise ModelNotFoundError(
                     f"no shipped model for {spatial_dims}-D images in {weights_dir()}; "
-                    "pass a checkpoint with --model PATH")
+                    "pass a checkpoint with --model PATH"
+                )
             spec = same_dims[0]
     if spec in shipped:
         return weights_dir() / f"{spec}.pt"

@@ -29,8 +29,12 @@ class Grid:
 
     @classmethod
     def of(cls, image: sitk.Image) -> Grid:
-        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
-                   tuple(image.GetDirection()))
+        return cls(
+            tuple(image.GetSize()),
+            tuple(image.GetSpacing()),
+            tuple(image.GetOrigin()),
+            tuple(image.GetDirection()),
+        )
 
     @property
     def dim(self) -> int:
@@ -50,16 +54,26 @@ class Grid:
     def coincides(self, other: Grid) -> bool:
         """Same voxels at the same physical points (up to floating-point round-off, as a
         grid recomputed from an image's extent may carry)."""
-        return self.size == other.size and all(np.allclose(x, y) for x, y in (
-            (self.spacing, other.spacing), (self.origin, other.origin),
-            (self.direction, other.direction)))
+        return self.size == other.size and all(
+            np.allclose(x, y)
+            for x, y in (
+                (self.spacing, other.spacing),
+                (self.origin, other.origin),
+                (self.direction, other.direction),
+            )
+        )
 
     def center(self) -> np.ndarray:
         half_extent = (np.asarray(self.size, dtype=np.float64) - 1) / 2
         return np.asarray(self.origin) + self.index_to_physical @ half_extent
 
-    def resample(self, image: sitk.Image, transform: sitk.Transform | None = None,
-                 interpolator: int = sitk.sitkLinear, extrapolate: bool = True) -> sitk.Image:
+    def resample(
+        self,
+        image: sitk.Image,
+        transform: sitk.Transform | None = None,
+        interpolator: int = sitk.sitkLinear,
+        extrapolate: bool = True,
+    ) -> sitk.Image:
         """``image`` sampled on this grid; ``transform`` maps grid points to image points.
 
         ``extrapolate``: points outside the image take the nearest voxel, so round-off at the
@@ -105,9 +119,10 @@ class Grid:
         """
         vectors = sitk.GetArrayViewFromImage(field)  # (*shape, dim) ITK order, no copy
         # Row c of the reversed inverse gives numpy axis c's index step per mm of each vector.
-        to_index = np.linalg.inv(self.index_to_physical)[::-1].astype(dtype)
-        return np.tensordot(to_index, vectors.astype(dtype, copy=False),
-                            axes=([1], [vectors.ndim - 1]))
+        to_index: np.ndarray = np.linalg.inv(self.index_to_physical)[::-1].astype(dtype)
+        return np.tensordot(
+            to_index, vectors.astype(dtype, copy=False), axes=([1], [vectors.ndim - 1])
+        )
 
 
 def oriented(image: sitk.Image) -> sitk.Image:
@@ -120,8 +135,12 @@ def oriented(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
-def model_grid(fixed: sitk.Image, spacing_mm: float | None = None, multiple: int = 1,
-               max_voxels: int | None = None) -> Grid:
+def model_grid(
+    fixed: sitk.Image,
+    spacing_mm: float | None = None,
+    multiple: int = 1,
+    max_voxels: int | None = None,
+) -> Grid:
     """The grid a model works on: the fixed image's field of view, in LPS orientation,
     resampled to ``spacing_mm`` (never finer than the fixed image), with every registered axis a
     multiple of ``multiple`` voxels (architectures that pool need it) and at most
@@ -140,8 +159,12 @@ def model_grid(fixed: sitk.Image, spacing_mm: float | None = None, multiple: int
         new = np.where(grown, np.floor((new - 1) * scale) + 1, 1)
     new = np.where(grown, np.maximum(multiple, np.ceil(new / multiple) * multiple), 1)
     new_spacing = np.where(grown, extent / np.maximum(new - 1, 1), spacing)
-    return Grid(tuple(int(n) for n in new), tuple(float(s) for s in new_spacing), grid.origin,
-                grid.direction)
+    return Grid(
+        tuple(int(n) for n in new),
+        tuple(float(s) for s in new_spacing),
+        grid.origin,
+        grid.direction,
+    )
 
 
 def center_offset(fixed: sitk.Image, moving: sitk.Image) -> np.ndarray:

@@ -59,8 +59,14 @@ def describe(role: str, path: Path) -> str:
     return f"{role} '{path.name}'"
 
 
-def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
-                   limits: Limits = DEFAULT_LIMITS, whole_numbers: bool = False) -> HeaderInfo:
+def inspect_header(
+    path: str | os.PathLike,
+    role: str,
+    *,
+    series: bool = False,
+    limits: Limits = DEFAULT_LIMITS,
+    whole_numbers: bool = False,
+) -> HeaderInfo:
     """Check a NIfTI header without reading its voxels; raise InputError with the reason.
 
     ``series=False`` accepts 2-D images (H, W), (H, W, 1) and 3-D volumes; ``series=True``
@@ -76,8 +82,15 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
         raise InputError(f"{who}: file is empty")
     try:
         loaded = nib.load(str(path))
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
-            nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as exc:
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        zlib.error,
+        gzip.BadGzipFile,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    ) as exc:
         # HeaderDataError: an unknown data type or a garbled dim[0]
         raise InputError(f"{who}: not a readable NIfTI file ({short(exc, path)})") from None
     if not isinstance(loaded, nib.Nifti1Image | nib.Nifti2Image):
@@ -88,37 +101,51 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     zooms = tuple(float(z) for z in header.get_zooms())
     dtype = np.dtype(header.get_data_dtype())
     if dtype.fields is not None or dtype.kind not in "biuf":
-        raise InputError(f"{who}: voxel type {dtype} is not a scalar number type "
-                         "(RGB, complex and vector images are not supported)")
+        raise InputError(
+            f"{who}: voxel type {dtype} is not a scalar number type "
+            "(RGB, complex and vector images are not supported)"
+        )
     # Trailing singleton axes beyond the series axis carry no data.
     while len(shape) > (4 if series else 3) and shape[-1] == 1:
         shape = shape[:-1]
     if series:
         if len(shape) != 4:
-            raise InputError(f"{who}: a series must be 4-D (X, Y, Z, frames) with Z = 1 for "
-                             f"2-D frames; got shape {shape}")
+            raise InputError(
+                f"{who}: a series must be 4-D (X, Y, Z, frames) with Z = 1 for "
+                f"2-D frames; got shape {shape}"
+            )
         if not 2 <= shape[3] <= limits.max_frames:
-            raise InputError(f"{who}: a series needs 2 to {limits.max_frames} frames; "
-                             f"got {shape[3]}")
+            raise InputError(
+                f"{who}: a series needs 2 to {limits.max_frames} frames; got {shape[3]}"
+            )
     elif len(shape) not in (2, 3):
-        raise InputError(f"{who}: expected a 2-D (H, W), (H, W, 1) or 3-D image; got shape "
-                         f"{shape} (use register-series for 4-D series)")
+        raise InputError(
+            f"{who}: expected a 2-D (H, W), (H, W, 1) or 3-D image; got shape "
+            f"{shape} (use register-series for 4-D series)"
+        )
     spatial = shape[:3]
     grown = [n for n in spatial if n > 1]
     if len(grown) < 2:
-        raise InputError(f"{who}: shape {shape} has fewer than two axes with more than one "
-                         "voxel; nothing to register")
+        raise InputError(
+            f"{who}: shape {shape} has fewer than two axes with more than one "
+            "voxel; nothing to register"
+        )
     if min(grown) < limits.min_size:
-        raise InputError(f"{who}: shape {shape} is too small; every axis needs at least "
-                         f"{limits.min_size} voxels")
+        raise InputError(
+            f"{who}: shape {shape} is too small; every axis needs at least {limits.min_size} voxels"
+        )
     if int(np.prod(spatial, dtype=np.int64)) > limits.max_voxels:
-        raise InputError(f"{who}: shape {shape} has more than {limits.max_voxels} voxels per "
-                         "volume; crop or downsample it first")
+        raise InputError(
+            f"{who}: shape {shape} has more than {limits.max_voxels} voxels per "
+            "volume; crop or downsample it first"
+        )
     spacing = zooms[: len(spatial)]
     for s in spacing:
         if not (np.isfinite(s) and limits.min_spacing_mm <= abs(s) <= limits.max_spacing_mm):
-            raise InputError(f"{who}: voxel spacing {spacing} mm is outside "
-                             f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm")
+            raise InputError(
+                f"{who}: voxel spacing {spacing} mm is outside "
+                f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm"
+            )
     affine = img.affine
     if not np.all(np.isfinite(affine)):
         raise InputError(f"{who}: the header's affine is not finite and invertible")
@@ -126,8 +153,10 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     sizes = np.linalg.norm(affine[:3, :3], axis=0)[: len(spatial)]
     if not np.all((sizes >= limits.min_spacing_mm) & (sizes <= limits.max_spacing_mm)):
         shown = " x ".join(f"{v:.3g}" for v in sizes)
-        raise InputError(f"{who}: the affine's voxel size {shown} mm is outside "
-                         f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm")
+        raise InputError(
+            f"{who}: the affine's voxel size {shown} mm is outside "
+            f"[{limits.min_spacing_mm}, {limits.max_spacing_mm}] mm"
+        )
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputError(f"{who}: the header's affine is not finite and invertible")
     slope, inter = header.get_slope_inter()
@@ -137,10 +166,10 @@ def inspect_header(path: str | os.PathLike, role: str, *, series: bool = False,
     proxy: Any = img.dataobj  # an ArrayProxy; typed as ArrayLike by nibabel
     offset = int(proxy.offset)
     if not 0 <= offset <= MAX_DATA_OFFSET:
-        raise InputError(f"{who}: the header puts the voxel data at byte {offset}; "
-                         "the file is damaged")
-    _check_payload(path, offset, int(np.prod(img.shape, dtype=np.int64)), dtype, who,
-                   whole_numbers)
+        raise InputError(
+            f"{who}: the header puts the voxel data at byte {offset}; the file is damaged"
+        )
+    _check_payload(path, offset, int(np.prod(img.shape, dtype=np.int64)), dtype, who, whole_numbers)
     return HeaderInfo(shape=shape, spacing=spacing, dtype=str(dtype))
 
 
@@ -148,8 +177,15 @@ def _open_payload(path: Path):  # type: ignore[no-untyped-def]
     return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
 
 
-def _check_payload(path: Path, offset: int, voxels: int, dtype: np.dtype, who: str,
-                   whole_numbers: bool = False, chunk_voxels: int = 1 << 18) -> None:
+def _check_payload(
+    path: Path,
+    offset: int,
+    voxels: int,
+    dtype: np.dtype,
+    who: str,
+    whole_numbers: bool = False,
+    chunk_voxels: int = 1 << 18,
+) -> None:
     """Read the voxels as a stream: fail if there are fewer than the header promises
     (truncated), far more (not what it claims to be), or if any is NaN or infinite (or, for
     labels, not a whole number).
@@ -183,8 +219,10 @@ def _check_payload(path: Path, offset: int, voxels: int, dtype: np.dtype, who: s
     if read < voxels:
         raise InputError(f"{who}: the file is truncated ({read} of {voxels} voxels)")
     if extra > TRAILING_ALLOWANCE:
-        raise InputError(f"{who}: the file holds more data than its header declares; it is "
-                         "damaged or not what it claims to be")
+        raise InputError(
+            f"{who}: the file holds more data than its header declares; it is "
+            "damaged or not what it claims to be"
+        )
 
 
 def short(exc: BaseException, path: Path) -> str:

@@ -28,8 +28,10 @@ def _sitk_read(path: Path, who: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{who}: the file is truncated or corrupt "
-                         f"({short(exc, path).removeprefix('sitk::ERROR: ')})") from None
+        raise InputError(
+            f"{who}: the file is truncated or corrupt "
+            f"({short(exc, path).removeprefix('sitk::ERROR: ')})"
+        ) from None
 
 
 def _check_finite(img: sitk.Image, who: str) -> None:
@@ -57,8 +59,7 @@ def _read_scalar(path: str | os.PathLike, role: str, limits: Limits) -> tuple[si
     return img, who
 
 
-def read_image(path: str | os.PathLike, role: str,
-               limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
+def read_image(path: str | os.PathLike, role: str, limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
     """Read a 2-D or 3-D image as float32, with its geometry, or raise InputError."""
     img, who = _read_scalar(path, role, limits)
     _check_geometry(img, who)
@@ -67,39 +68,49 @@ def read_image(path: str | os.PathLike, role: str,
     return img
 
 
-def read_series(path: str | os.PathLike, role: str = "series",
-                limits: Limits = DEFAULT_LIMITS) -> list[sitk.Image]:
+def read_series(
+    path: str | os.PathLike, role: str = "series", limits: Limits = DEFAULT_LIMITS
+) -> list[sitk.Image]:
     """Read a 4-D series (X, Y, Z, N) as N float32 frames of shape (X, Y, Z)."""
     path = Path(path)
     info = inspect_header(path, role, series=True, limits=limits)
     who = describe(role, path)
     img = _sitk_read(path, who)
     if img.GetDimension() != 4 or img.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{who}: expected a scalar 4-D series; read a "
-                         f"{img.GetDimension()}-D image")
+        raise InputError(
+            f"{who}: expected a scalar 4-D series; read a {img.GetDimension()}-D image"
+        )
     size = list(img.GetSize())
     frames = []
     for n in range(info.shape[3]):
         # Cast per frame: SimpleITK's Cast does not handle 4-D images.
-        frame = sitk.Cast(sitk.Extract(img, size[:3] + [0], [0, 0, 0, n],
-                                       sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX),
-                          sitk.sitkFloat32)
+        frame = sitk.Cast(
+            sitk.Extract(
+                img,
+                size[:3] + [0],
+                [0, 0, 0, n],
+                sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX,
+            ),
+            sitk.sitkFloat32,
+        )
         _check_geometry(frame, who)
         _check_finite(frame, f"{who} frame {n}")
         frames.append(frame)
     return frames
 
 
-def read_labels(path: str | os.PathLike, role: str, like: sitk.Image,
-                limits: Limits = DEFAULT_LIMITS) -> sitk.Image:
+def read_labels(
+    path: str | os.PathLike, role: str, like: sitk.Image, limits: Limits = DEFAULT_LIMITS
+) -> sitk.Image:
     """Read an integer label map that lies on the same voxel grid as ``like``."""
     img, who = _read_scalar(path, role, limits)
     values = sitk.GetArrayViewFromImage(img)
     if not np.all(np.isfinite(values)) or not np.all(np.equal(np.mod(values, 1), 0)):
         raise InputError(f"{who}: labels must be whole numbers")
     if img.GetSize() != like.GetSize():
-        raise InputError(f"{who}: label grid {img.GetSize()} differs from its image's grid "
-                         f"{like.GetSize()}")
+        raise InputError(
+            f"{who}: label grid {img.GetSize()} differs from its image's grid {like.GetSize()}"
+        )
     labels = sitk.Cast(img, sitk.sitkInt32)
     labels.CopyInformation(like)
     # Negative values are stray annotations (one hippocampus file holds -2): background.
@@ -168,10 +179,12 @@ def slice_as_2d(image: sitk.Image) -> sitk.Image:
     if image.GetDimension() == 3 and spatial_dims(image) == 2:
         size = list(image.GetSize())
         if size[2] != 1:
-            raise InputError(f"a 2-D image must be stored as (H, W) or (H, W, 1); got size "
-                             f"{tuple(size)}")
-        return sitk.Extract(image, size[:2] + [0], [0, 0, 0],
-                            sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX)
+            raise InputError(
+                f"a 2-D image must be stored as (H, W) or (H, W, 1); got size {tuple(size)}"
+            )
+        return sitk.Extract(
+            image, size[:2] + [0], [0, 0, 0], sitk.ExtractImageFilter.DIRECTIONCOLLAPSETOSUBMATRIX
+        )
     return image
 
 

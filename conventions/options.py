@@ -26,16 +26,16 @@ SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 
 HELP = {
     "model": "a shipped model name (see GET /models or 'riir models'); default: chosen from "
-             "the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 voxels: "
-             "hippocampus-3d, larger 3-D: brain-3d)",
+    "the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 voxels: "
+    "hippocampus-3d, larger 3-D: brain-3d)",
     "steps": "recurrent steps T (default: the model's own, 6 for the shipped ones)",
     "init": "initial alignment: 'physical' trusts the headers' world coordinates; 'center' "
-            "first translates the moving image's centre onto the fixed image's (different "
-            "scanners or subjects) (default: physical)",
+    "first translates the moving image's centre onto the fixed image's (different "
+    "scanners or subjects) (default: physical)",
     "similarity": "similarity whose gradient drives the model (default: the one it was "
-                  "trained with; others are out of its training distribution)",
+    "trained with; others are out of its training distribution)",
     "template": "index of the template frame, negative counts from the end (default: -1, "
-                "the last frame, as in the RIIR paper)",
+    "the last frame, as in the RIIR paper)",
 }
 
 
@@ -68,8 +68,11 @@ def describe_errors(exc: ValidationError) -> str:
 
     def one(error: Any) -> str:
         name, message = ".".join(map(str, error["loc"])), error["msg"]
-        said = (message.replace("Input should", f"{name} must", 1)
-                if message.startswith("Input should") else f"{name}: {message}")
+        said = (
+            message.replace("Input should", f"{name} must", 1)
+            if message.startswith("Input should")
+            else f"{name}: {message}"
+        )
         return f"{said} (got {repr(error['input'])[:60]})"
 
     return "; ".join(one(e) for e in exc.errors())

@@ -42,8 +42,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 4,
         # A request must not hang on a dead Redis: fail fast, the gateway answers 503.
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
-                                      "interval_step": 0.5, "interval_max": 1},
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
         "task_default_queue": settings.queue,
         "task_serializer": "json",
         "result_serializer": "json",

@@ -138,16 +138,14 @@ class Lease:
         return self._acquire(current)[0]
 
     def _acquire(self, replace: str) -> tuple[bool, str]:
-        result: Any = self.redis.eval(_ACQUIRE, 1, self.key, str(self.holder), self.ttl_ms,
-                                      replace)
+        result: Any = self.redis.eval(_ACQUIRE, 1, self.key, str(self.holder), self.ttl_ms, replace)
         return int(result[0]) == 1, str(result[1])
 
     def renew(self) -> bool:
         return bool(self.redis.eval(_RENEW, 1, self.key, str(self.holder), self.ttl_ms))
 
     def start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name=f"lease {self.key}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._beat, name=f"lease {self.key}", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
@@ -190,13 +188,15 @@ def orphans(store: JobStore) -> list[tuple[str, str]]:
 
 def requeue(store: JobStore, job_id: str, seen: str) -> bool:
     """running -> queued if the lease is still ``seen``; True when this caller did it."""
-    result = store.redis.eval(_REQUEUE, 2, store.key(job_id), lease_key(job_id), PREFIX,
-                              job_id, seen, time.time())
+    result = store.redis.eval(
+        _REQUEUE, 2, store.key(job_id), lease_key(job_id), PREFIX, job_id, seen, time.time()
+    )
     return bool(result)
 
 
-def queued_without_message(store: JobStore, queue: str, grace_s: float,
-                           now: float | None = None) -> list[str]:
+def queued_without_message(
+    store: JobStore, queue: str, grace_s: float, now: float | None = None
+) -> list[str]:
     """Queued jobs older than ``grace_s`` that no message in the broker queue carries and no
     lease names: a worker took the message and was killed before it marked the job
     running. (Younger jobs may be between their record and their message.)"""

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
 
     # None: ``riir serve`` starts an embedded Redis; the gateway and worker alone use localhost.
     redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("REDIS_URL", "RIIR_REDIS_URL"))
+        default=None, validation_alias=AliasChoices("REDIS_URL", "RIIR_REDIS_URL")
+    )
     storage_dir: Path = Field(default_factory=default_storage_dir)
     queue: str = "riir"
 

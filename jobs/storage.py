@@ -90,8 +90,7 @@ class Storage:
         return path if frame >= 0 and path.is_file() else None
 
 
-def cleanup(store: JobStore, storage: Storage, retention_s: float,
-            now: float | None = None) -> int:
+def cleanup(store: JobStore, storage: Storage, retention_s: float, now: float | None = None) -> int:
     """Remove expired jobs (record and files) and orphan folders; return how many went.
 
     Idempotent and safe to run from several gateways at once. An orphan is a job folder

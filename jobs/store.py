@@ -91,14 +91,18 @@ class Job:
             return float(data[key]) if data.get(key) else None
 
         return cls(
-            id=data["id"], kind=data["kind"], status=data["status"],  # type: ignore[arg-type]
+            id=data["id"],
+            kind=data["kind"],  # type: ignore[arg-type]
+            status=data["status"],  # type: ignore[arg-type]
             params=json.loads(data.get("params", "{}")),
             inputs=json.loads(data.get("inputs", "{}")),
             created_at=float(data.get("created_at", 0.0)),
-            started_at=number("started_at"), finished_at=number("finished_at"),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
             progress_done=int(data.get("progress_done", 0)),
             progress_total=int(data.get("progress_total", 0)),
-            attempts=int(data.get("attempts", 0)), worker=data.get("worker"),
+            attempts=int(data.get("attempts", 0)),
+            worker=data.get("worker"),
             error=data.get("error"),
             metrics=json.loads(data["metrics"]) if data.get("metrics") else None,
             artifacts=json.loads(data.get("artifacts", "[]")),
@@ -147,8 +151,13 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, retention_s: float) -> JobStore:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                      socket_timeout=30, health_check_interval=30)
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+        )
         return cls(client, retention_s)
 
     def key(self, job_id: str) -> str:
@@ -172,8 +181,14 @@ class JobStore:
     def cancel(self, job_id: str) -> bool:
         """queued | running -> cancelled; False when the job had already ended."""
         now = time.time()
-        return self._move(job_id, ACTIVE, "cancelled", now + self.retention_s,
-                          finished_at=now, error="cancelled by the client")
+        return self._move(
+            job_id,
+            ACTIVE,
+            "cancelled",
+            now + self.retention_s,
+            finished_at=now,
+            error="cancelled by the client",
+        )
 
     def mark_files_deleted(self, job_id: str) -> None:
         if self.redis.exists(self.key(job_id)):
@@ -204,8 +219,16 @@ class JobStore:
     # -- the worker's side --------------------------------------------------------------
     def start(self, job_id: str, worker: str) -> bool:
         """queued -> running, or running -> running for a redelivered job (attempts + 1)."""
-        return self._move(job_id, ACTIVE, "running", None, increment_attempts=True,
-                          started_at=time.time(), worker=worker, progress_done=0)
+        return self._move(
+            job_id,
+            ACTIVE,
+            "running",
+            None,
+            increment_attempts=True,
+            started_at=time.time(),
+            worker=worker,
+            progress_done=0,
+        )
 
     def progress(self, job_id: str, done: int, total: int) -> str | None:
         """Record step ``done`` of ``total``; return the job's status (None: job removed)."""
@@ -213,8 +236,12 @@ class JobStore:
         return status  # type: ignore[no-any-return]
 
     def succeed(self, job_id: str, metrics: dict[str, Any], artifacts: list[str]) -> bool:
-        return self._finish(job_id, "succeeded", metrics=json.dumps(metrics, allow_nan=False),
-                            artifacts=json.dumps(artifacts))
+        return self._finish(
+            job_id,
+            "succeeded",
+            metrics=json.dumps(metrics, allow_nan=False),
+            artifacts=json.dumps(artifacts),
+        )
 
     def fail(self, job_id: str, error: str) -> bool:
         return self._finish(job_id, "failed", error=error)
@@ -223,8 +250,9 @@ class JobStore:
         now = time.time()
         # From queued too: a run that stalled past its lease (so the job was requeued)
         # and then finished still publishes the answer; the requeued message is dropped.
-        moved = self._move(job_id, ACTIVE, status, now + self.retention_s,
-                           finished_at=now, **fields)
+        moved = self._move(
+            job_id, ACTIVE, status, now + self.retention_s, finished_at=now, **fields
+        )
         if moved:
             job = self.get(job_id)
             if job is not None and job.started_at is not None:
@@ -232,15 +260,30 @@ class JobStore:
                 self._observe("latency_seconds", job.kind, status, now - job.created_at)
         return moved
 
-    def _move(self, job_id: str, allowed: tuple[str, ...], new: Status, expiry: float | None,
-              increment_attempts: bool = False, **fields: Any) -> bool:
+    def _move(
+        self,
+        job_id: str,
+        allowed: tuple[str, ...],
+        new: Status,
+        expiry: float | None,
+        increment_attempts: bool = False,
+        **fields: Any,
+    ) -> bool:
         pairs: list[Any] = []
         for name, value in fields.items():
             pairs += [name, value]
         result = self._transition(
             keys=[self.key(job_id)],
-            args=[PREFIX, job_id, json.dumps(list(allowed)), new,
-                  "" if expiry is None else expiry, "1" if increment_attempts else "0", *pairs])
+            args=[
+                PREFIX,
+                job_id,
+                json.dumps(list(allowed)),
+                new,
+                "" if expiry is None else expiry,
+                "1" if increment_attempts else "0",
+                *pairs,
+            ],
+        )
         return bool(result) and int(result[0]) == 1  # type: ignore[index]
 
     # -- statistics for /metrics --------------------------------------------------------

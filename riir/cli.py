@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="riir",
         description="Recurrent Inference Image Registration: register medical images, "
-                    "train models, and serve registration over HTTP.",
+        "train models, and serve registration over HTTP.",
     )
     parser.add_argument("--version", action="version", version=f"riir {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

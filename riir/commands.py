@@ -17,9 +17,10 @@ from conventions.options import (
     check,
 )
 
-HELP_MODEL = HELP["model"].replace("a shipped model name (see GET /models or 'riir models')",
-                                   "a shipped model name (see 'riir models') or the path of a "
-                                   ".pt checkpoint")
+HELP_MODEL = HELP["model"].replace(
+    "a shipped model name (see GET /models or 'riir models')",
+    "a shipped model name (see 'riir models') or the path of a .pt checkpoint",
+)
 
 
 def _positive(text: str) -> int:
@@ -30,11 +31,20 @@ def _positive(text: str) -> int:
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, metavar="DIR",
-                   help="output folder (created if missing; existing artifacts are replaced)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder (created if missing; existing artifacts are replaced)",
+    )
     p.add_argument("--model", metavar="NAME|PATH", help=HELP_MODEL)
-    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda",
-                   help="where the model runs; auto uses CUDA when present (default: auto)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="auto|cpu|cuda",
+        help="where the model runs; auto uses CUDA when present (default: auto)",
+    )
     p.add_argument("--steps", type=_positive, metavar="T", help=HELP["steps"])
     p.add_argument("--init", choices=INITS, default="physical", help=HELP["init"])
     p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
@@ -43,34 +53,49 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "register", help="register a moving image to a fixed image",
+        "register",
+        help="register a moving image to a fixed image",
         description="Register MOVING to FIXED (NIfTI .nii/.nii.gz; 2-D images as (H,W) or "
-                    "(H,W,1)) and write into DIR: displacement.nii.gz (ITK/ANTs displacement "
-                    "field on the fixed grid, LPS mm, fixed point -> moving point), "
-                    "warped.nii.gz, jacobian.nii.gz, metrics.json, preview.png, and with "
-                    "labels warped_labels.nii.gz plus Dice/HD95 in metrics.json.")
+        "(H,W,1)) and write into DIR: displacement.nii.gz (ITK/ANTs displacement "
+        "field on the fixed grid, LPS mm, fixed point -> moving point), "
+        "warped.nii.gz, jacobian.nii.gz, metrics.json, preview.png, and with "
+        "labels warped_labels.nii.gz plus Dice/HD95 in metrics.json.",
+    )
     p.add_argument("fixed", type=Path, help="fixed (reference) image")
     p.add_argument("moving", type=Path, help="moving image, resampled onto the fixed grid")
-    p.add_argument("--fixed-labels", type=Path, metavar="F",
-                   help="label map on the fixed image's grid (integers, 0 = background)")
-    p.add_argument("--moving-labels", type=Path, metavar="M",
-                   help="label map on the moving image's grid; warped with nearest neighbour")
+    p.add_argument(
+        "--fixed-labels",
+        type=Path,
+        metavar="F",
+        help="label map on the fixed image's grid (integers, 0 = background)",
+    )
+    p.add_argument(
+        "--moving-labels",
+        type=Path,
+        metavar="M",
+        help="label map on the moving image's grid; warped with nearest neighbour",
+    )
     _add_model_options(p)
     p.set_defaults(run=run_register)
 
     p = subparsers.add_parser(
-        "register-series", help="register every frame of a 4-D series to one template frame",
+        "register-series",
+        help="register every frame of a 4-D series to one template frame",
         description="Register each frame of SERIES, a 4-D NIfTI (X,Y,Z,N) with Z = 1 for a "
-                    "2-D series, to its template frame and write into DIR: warped.nii.gz (same "
-                    "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
-                    "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.")
+        "2-D series, to its template frame and write into DIR: warped.nii.gz (same "
+        "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
+        "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.",
+    )
     p.add_argument("series", type=Path, help="4-D series (X, Y, Z, frames)")
     p.add_argument("--template", type=int, default=-1, metavar="N", help=HELP["template"])
     _add_model_options(p)
     p.set_defaults(run=run_register_series)
 
-    p = subparsers.add_parser("models", help="list the shipped models",
-                              description="List the shipped models with their measured metrics.")
+    p = subparsers.add_parser(
+        "models",
+        help="list the shipped models",
+        description="List the shipped models with their measured metrics.",
+    )
     p.add_argument("--json", action="store_true", help="print the model cards as JSON")
     p.set_defaults(run=run_models)
 
@@ -99,18 +124,23 @@ def _options(args: argparse.Namespace, kind: type[Options]) -> Options:
 
 def _summary(report: dict[str, Any], out: Path) -> str:
     model = report["model"]
-    lines = [f"model {model['name']} ({model['version']}) on {report['device']}, "
-             f"{report['seconds']['total']:.1f} s"]
+    lines = [
+        f"model {model['name']} ({model['version']}) on {report['device']}, "
+        f"{report['seconds']['total']:.1f} s"
+    ]
     if "similarity_after" in report:
         before, after = report["similarity_before"], report["similarity_after"]
         lines.append(f"NCC {before['ncc']:.4f} -> {after['ncc']:.4f}")
     if "pca_after" in report:
         b, a = report["pca_before"], report["pca_after"]
-        lines.append(f"D_PCA1 {b['d_pca1']:.4f} -> {a['d_pca1']:.4f}, "
-                     f"D_PCA2 {b['d_pca2']:.4f} -> {a['d_pca2']:.4f}")
+        lines.append(
+            f"D_PCA1 {b['d_pca1']:.4f} -> {a['d_pca1']:.4f}, "
+            f"D_PCA2 {b['d_pca2']:.4f} -> {a['d_pca2']:.4f}"
+        )
     jac = report["jacobian"]
-    lines.append(f"std log|J| {jac['std_log_jacobian']:.4f}, folding "
-                 f"{jac['folding_percent']:.4f} %")
+    lines.append(
+        f"std log|J| {jac['std_log_jacobian']:.4f}, folding {jac['folding_percent']:.4f} %"
+    )
     if "labels" in report:
         before, after = report["labels"]["before"], report["labels"]["after"]
         lines.append(f"Dice {before['dice_mean']:.4f} -> {after['dice_mean']:.4f}")
@@ -123,10 +153,16 @@ def run_register(args: argparse.Namespace) -> int:
 
     bar = _Bar("registering", args.quiet)
     try:
-        report = register_files(args.fixed, args.moving, args.out,
-                                _options(args, RegistrationOptions), device=args.device,
-                                fixed_labels=args.fixed_labels, moving_labels=args.moving_labels,
-                                progress=bar)
+        report = register_files(
+            args.fixed,
+            args.moving,
+            args.out,
+            _options(args, RegistrationOptions),
+            device=args.device,
+            fixed_labels=args.fixed_labels,
+            moving_labels=args.moving_labels,
+            progress=bar,
+        )
     finally:
         bar.close()
     print(_summary(report, args.out))
@@ -138,8 +174,9 @@ def run_register_series(args: argparse.Namespace) -> int:
 
     bar = _Bar("registering series", args.quiet)
     try:
-        report = register_series_file(args.series, args.out, _options(args, SeriesOptions),
-                                      device=args.device, progress=bar)
+        report = register_series_file(
+            args.series, args.out, _options(args, SeriesOptions), device=args.device, progress=bar
+        )
     finally:
         bar.close()
     print(_summary(report, args.out))
@@ -157,8 +194,9 @@ def run_models(args: argparse.Namespace) -> int:
         print(f"no shipped models in {catalog.weights_dir()}")
         return 0
     for card in cards:
-        print(f"{card['name']:<16} {card.get('spatial_dims', '?')}-D  "
-              f"{card.get('description', '')}")
+        print(
+            f"{card['name']:<16} {card.get('spatial_dims', '?')}-D  {card.get('description', '')}"
+        )
         for key, value in card.get("metrics", {}).items():
             print(f"{'':<20}{key}: {value}")
     return 0

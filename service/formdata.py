@@ -41,8 +41,7 @@ def _mib(n: int) -> str:
 class _Receiver:
     """python-multipart callbacks that write file parts to ``folder/{field}.upload``."""
 
-    def __init__(self, folder: Path, file_fields: Collection[str],
-                 text_fields: Collection[str]):
+    def __init__(self, folder: Path, file_fields: Collection[str], text_fields: Collection[str]):
         self.folder, self.file_fields, self.text_fields = folder, file_fields, text_fields
         self.form = Form()
         self.header_name = b""
@@ -84,8 +83,9 @@ class _Receiver:
             self.file = open(self.folder / f"{self.name}.upload", "wb")  # noqa: SIM115
         elif self.name not in self.text_fields:
             expected = ", ".join([*self.file_fields, *self.text_fields])
-            raise InvalidParameters(f"unexpected form field '{self.name[:40]}'; "
-                                    f"this endpoint takes: {expected}")
+            raise InvalidParameters(
+                f"unexpected form field '{self.name[:40]}'; this endpoint takes: {expected}"
+            )
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self.file is not None:
@@ -94,8 +94,9 @@ class _Receiver:
         else:
             self.text += data[start:end]
             if len(self.text) > MAX_TEXT_BYTES:
-                raise InvalidParameters(f"form field '{self.name}' is longer than "
-                                        f"{MAX_TEXT_BYTES} bytes")
+                raise InvalidParameters(
+                    f"form field '{self.name}' is longer than {MAX_TEXT_BYTES} bytes"
+                )
 
     def on_part_end(self) -> None:
         if self.file is not None:
@@ -121,25 +122,44 @@ class _Receiver:
             self.file = None
 
     def callbacks(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in (
-            "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
-            "on_headers_finished", "on_part_data", "on_part_end", "on_end")}
+        return {
+            name: getattr(self, name)
+            for name in (
+                "on_part_begin",
+                "on_header_field",
+                "on_header_value",
+                "on_header_end",
+                "on_headers_finished",
+                "on_part_data",
+                "on_part_end",
+                "on_end",
+            )
+        }
 
 
-async def receive(request: Request, folder: Path, *, file_fields: Collection[str],
-                  text_fields: Collection[str], max_bytes: int) -> Form:
+async def receive(
+    request: Request,
+    folder: Path,
+    *,
+    file_fields: Collection[str],
+    text_fields: Collection[str],
+    max_bytes: int,
+) -> Form:
     """Stream a ``multipart/form-data`` body into ``folder``; files keep our names."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
     if media_type != b"multipart/form-data":
-        raise UnsupportedMediaType("send the images as multipart/form-data (e.g. curl -F "
-                                   "fixed=@fixed.nii.gz -F moving=@moving.nii.gz)")
+        raise UnsupportedMediaType(
+            "send the images as multipart/form-data (e.g. curl -F "
+            "fixed=@fixed.nii.gz -F moving=@moving.nii.gz)"
+        )
     boundary = options.get(b"boundary")
     if not boundary:
         raise MalformedRequest("the multipart Content-Type has no boundary")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"the upload is {_mib(int(declared))}; the limit is "
-                              f"{_mib(max_bytes)} per request")
+        raise PayloadTooLarge(
+            f"the upload is {_mib(int(declared))}; the limit is {_mib(max_bytes)} per request"
+        )
     receiver = _Receiver(folder, file_fields, text_fields)
     parser = MultipartParser(boundary, receiver.callbacks())  # type: ignore[arg-type]
     received = 0
@@ -147,8 +167,9 @@ async def receive(request: Request, folder: Path, *, file_fields: Collection[str
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:  # chunked uploads declare no length: count as we go
-                raise PayloadTooLarge(f"the upload passed the limit of {_mib(max_bytes)} "
-                                      "per request")
+                raise PayloadTooLarge(
+                    f"the upload passed the limit of {_mib(max_bytes)} per request"
+                )
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:
@@ -158,6 +179,7 @@ async def receive(request: Request, folder: Path, *, file_fields: Collection[str
     finally:
         receiver.close()
     if not receiver.ended:
-        raise MalformedRequest("the multipart body ended before its closing boundary "
-                               "(an interrupted upload?)")
+        raise MalformedRequest(
+            "the multipart body ended before its closing boundary (an interrupted upload?)"
+        )
     return receiver.form

@@ -44,13 +44,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     store, storage, celery = app.state.store, app.state.storage, app.state.celery
     tasks = [
-        asyncio.create_task(_forever(
-            "retention cleanup", settings.cleanup_interval_s,
-            lambda: cleanup(store, storage, settings.job_retention_s))),
+        asyncio.create_task(
+            _forever(
+                "retention cleanup",
+                settings.cleanup_interval_s,
+                lambda: cleanup(store, storage, settings.job_retention_s),
+            )
+        ),
         # Jobs whose worker died on a host that no worker restarts on: requeued here.
-        asyncio.create_task(_forever(
-            "lost-job recovery", settings.recovery_interval_s,
-            lambda: recover(store, celery, settings.queue, grace_s=settings.lease_s))),
+        asyncio.create_task(
+            _forever(
+                "lost-job recovery",
+                settings.recovery_interval_s,
+                lambda: recover(store, celery, settings.queue, grace_s=settings.lease_s),
+            )
+        ),
     ]
     try:
         yield
@@ -69,12 +77,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # With an API key, the schema needs the key too and the browsable docs are off (they
     # would fetch the schema without it): every route but /health is closed.
     locked = settings.api_key is not None
-    app = FastAPI(title="RIIR registration service", version=__version__, lifespan=lifespan,
-                  openapi_url=None if locked else "/openapi.json",
-                  docs_url=None if locked else "/docs", redoc_url=None if locked else "/redoc",
-                  description="Medical image registration by a Recurrent Inference Image "
-                              "Registration network: upload, poll, download. Errors are RFC "
-                              "7807 problem details.")
+    app = FastAPI(
+        title="RIIR registration service",
+        version=__version__,
+        lifespan=lifespan,
+        openapi_url=None if locked else "/openapi.json",
+        docs_url=None if locked else "/docs",
+        redoc_url=None if locked else "/redoc",
+        description="Medical image registration by a Recurrent Inference Image "
+        "Registration network: upload, poll, download. Errors are RFC "
+        "7807 problem details.",
+    )
     app.state.settings = settings
     app.state.store = JobStore.from_url(settings.redis, settings.job_retention_s)
     app.state.storage = Storage(settings.storage_dir)
@@ -82,8 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry, requests = make_registry(app.state.store, settings.queue)
 
     if locked:
-        @app.get("/openapi.json", include_in_schema=False,
-                 dependencies=[Depends(require_api_key)])
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
         def openapi() -> dict[str, Any]:
             return app.openapi()
 
@@ -91,9 +104,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)  # /health is open; /ready checks the key itself
     for module in (registrations, jobs, models, metrics):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                       allow_methods=["GET", "POST", "DELETE"],
-                       allow_headers=["X-API-Key", "Content-Type"],
-                       expose_headers=["Location"])
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["X-API-Key", "Content-Type"],
+        expose_headers=["Location"],
+    )
     app.add_middleware(RequestMetrics, counter=requests)
     return app

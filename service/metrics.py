@@ -41,20 +41,21 @@ class JobCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        jobs = GaugeMetricFamily("riir_jobs", "Jobs by state (kept for the retention period)",
-                                 labels=["status"])
+        jobs = GaugeMetricFamily(
+            "riir_jobs", "Jobs by state (kept for the retention period)", labels=["status"]
+        )
         for status, n in counts.items():
             jobs.add_metric([status], n)
         yield jobs
-        yield GaugeMetricFamily("riir_queue_length", "Jobs waiting for a worker",
-                                value=waiting)
+        yield GaugeMetricFamily("riir_queue_length", "Jobs waiting for a worker", value=waiting)
         for name, doc in HISTOGRAMS.items():
             family = HistogramMetricFamily(f"riir_job_{name}", doc, labels=["kind", "status"])
             for (kind, status), values in sorted(histograms[name].items()):
                 count = values.get("count", 0.0)
                 buckets = [(str(float(b)), values.get(f"le:{b}", 0.0)) for b in DURATION_BUCKETS]
-                family.add_metric([kind, status], buckets + [("+Inf", count)],
-                                  sum_value=values.get("sum", 0.0))
+                family.add_metric(
+                    [kind, status], buckets + [("+Inf", count)], sum_value=values.get("sum", 0.0)
+                )
             yield family
 
 
@@ -62,8 +63,12 @@ def make_registry(store: JobStore, queue: str) -> tuple[CollectorRegistry, Count
     """A registry per app (not the global one), so several apps can live in one process."""
     registry = CollectorRegistry()
     registry.register(JobCollector(store, queue))
-    requests = Counter("riir_http_requests", "HTTP requests by route and status",
-                       ["method", "route", "status"], registry=registry)
+    requests = Counter(
+        "riir_http_requests",
+        "HTTP requests by route and status",
+        ["method", "route", "status"],
+        registry=registry,
+    )
     return registry, requests
 
 

@@ -77,14 +77,21 @@ def job_out(job: Job, root: str = "") -> JobOut:
     created = _time(job.created_at)
     assert created is not None
     return JobOut(
-        job_id=job.id, kind=job.kind, status=job.status,
+        job_id=job.id,
+        kind=job.kind,
+        status=job.status,
         progress=Progress(done=job.progress_done, total=job.progress_total),
         params=job.params,
-        timings=Timings(created_at=created, started_at=_time(job.started_at),
-                        finished_at=_time(job.finished_at),
-                        queued_seconds=_span(job.created_at, job.started_at),
-                        run_seconds=_span(job.started_at, job.finished_at)),
-        attempts=job.attempts, error=job.error, metrics=job.metrics, artifacts=links,
+        timings=Timings(
+            created_at=created,
+            started_at=_time(job.started_at),
+            finished_at=_time(job.finished_at),
+            queued_seconds=_span(job.created_at, job.started_at),
+            run_seconds=_span(job.started_at, job.finished_at),
+        ),
+        attempts=job.attempts,
+        error=job.error,
+        metrics=job.metrics,
+        artifacts=links,
         links={"self": base},
     )
-

@@ -20,8 +20,13 @@ from conventions import catalog
 from conventions.errors import InputError, ModelNotFoundError
 from conventions.header import HeaderInfo, Limits, inspect_header
 
-ROLES = {"fixed": "fixed image", "moving": "moving image", "fixed_labels": "fixed labels",
-         "moving_labels": "moving labels", "series": "series"}
+ROLES = {
+    "fixed": "fixed image",
+    "moving": "moving image",
+    "fixed_labels": "fixed labels",
+    "moving_labels": "moving labels",
+    "series": "series",
+}
 PAIR_FILES = ("fixed", "moving", "fixed_labels", "moving_labels")
 SERIES_FILES = ("series",)
 GZIP_MAGIC = b"\x1f\x8b"
@@ -39,14 +44,17 @@ def name_by_content(received: Path, role: str) -> Path:
     return target
 
 
-def inspect(path: Path, role: str, limits: Limits, *, series: bool = False,
-            whole_numbers: bool = False) -> HeaderInfo:
-    return inspect_header(path, ROLES[role], series=series, limits=limits,
-                          whole_numbers=whole_numbers)
+def inspect(
+    path: Path, role: str, limits: Limits, *, series: bool = False, whole_numbers: bool = False
+) -> HeaderInfo:
+    return inspect_header(
+        path, ROLES[role], series=series, limits=limits, whole_numbers=whole_numbers
+    )
 
 
-def check_model(requested: str | None, spatial_dims: int, voxels: int,
-                series: bool = False) -> None:
+def check_model(
+    requested: str | None, spatial_dims: int, voxels: int, series: bool = False
+) -> None:
     """Only a shipped model name is accepted (never a path), and it must fit the images.
 
     With no name the worker picks by ``catalog.resolve(None, ...)``; the gateway asks the
@@ -58,16 +66,19 @@ def check_model(requested: str | None, spatial_dims: int, voxels: int,
         try:
             catalog.resolve(None, spatial_dims, voxels, series)  # the cards only: no torch
         except ModelNotFoundError:
-            raise ModelNotFoundError(f"no model for {spatial_dims}-D images is installed on "
-                                     f"this server (available: {available})") from None
+            raise ModelNotFoundError(
+                f"no model for {spatial_dims}-D images is installed on "
+                f"this server (available: {available})"
+            ) from None
         return
     card = cards.get(requested)
     if card is None:
         raise ModelNotFoundError(f"unknown model '{requested[:100]}' (available: {available})")
     dims = card.get("spatial_dims")
     if dims is not None and int(dims) != spatial_dims:
-        raise InputError(f"model '{requested}' registers {dims}-D images; these are "
-                         f"{spatial_dims}-D")
+        raise InputError(
+            f"model '{requested}' registers {dims}-D images; these are {spatial_dims}-D"
+        )
 
 
 def _voxels(info: HeaderInfo) -> int:
@@ -78,29 +89,35 @@ def validate_pair(files: dict[str, Path], limits: Limits, model: str | None) -> 
     """Check a pair (and optional labels); return role -> file name for the job record."""
     for role in ("fixed", "moving"):
         if role not in files:
-            raise InputError(f"the {ROLES[role]} is missing: send it as the form field "
-                             f"'{role}'")
+            raise InputError(f"the {ROLES[role]} is missing: send it as the form field '{role}'")
     if ("fixed_labels" in files) != ("moving_labels" in files):
         raise InputError("give both fixed_labels and moving_labels, or neither")
     paths = {role: name_by_content(path, role) for role, path in files.items()}
-    info = {role: inspect(paths[role], role, limits, whole_numbers=role.endswith("_labels"))
-            for role in paths}
+    info = {
+        role: inspect(paths[role], role, limits, whole_numbers=role.endswith("_labels"))
+        for role in paths
+    }
     fixed, moving = info["fixed"], info["moving"]
     if fixed.spatial_dims != moving.spatial_dims:
-        raise InputError(f"mismatched dimensionality: the fixed image is {fixed.spatial_dims}-D "
-                         f"{fixed.shape}, the moving image {moving.spatial_dims}-D "
-                         f"{moving.shape}")
+        raise InputError(
+            f"mismatched dimensionality: the fixed image is {fixed.spatial_dims}-D "
+            f"{fixed.shape}, the moving image {moving.spatial_dims}-D "
+            f"{moving.shape}"
+        )
     for image in ("fixed", "moving"):
         labels = info.get(f"{image}_labels")
         if labels is not None and labels.shape != info[image].shape:
-            raise InputError(f"the {ROLES[image + '_labels']} grid {labels.shape} differs from "
-                             f"the {ROLES[image]} grid {info[image].shape}")
+            raise InputError(
+                f"the {ROLES[image + '_labels']} grid {labels.shape} differs from "
+                f"the {ROLES[image]} grid {info[image].shape}"
+            )
     check_model(model, fixed.spatial_dims, _voxels(fixed))
     return {role: path.name for role, path in paths.items()}
 
 
-def validate_series(files: dict[str, Path], limits: Limits, model: str | None,
-                    template: int) -> dict[str, str]:
+def validate_series(
+    files: dict[str, Path], limits: Limits, model: str | None, template: int
+) -> dict[str, str]:
     if "series" not in files:
         raise InputError("the series is missing: send the 4-D NIfTI as the form field 'series'")
     path = name_by_content(files["series"], "series")

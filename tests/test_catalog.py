@@ -13,12 +13,15 @@ def _ship(folder, name, dims):
 
 def test_default_model_by_dimension_and_size(tmp_path, monkeypatch):
     monkeypatch.setenv("RIIR_MODELS_DIR", str(tmp_path))
-    for name, dims in (("cardiac-2d", 2), ("qmri-2d", 2), ("hippocampus-3d", 3),
-                       ("brain-3d", 3)):
+    for name, dims in (("cardiac-2d", 2), ("qmri-2d", 2), ("hippocampus-3d", 3), ("brain-3d", 3)):
         _ship(tmp_path, name, dims)
     (tmp_path / "orphan.json").write_text(json.dumps({"name": "orphan"}))  # no weights
-    assert [c["name"] for c in catalog.list_models()] == ["brain-3d", "cardiac-2d",
-                                                          "hippocampus-3d", "qmri-2d"]
+    assert [c["name"] for c in catalog.list_models()] == [
+        "brain-3d",
+        "cardiac-2d",
+        "hippocampus-3d",
+        "qmri-2d",
+    ]
     assert catalog.resolve(None, 2, 256 * 216).name == "cardiac-2d.pt"
     assert catalog.resolve(None, 2, 256 * 216, series=True).name == "qmri-2d.pt"
     assert catalog.resolve(None, 3, 64**3).name == "hippocampus-3d.pt"

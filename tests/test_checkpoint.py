@@ -16,9 +16,17 @@ from model.networks.riir import RIIR, RIIRConfig
 @pytest.mark.parametrize("d", [2, 3])
 def test_round_trip_rebuilds_the_model_with_identical_outputs(tmp_path, d):
     torch.manual_seed(0)
-    config = RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5),
-                        hidden_states=(True, False), inputs="explicit", inner_loss="ncc",
-                        cell_stride=2, gru_kernel=1, upsampling="convex")
+    config = RIIRConfig(
+        spatial_dims=d,
+        steps=3,
+        hidden_channels=(6, 5),
+        hidden_states=(True, False),
+        inputs="explicit",
+        inner_loss="ncc",
+        cell_stride=2,
+        gru_kernel=1,
+        upsampling="convex",
+    )
     model = RIIR(config)
     torch.nn.init.normal_(model.cell.conv_out.weight, std=0.1)
     torch.nn.init.normal_(model.upsampling.weights.weight, std=0.1)
@@ -52,8 +60,10 @@ def _registers_as(grown: RIIR, source: RIIR, d: int, **tolerance: float) -> torc
 
 
 @pytest.mark.parametrize("d", [2, 3])
-@pytest.mark.parametrize(("kernel", "channels", "inputs"), [
-    (3, (6, 5), "gradient"), (1, (9, 7), "gradient"), (3, (8, 8), "gradient+explicit")])
+@pytest.mark.parametrize(
+    ("kernel", "channels", "inputs"),
+    [(3, (6, 5), "gradient"), (1, (9, 7), "gradient"), (3, (8, 8), "gradient+explicit")],
+)
 def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels, inputs):
     # ConvGRU 1×1 → 3×3, more hidden channels and/or the images as extra inputs: the trained
     # weights keep their places (kernel centres, each gate's and input's block), so the larger
@@ -61,30 +71,37 @@ def test_a_grown_model_starts_from_the_small_models_function(d, kernel, channels
     torch.manual_seed(0)
     small = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1))
     torch.nn.init.normal_(small.cell.conv_out.weight, std=0.1)
-    large = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=channels,
-                            gru_kernel=kernel, inputs=inputs))
+    large = RIIR(
+        RIIRConfig(
+            spatial_dims=d, steps=3, hidden_channels=channels, gru_kernel=kernel, inputs=inputs
+        )
+    )
     grown = load_state_grown(large, small)
     assert ("cell.rnn1.gates.weight" in grown) and ("cell.conv_in.weight" in grown) == (
-        channels != (6, 5))
+        channels != (6, 5)
+    )
     assert large.cell.rnn2.candidate_h.weight.shape[2:] == (kernel,) * d
     actual = _registers_as(large, small, d, rtol=1e-5, atol=1e-6)
     # New channels are alive: the weights that will read them get a gradient from the start.
     actual.square().mean().backward()
     read_new = large.cell.conv_out.weight.grad[:, 5:]
     assert channels[1] == 5 or read_new.abs().max() > 0
-    assert inputs == "gradient" or large.cell.conv_in.weight.grad[:, 2 * d:].abs().max() > 0
+    assert inputs == "gradient" or large.cell.conv_in.weight.grad[:, 2 * d :].abs().max() > 0
 
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_a_linear_model_grows_into_a_convex_one_that_starts_the_same(d):
     torch.manual_seed(0)
-    config = RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1,
-                        cell_stride=2)
+    config = RIIRConfig(
+        spatial_dims=d, steps=3, hidden_channels=(6, 5), gru_kernel=1, cell_stride=2
+    )
     linear = RIIR(config)
     torch.nn.init.normal_(linear.cell.conv_out.weight, std=0.1)
     convex = RIIR(RIIRConfig(**{**vars(config), "upsampling": "convex"}))
-    assert load_state_grown(convex, linear) == ["upsampling.weights.bias",
-                                                "upsampling.weights.weight"]
+    assert load_state_grown(convex, linear) == [
+        "upsampling.weights.bias",
+        "upsampling.weights.weight",
+    ]
     actual = _registers_as(convex, linear, d, rtol=1e-4, atol=1e-5)
     actual.square().mean().backward()  # and the upsampling learns from the first step
     assert convex.upsampling.weights.weight.grad.abs().max() > 0
@@ -97,11 +114,13 @@ def test_weights_that_cannot_grow_into_a_model_are_refused():
     with pytest.raises(ValueError, match="does not fit"):  # channels do not shrink
         load_state_grown(RIIR(RIIRConfig(spatial_dims=2)), wide)
     with pytest.raises(ValueError, match="does not fit"):  # kernels do not shrink
-        load_state_grown(RIIR(RIIRConfig(spatial_dims=2, gru_kernel=1)),
-                         RIIR(RIIRConfig(spatial_dims=2)))
+        load_state_grown(
+            RIIR(RIIRConfig(spatial_dims=2, gru_kernel=1)), RIIR(RIIRConfig(spatial_dims=2))
+        )
     with pytest.raises(ValueError, match="does not fit"):  # the gradient is not an image
-        load_state_grown(RIIR(RIIRConfig(spatial_dims=2, inputs="explicit")),
-                         RIIR(RIIRConfig(spatial_dims=2)))
+        load_state_grown(
+            RIIR(RIIRConfig(spatial_dims=2, inputs="explicit")), RIIR(RIIRConfig(spatial_dims=2))
+        )
     stateless = RIIR(RIIRConfig(spatial_dims=2, hidden_states=(False, True)))
     with pytest.raises(ValueError, match="do not belong"):
         load_state_grown(stateless, RIIR(RIIRConfig(spatial_dims=2)))

@@ -55,11 +55,14 @@ def _patched(tmp_path, offset: int, fmt: str, *values) -> str:
     return path
 
 
-@pytest.mark.parametrize("offset, fmt, values, words", [
-    (40, "h", (9,), "not a readable NIfTI"),  # dim[0] = 9
-    (70, "h", (999,), "not a readable NIfTI"),  # unknown datatype code
-    (108, "f", (1e12,), "voxel data at byte"),  # vox_offset 1 TB
-])
+@pytest.mark.parametrize(
+    "offset, fmt, values, words",
+    [
+        (40, "h", (9,), "not a readable NIfTI"),  # dim[0] = 9
+        (70, "h", (999,), "not a readable NIfTI"),  # unknown datatype code
+        (108, "f", (1e12,), "voxel data at byte"),  # vox_offset 1 TB
+    ],
+)
 def test_headers_that_lie_are_refused_in_one_line(tmp_path, offset, fmt, values, words):
     with pytest.raises(InputError, match=words):
         header.inspect_header(_patched(tmp_path, offset, fmt, *values), "moving image")

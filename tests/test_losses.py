@@ -61,8 +61,9 @@ def _finite_difference(loss_fn, moving, fixed, phi, index, eps=1e-3):
     return (loss_fn(warp(moving, plus), fixed) - loss_fn(warp(moving, minus), fixed)) / (2 * eps)
 
 
-@pytest.mark.parametrize("name,loss_fn", [("ncc", lambda w, f: local_ncc(w, f, window=5)),
-                                          ("nmi", nmi)])
+@pytest.mark.parametrize(
+    "name,loss_fn", [("ncc", lambda w, f: local_ncc(w, f, window=5)), ("nmi", nmi)]
+)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_autograd_inner_gradient_matches_finite_differences(name, loss_fn, shape):
     moving = as_tensor(blobs(shape, seed=1), torch.float64)
@@ -72,8 +73,11 @@ def test_autograd_inner_gradient_matches_finite_differences(name, loss_fn, shape
     voxels = phi[0, 0].numel()
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
-        index = (0, int(torch.randint(len(shape), (1,), generator=generator)),
-                 *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape])
+        index = (
+            0,
+            int(torch.randint(len(shape), (1,), generator=generator)),
+            *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape],
+        )
         numeric = _finite_difference(loss_fn, moving, fixed, phi, index) * voxels
         assert grad[index].item() == pytest.approx(numeric.item(), rel=1e-3, abs=1e-6)
 
@@ -89,11 +93,13 @@ def test_analytic_mse_gradient_matches_finite_differences(shape):
     voxels = phi[0, 0].numel()
     numeric = torch.zeros_like(phi)
     generator = torch.Generator().manual_seed(0)
-    picks = [(0, d, *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape])
-             for d in range(len(shape)) for _ in range(8)]
+    picks = [
+        (0, d, *[int(torch.randint(2, n - 2, (1,), generator=generator)) for n in shape])
+        for d in range(len(shape))
+        for _ in range(8)
+    ]
     analytic = torch.stack([grad[i] for i in picks])
-    numeric = torch.stack([_finite_difference(mse, moving, fixed, phi, i) * voxels
-                           for i in picks])
+    numeric = torch.stack([_finite_difference(mse, moving, fixed, phi, i) * voxels for i in picks])
     cosine = torch.nn.functional.cosine_similarity(analytic, numeric, dim=0)
     assert cosine > 0.98
     assert (analytic - numeric).norm() / numeric.norm() < 0.15

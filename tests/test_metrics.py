@@ -279,11 +279,13 @@ def test_nmi_bins_as_histogram2d_over_each_image_range():
     # min..max, the maximum included in the last bin; integer-valued images put many
     # voxels on bin edges, where an off-by-one would show.
     rng = np.random.default_rng(5)
-    for a, b in ((rng.random((30, 40)), rng.random((30, 40))),
-                 (rng.integers(0, 7, (32, 32)).astype(float),
-                  rng.integers(-3, 12, (32, 32)).astype(float))):
-        joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=16,
-                                     range=[(a.min(), a.max()), (b.min(), b.max())])
+    for a, b in (
+        (rng.random((30, 40)), rng.random((30, 40))),
+        (rng.integers(0, 7, (32, 32)).astype(float), rng.integers(-3, 12, (32, 32)).astype(float)),
+    ):
+        joint, _, _ = np.histogram2d(
+            a.ravel(), b.ravel(), bins=16, range=[(a.min(), a.max()), (b.min(), b.max())]
+        )
         p = joint / joint.sum()
 
         def entropy(q):
@@ -415,8 +417,10 @@ def test_hd95_is_unchanged_by_empty_margins_and_border_contact():
 
     for label in tight:  # against the whole-image computation
         sa, sb = _surface(a == label), _surface(b == label)
-        whole = max(np.percentile(_directed_surface_distances(sa, sb, spacing), 95),
-                    np.percentile(_directed_surface_distances(sb, sa, spacing), 95))
+        whole = max(
+            np.percentile(_directed_surface_distances(sa, sb, spacing), 95),
+            np.percentile(_directed_surface_distances(sb, sa, spacing), 95),
+        )
         assert tight[label] == pytest.approx(whole)
         assert padded[label] == pytest.approx(whole)
 
@@ -426,8 +430,9 @@ def test_dice_counts_the_same_with_or_without_the_bincount_shortcut():
     rng = np.random.default_rng(2)
     a, b = rng.integers(0, 6, (20, 30)), rng.integers(0, 6, (20, 30))
     fast = dice(a, b, labels=[1, 2, 3, 4, 5, 9])
-    assert fast == pytest.approx(dice(a.astype(float), b.astype(float), [1, 2, 3, 4, 5, 9]),
-                                 nan_ok=True)
+    assert fast == pytest.approx(
+        dice(a.astype(float), b.astype(float), [1, 2, 3, 4, 5, 9]), nan_ok=True
+    )
     assert math.isnan(fast[9])  # absent from both maps
     shifted = dice(a - 1, b - 1, labels=[0, 1, 2, 3, 4])  # -1 present: the slow path
     assert [shifted[k] for k in range(5)] == pytest.approx([fast[k] for k in range(1, 6)])

@@ -225,9 +225,28 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
     assert drawn == {"molli", "msasha"}
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data-kind", "qmri", "--data", "msasha", "--identity",
-                 "--data-option", "series=1", "--data-option", "shape=[48,48]",
-                 "--data-option", "spacing_mm=4.0", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data-kind",
+                "qmri",
+                "--data",
+                "msasha",
+                "--identity",
+                "--data-option",
+                "series=1",
+                "--data-option",
+                "shape=[48,48]",
+                "--data-option",
+                "spacing_mm=4.0",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with (out / "pairs.csv").open() as f:
         rows = list(csv.DictReader(f))
     # No registration: the error is the true motion itself, averaged over the body.
@@ -261,10 +280,40 @@ def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_p
     assert scores["val_epe_mm"] == pytest.approx(motion, rel=1e-5)
 
     run = tmp_path / "run"
-    assert main(["train", "--data-kind", "qmri", "--data", "molli", "--data-option", "series=1",
-                 "--data-option", "shape=[48,48]", "--data-option", "spacing_mm=4.0",
-                 "--out", str(run), "--iterations", "1", "--val-pairs", "2", "--best-by", "epe",
-                 "--hidden-channels", "4", "4", "-T", "2", "--threads", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-kind",
+                "qmri",
+                "--data",
+                "molli",
+                "--data-option",
+                "series=1",
+                "--data-option",
+                "shape=[48,48]",
+                "--data-option",
+                "spacing_mm=4.0",
+                "--out",
+                str(run),
+                "--iterations",
+                "1",
+                "--val-pairs",
+                "2",
+                "--best-by",
+                "epe",
+                "--hidden-channels",
+                "4",
+                "4",
+                "-T",
+                "2",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with (run / "log.csv").open() as f:
         logged = float(next(csv.DictReader(f))["val_epe_mm"])
     assert logged > 0

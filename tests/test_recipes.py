@@ -20,12 +20,27 @@ def test_the_gpu_recipe_trains_scores_and_packs_its_arms(tmp_path):
     stage = tmp_path / "stage"
     labelled_folder(stage / "hippocampus", (16, 16, 16))
     out, runs = tmp_path / "out", tmp_path / "runs"
-    env = {**os.environ, "DEVICE": "cpu", "STAGE": str(stage), "RUNS": str(runs),
-           "OUT": str(out), "PAIRS": "1", "BENCHMARK_S": "1", "PYTHON": sys.executable,
-           "ONLY": "full-c32-imgs grown-0.4.0", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "DEVICE": "cpu",
+        "STAGE": str(stage),
+        "RUNS": str(runs),
+        "OUT": str(out),
+        "PAIRS": "1",
+        "BENCHMARK_S": "1",
+        "PYTHON": sys.executable,
+        "ONLY": "full-c32-imgs grown-0.4.0",
+        "PYTHONPATH": str(ROOT),
+    }
     env.pop("RIIR_MODELS_DIR", None)  # the service tests' stand-ins: this needs the shipped ones
-    done = subprocess.run(["bash", str(RECIPE), "run", "0.0001"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        ["bash", str(RECIPE), "run", "0.0001"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
 
     summary = (out / "summary.md").read_text()
@@ -43,6 +58,5 @@ def test_the_gpu_recipe_says_how_to_use_it(tmp_path):
     usage = subprocess.run(["bash", str(RECIPE)], capture_output=True, text=True)
     assert usage.returncode == 2 and "prepare [DATA]" in usage.stdout
     env = {**os.environ, "STAGE": str(tmp_path / "nothing"), "OUT": str(tmp_path / "o")}
-    refused = subprocess.run(["bash", str(RECIPE), "run"], env=env, capture_output=True,
-                             text=True)
+    refused = subprocess.run(["bash", str(RECIPE), "run"], env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "nothing staged" in refused.stderr

@@ -34,10 +34,10 @@ def physical_image(size, spacing, origin, direction, shift=(0.0, 0.0, 0.0)) -> s
     physical point y is f(y - shift), so fixed point x corresponds to moving point x + shift."""
     grid = Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction))
     index = np.stack(np.meshgrid(*[np.arange(n) for n in size], indexing="ij"), -1)
-    points = np.asarray(origin) + index @ grid.index_to_physical.T - np.asarray(shift[:len(size)])
+    points = np.asarray(origin) + index @ grid.index_to_physical.T - np.asarray(shift[: len(size)])
     values = np.zeros(size)
     for k, centre in enumerate(CENTRES):
-        r2 = ((points - np.asarray(centre[:len(size)])) ** 2).sum(-1)
+        r2 = ((points - np.asarray(centre[: len(size)])) ** 2).sum(-1)
         values += (1 - 0.15 * k) * np.exp(-r2 / (2 * 4.0**2))
     image = sitk.GetImageFromArray(values.transpose().astype(np.float32))  # ITK -> numpy order
     image.SetSpacing(spacing)
@@ -69,26 +69,37 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     paths = {}
     for d in (2, 3):
-        save_checkpoint(folder / f"descent{d}d.pt",
-                        Descent(DescentConfig(spatial_dims=d, iterations=400, step=1.0, sigma=3.0)),
-                        "descent", {"name": f"descent-{d}d", "version": "test"})
+        save_checkpoint(
+            folder / f"descent{d}d.pt",
+            Descent(DescentConfig(spatial_dims=d, iterations=400, step=1.0, sigma=3.0)),
+            "descent",
+            {"name": f"descent-{d}d", "version": "test"},
+        )
         torch.manual_seed(0)
         riir = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(8, 8), cell_stride=2))
         torch.nn.init.normal_(riir.cell.conv_out.weight, std=0.1)
-        save_checkpoint(folder / f"riir{d}d.pt", riir, "riir",
-                        {"name": f"riir-{d}d", "version": "test",
-                         "preprocessing": {"shape_multiple": 2}})
-        paths[d] = {"descent": str(folder / f"descent{d}d.pt"),
-                    "riir": str(folder / f"riir{d}d.pt")}
+        save_checkpoint(
+            folder / f"riir{d}d.pt",
+            riir,
+            "riir",
+            {"name": f"riir-{d}d", "version": "test", "preprocessing": {"shape_multiple": 2}},
+        )
+        paths[d] = {
+            "descent": str(folder / f"descent{d}d.pt"),
+            "riir": str(folder / f"riir{d}d.pt"),
+        }
     return paths
 
 
 GEOMETRIES = {
-    "3d": dict(fixed=((30, 28, 24), (1.2, 0.9, 1.1), (-21.0, 7.0, -12.0), rotation(3)),
-               moving=((26, 30, 22), (1.3, 1.0, 1.2), (-16.0, -14.0, -13.0), (1, 0, 0, 0, 1, 0,
-                                                                              0, 0, 1))),
-    "2d": dict(fixed=((40, 36), (0.9, 1.1), (-11.0, -24.0), rotation(2)),
-               moving=((38, 40), (1.0, 1.0), (-19.0, -20.0), (1, 0, 0, 1))),
+    "3d": dict(
+        fixed=((30, 28, 24), (1.2, 0.9, 1.1), (-21.0, 7.0, -12.0), rotation(3)),
+        moving=((26, 30, 22), (1.3, 1.0, 1.2), (-16.0, -14.0, -13.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)),
+    ),
+    "2d": dict(
+        fixed=((40, 36), (0.9, 1.1), (-11.0, -24.0), rotation(2)),
+        moving=((38, 40), (1.0, 1.0), (-19.0, -20.0), (1, 0, 0, 1)),
+    ),
 }
 
 
@@ -125,8 +136,21 @@ def test_known_physical_shift_is_recovered_in_lps_millimetres(tmp_path, checkpoi
     shift = (2.0, -1.5, 1.0)[:d]
     fixed_path, moving_path = _pair(tmp_path, kind, shift)
     out = tmp_path / "out"
-    assert main(["register", fixed_path, moving_path, "--out", str(out), "--quiet",
-                 "--model", checkpoints[d]["descent"]]) == 0
+    assert (
+        main(
+            [
+                "register",
+                fixed_path,
+                moving_path,
+                "--out",
+                str(out),
+                "--quiet",
+                "--model",
+                checkpoints[d]["descent"],
+            ]
+        )
+        == 0
+    )
 
     field = sitk.ReadImage(str(out / "displacement.nii.gz"))
     fixed = sitk.ReadImage(fixed_path)
@@ -156,8 +180,21 @@ def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, lay
         nib.save(nib.Nifti1Image(data, affine), tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
     d = 3 if layout == "3d" else 2
-    assert main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"),
-                 "--out", str(out), "--quiet", "--model", checkpoints[d]["riir"]]) == 0
+    assert (
+        main(
+            [
+                "register",
+                str(tmp_path / "fixed.nii.gz"),
+                str(tmp_path / "moving.nii.gz"),
+                "--out",
+                str(out),
+                "--quiet",
+                "--model",
+                checkpoints[d]["riir"],
+            ]
+        )
+        == 0
+    )
     field = nib.load(out / "displacement.nii.gz")
     spatial = (tuple(shape) + (1,) * 3)[:3]
     assert field.shape == (*spatial, 1, d)  # a slice, (H,W) or (H,W,1), has a 2-D field
@@ -165,16 +202,21 @@ def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, lay
     fixed_itk = sitk.ReadImage(str(tmp_path / "fixed.nii.gz"))
     field_itk = sitk.ReadImage(str(out / "displacement.nii.gz"))
     if layout == "(H,W,1)":  # the file keeps the input's full header
-        np.testing.assert_allclose(field.affine, nib.load(tmp_path / "fixed.nii.gz").affine,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            field.affine, nib.load(tmp_path / "fixed.nii.gz").affine, atol=1e-5
+        )
     else:  # the field's grid is the fixed grid as SimpleITK reads it
         assert field_itk.GetSize() == fixed_itk.GetSize()
         np.testing.assert_allclose(field_itk.GetOrigin(), fixed_itk.GetOrigin(), atol=1e-6)
         np.testing.assert_allclose(field_itk.GetSpacing(), fixed_itk.GetSpacing(), atol=1e-6)
     assert field_itk.GetNumberOfComponentsPerPixel() == field_itk.GetDimension() == d
     assert np.abs(field.get_fdata()).max() > 0.01  # the random model did move something
-    assert _sitk_reproduces_warped(out, str(tmp_path / "moving.nii.gz"),
-                                   str(tmp_path / "fixed.nii.gz")) > 0.999
+    assert (
+        _sitk_reproduces_warped(
+            out, str(tmp_path / "moving.nii.gz"), str(tmp_path / "fixed.nii.gz")
+        )
+        > 0.999
+    )
     for name in ("warped.nii.gz", "jacobian.nii.gz"):  # in the fixed image's own layout
         np.testing.assert_allclose(nib.load(out / name).affine, field.affine, atol=1e-5)
         assert nib.load(out / name).shape == tuple(shape)
@@ -189,10 +231,25 @@ def test_labels_are_warped_and_scored(tmp_path, checkpoints):
         labels = sitk.Cast(image > 0.5, sitk.sitkUInt8) + sitk.Cast(image > 0.8, sitk.sitkUInt8)
         write(labels, tmp_path / f"{name}_labels.nii.gz")
     out = tmp_path / "out"
-    assert main(["register", fixed_path, moving_path, "--out", str(out), "--quiet",
-                 "--model", checkpoints[2]["descent"],
-                 "--fixed-labels", str(tmp_path / "fixed_labels.nii.gz"),
-                 "--moving-labels", str(tmp_path / "moving_labels.nii.gz")]) == 0
+    assert (
+        main(
+            [
+                "register",
+                fixed_path,
+                moving_path,
+                "--out",
+                str(out),
+                "--quiet",
+                "--model",
+                checkpoints[2]["descent"],
+                "--fixed-labels",
+                str(tmp_path / "fixed_labels.nii.gz"),
+                "--moving-labels",
+                str(tmp_path / "moving_labels.nii.gz"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "metrics.json").read_text())["labels"]
     assert set(report["after"]["dice"]) == {"1", "2"}
     assert report["after"]["dice_mean"] > report["before"]["dice_mean"] + 0.05
@@ -207,14 +264,30 @@ def test_series_registers_every_frame_to_the_template(tmp_path, checkpoints):
     series = sitk.JoinSeries(frames)  # (X, Y, 1, 3)
     path = write(series, tmp_path / "series.nii.gz")
     out = tmp_path / "out"
-    assert main(["register-series", path, "--out", str(out), "--quiet",
-                 "--model", checkpoints[2]["descent"]]) == 0
+    assert (
+        main(
+            [
+                "register-series",
+                path,
+                "--out",
+                str(out),
+                "--quiet",
+                "--model",
+                checkpoints[2]["descent"],
+            ]
+        )
+        == 0
+    )
     warped = nib.load(out / "warped.nii.gz")
     assert warped.shape == nib.load(path).shape
     assert sorted(p.name for p in (out / "displacements").iterdir()) == [
-        "frame_000.nii.gz", "frame_001.nii.gz", "frame_002.nii.gz"]
+        "frame_000.nii.gz",
+        "frame_001.nii.gz",
+        "frame_002.nii.gz",
+    ]
     template_field = sitk.GetArrayFromImage(
-        sitk.ReadImage(str(out / "displacements" / "frame_002.nii.gz")))
+        sitk.ReadImage(str(out / "displacements" / "frame_002.nii.gz"))
+    )
     assert np.count_nonzero(template_field) == 0
     report = json.loads((out / "metrics.json").read_text())
     assert report["template"] == 2 and report["frames"] == 3
@@ -226,9 +299,12 @@ def test_a_series_gets_the_series_model_by_default(tmp_path, monkeypatch):
     weights = tmp_path / "weights"
     weights.mkdir()
     for name in ("cardiac-2d", "qmri-2d"):
-        save_checkpoint(weights / f"{name}.pt",
-                        Descent(DescentConfig(spatial_dims=2, iterations=2, step=1.0, sigma=3.0)),
-                        "descent", {"name": name, "version": "test"})
+        save_checkpoint(
+            weights / f"{name}.pt",
+            Descent(DescentConfig(spatial_dims=2, iterations=2, step=1.0, sigma=3.0)),
+            "descent",
+            {"name": name, "version": "test"},
+        )
         (weights / f"{name}.json").write_text(json.dumps({"name": name, "spatial_dims": 2}))
     monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))
     g = GEOMETRIES["2d"]["fixed"]
@@ -237,8 +313,9 @@ def test_a_series_gets_the_series_model_by_default(tmp_path, monkeypatch):
     pair = [write(f, tmp_path / f"{k}.nii.gz") for k, f in enumerate(frames)]
     assert main(["register-series", series, "--out", str(tmp_path / "a"), "--quiet"]) == 0
     assert main(["register", *pair, "--out", str(tmp_path / "b"), "--quiet"]) == 0
-    used = [json.loads((tmp_path / d / "metrics.json").read_text())["model"]["name"]
-            for d in ("a", "b")]
+    used = [
+        json.loads((tmp_path / d / "metrics.json").read_text())["model"]["name"] for d in ("a", "b")
+    ]
     assert used == ["qmri-2d", "cardiac-2d"]
 
 
@@ -272,11 +349,15 @@ def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
     (tmp_path / "short.nii").write_bytes(header.binaryblock + bytes(4 + 4096))
     one = tmp_path / "one.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((1, 1, 1), np.float32), np.eye(4)), one)
-    nib.save(nib.Nifti1Image(good[..., None, None].repeat(2, 3).repeat(3, 4), np.eye(4)),
-             tmp_path / "five.nii.gz")
+    nib.save(
+        nib.Nifti1Image(good[..., None, None].repeat(2, 3).repeat(3, 4), np.eye(4)),
+        tmp_path / "five.nii.gz",
+    )
     nib.save(nib.Nifti1Image(good, np.diag([1e4, 1, 1, 1])), tmp_path / "spacing.nii.gz")
-    nib.save(nib.Nifti1Image(np.zeros((16, 16, 16), np.complex64), np.eye(4)),
-             tmp_path / "complex.nii.gz")
+    nib.save(
+        nib.Nifti1Image(np.zeros((16, 16, 16), np.complex64), np.eye(4)),
+        tmp_path / "complex.nii.gz",
+    )
     out, good_path, model = str(tmp_path / "out"), str(tmp_path / "good.nii.gz"), checkpoints[3]
     base = ["register", "--out", out, "--quiet", "--model", model["riir"]]
     cases = [
@@ -295,9 +376,24 @@ def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
     for name, message in cases:
         _fails_with(capsys, [*base, good_path, str(tmp_path / name)], message)
     _fails_with(capsys, [*base, good_path, str(good2d)], "mismatched dimensionality")
-    _fails_with(capsys, ["register", good_path, good_path, "--out", out, "--quiet",
-                         "--model", "no-such-model"], "unknown model 'no-such-model'")
-    _fails_with(capsys, ["register", good_path, good_path, "--out", out, "--quiet",
-                         "--model", checkpoints[2]["riir"]], "registers 2-D images")
+    _fails_with(
+        capsys,
+        ["register", good_path, good_path, "--out", out, "--quiet", "--model", "no-such-model"],
+        "unknown model 'no-such-model'",
+    )
+    _fails_with(
+        capsys,
+        [
+            "register",
+            good_path,
+            good_path,
+            "--out",
+            out,
+            "--quiet",
+            "--model",
+            checkpoints[2]["riir"],
+        ],
+        "registers 2-D images",
+    )
     _fails_with(capsys, [*base, good_path, good_path, "--steps", "500"], "steps must be")
     assert not (tmp_path / "out" / "displacement.nii.gz").exists()

@@ -28,8 +28,11 @@ def _randomise_output(model: RIIR) -> RIIR:
 @pytest.mark.parametrize("states", list(itertools.product([False, True], repeat=2)))
 def test_forward_shapes_for_every_variant(d, inputs, states):
     moving, fixed = _pair(d)
-    model = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4),
-                            hidden_states=states, inputs=inputs))
+    model = RIIR(
+        RIIRConfig(
+            spatial_dims=d, steps=3, hidden_channels=(6, 4), hidden_states=states, inputs=inputs
+        )
+    )
     phis = model(moving, fixed)
     assert len(phis) == 3
     assert all(p.shape == (1, d, *SHAPES[d]) for p in phis)
@@ -40,13 +43,17 @@ def test_gradient_explicit_input_is_both_compositions(d):
     moving, fixed = _pair(d)
     torch.manual_seed(0)
     phi = 0.5 * torch.randn(1, d, *SHAPES[d])
-    cells = {name: RIIR(RIIRConfig(spatial_dims=d, inputs=name, gradient_scale=3.0))
-             for name in ("gradient", "explicit", "gradient+explicit")}
-    both, gradient, explicit = (cells[name]._cell_input(phi, phi, moving, fixed, "mse")
-                                for name in ("gradient+explicit", "gradient", "explicit"))
+    cells = {
+        name: RIIR(RIIRConfig(spatial_dims=d, inputs=name, gradient_scale=3.0))
+        for name in ("gradient", "explicit", "gradient+explicit")
+    }
+    both, gradient, explicit = (
+        cells[name]._cell_input(phi, phi, moving, fixed, "mse")
+        for name in ("gradient+explicit", "gradient", "explicit")
+    )
     assert both.shape[1] == 2 * d + 2 == cells["gradient+explicit"].cell.conv_in.in_channels
-    torch.testing.assert_close(both[:, :2 * d], gradient)  # [phi, ∇L]
-    torch.testing.assert_close(both[:, 2 * d:], explicit[:, d:])  # [I_mov∘phi, I_fix]
+    torch.testing.assert_close(both[:, : 2 * d], gradient)  # [phi, ∇L]
+    torch.testing.assert_close(both[:, 2 * d :], explicit[:, d:])  # [I_mov∘phi, I_fix]
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -61,8 +68,13 @@ def test_untrained_cell_is_the_identity_optimiser(d, stride):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_every_parameter_gets_a_gradient(loss, stride):
     moving, fixed = _pair(2)
-    model = _randomise_output(RIIR(RIIRConfig(spatial_dims=2, steps=2, hidden_channels=(6, 4),
-                                              inner_loss=loss, cell_stride=stride)))
+    model = _randomise_output(
+        RIIR(
+            RIIRConfig(
+                spatial_dims=2, steps=2, hidden_channels=(6, 4), inner_loss=loss, cell_stride=stride
+            )
+        )
+    )
     phis = model(moving, fixed)
     sum(mse(warp(moving, p), fixed) for p in phis).backward()
     for name, p in model.named_parameters():
@@ -82,8 +94,9 @@ def test_convex_upsampling_starts_as_linear_interpolation_and_learns_edges(d, st
     fine = up(coarse, features)
     assert fine.shape == (2, d, *(stride * n for n in coarse.shape[2:]))
     mode = "bilinear" if d == 2 else "trilinear"
-    expected = torch.nn.functional.interpolate(coarse, size=fine.shape[2:], mode=mode,
-                                               align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        coarse, size=fine.shape[2:], mode=mode, align_corners=False
+    )
     torch.testing.assert_close(fine, expected, rtol=1e-5, atol=1e-5)
     # Other weights give a convex combination of the neighbours, not an interpolation:
     # never outside their range, and different where the field changes.
@@ -97,8 +110,9 @@ def test_convex_upsampling_starts_as_linear_interpolation_and_learns_edges(d, st
 def test_a_convex_model_registers_any_shape_and_asks_for_multiples(d):
     moving, fixed = _pair(d)  # 24×20 / 12×14×10: multiples of 2
     odd = tuple(n - 1 for n in SHAPES[d])
-    model = _randomise_output(RIIR(RIIRConfig(spatial_dims=d, steps=2, cell_stride=2,
-                                              upsampling="convex")))
+    model = _randomise_output(
+        RIIR(RIIRConfig(spatial_dims=d, steps=2, cell_stride=2, upsampling="convex"))
+    )
     assert model.shape_multiple == 2
     assert model(moving, fixed)[-1].shape == (1, d, *SHAPES[d])
     crop = (..., *(slice(0, n) for n in odd))
@@ -114,9 +128,17 @@ def test_second_order_meta_gradient_differs_from_first_order():
     grads = []
     for second_order in (False, True):
         torch.manual_seed(0)
-        model = _randomise_output(RIIR(RIIRConfig(spatial_dims=2, steps=3, inner_loss="ncc",
-                                                  hidden_channels=(6, 4),
-                                                  second_order=second_order)))
+        model = _randomise_output(
+            RIIR(
+                RIIRConfig(
+                    spatial_dims=2,
+                    steps=3,
+                    inner_loss="ncc",
+                    hidden_channels=(6, 4),
+                    second_order=second_order,
+                )
+            )
+        )
         mse(warp(moving, model(moving, fixed)[-1]), fixed).backward()
         grads.append(model.cell.conv_in.weight.grad.clone())
     # Small (the update is small at initialisation) but far above float round-off.
@@ -130,8 +152,7 @@ def test_gradient_scale_multiplies_only_the_gradient_channels(d):
     moving, fixed = _pair(d)
     torch.manual_seed(0)
     plain = _randomise_output(RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4))))
-    scaled = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4),
-                             gradient_scale=10.0))
+    scaled = RIIR(RIIRConfig(spatial_dims=d, steps=3, hidden_channels=(6, 4), gradient_scale=10.0))
     scaled.load_state_dict(plain.state_dict())
     with torch.no_grad():
         scaled.cell.conv_in.weight[:, d:] /= 10.0  # channels [phi (d), ∇L_inner (d)]
@@ -145,8 +166,9 @@ def test_progress_and_return_last_only():
     seen = []
     model = _randomise_output(RIIR(RIIRConfig(spatial_dims=2, steps=5)))
     with torch.no_grad():
-        phis = model(moving, fixed, progress=lambda t, total: seen.append((t, total)),
-                     return_all=False)
+        phis = model(
+            moving, fixed, progress=lambda t, total: seen.append((t, total)), return_all=False
+        )
         all_phis = model(moving, fixed)
     assert seen == [(t, 5) for t in range(1, 6)]
     assert len(phis) == 1
@@ -176,8 +198,9 @@ def test_gradient_descent_recovers_a_known_translation(d, loss):
     shift = (1.5, -1.0, 0.75)[:d]
     fixed = blobs(shape, count=6)
     moving = shifted(fixed, tuple(-s for s in shift))  # moving(x + shift) = fixed(x)
-    phi = descend(as_tensor(moving), as_tensor(fixed), loss, iterations=300, step=1.0,
-                  sigma=3.0, ncc_window=5)
+    phi = descend(
+        as_tensor(moving), as_tensor(fixed), loss, iterations=300, step=1.0, sigma=3.0, ncc_window=5
+    )
     centre = tuple(slice(n // 4, 3 * n // 4) for n in shape)
     # Local NCC on smooth blobs has weak gradients and converges more slowly than MSE; the
     # tolerance still separates every axis' shift (1.5, -1, 0.75) and its sign.
@@ -198,11 +221,14 @@ def test_gradient_descent_recovers_a_smooth_deformation(d):
     coords = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).astype(float)
     inverse = -true_phi
     for _ in range(10):  # fixed-point iteration for the inverse displacement
-        inverse = -np.stack([map_coordinates(true_phi[a], coords + inverse, order=1,
-                                             mode="nearest") for a in range(d)])
+        inverse = -np.stack(
+            [
+                map_coordinates(true_phi[a], coords + inverse, order=1, mode="nearest")
+                for a in range(d)
+            ]
+        )
     moving = map_coordinates(fixed, coords + inverse, order=1, mode="nearest").astype(np.float32)
-    phi = descend(as_tensor(moving), as_tensor(fixed), "mse", iterations=200,
-                  sigma=2.0)[0].numpy()
+    phi = descend(as_tensor(moving), as_tensor(fixed), "mse", iterations=200, sigma=2.0)[0].numpy()
     inner = tuple(slice(n // 5, 4 * n // 5) for n in shape)
     error = np.sqrt(((phi - true_phi) ** 2).sum(0))[inner]
     magnitude = np.sqrt((true_phi**2).sum(0))[inner]

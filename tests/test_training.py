@@ -58,7 +58,7 @@ def acdc(tmp_path):
             image = np.stack([blobs((24, 20), seed=10 * p + frame + s) for s in range(2)])
             with h5py.File(root / f"patient{p:03d}_frame0{frame}.h5", "w") as f:
                 f["image"] = image
-                f["label"] = ((image > 0.4).astype(np.uint8) + (image > 0.6) + (image > 0.8))
+                f["label"] = (image > 0.4).astype(np.uint8) + (image > 0.6) + (image > 0.8)
     return root
 
 
@@ -112,8 +112,9 @@ def test_acdc_pairs_split_by_patient_in_both_directions(acdc):
     assert all(p.fixed.image.GetSpacing() == (1.5, 1.5) for p in test)
     patients = {p.fixed.name.split("_")[0] for p in test}
     assert patients == set(source.split.test)
-    directions = {source.sample(np.random.default_rng(s)).moving.name.split("_")[1]
-                  for s in range(20)}
+    directions = {
+        source.sample(np.random.default_rng(s)).moving.name.split("_")[1] for s in range(20)
+    }
     assert directions == {"ED", "ES"}
 
 
@@ -144,11 +145,11 @@ def test_settings_that_do_not_apply_are_refused():
     with pytest.raises(InputError, match="does not apply"):
         model_config(TrainConfig(arch="voxelmorph", model={"steps": 4}, data="x"), 2)
     riir = TrainConfig(model={"steps": 4, "hidden_states": [True, False]}, data="x")
-    assert model_config(riir, 2) == {
-        "spatial_dims": 2, "steps": 4, "hidden_states": [True, False]}
+    assert model_config(riir, 2) == {"spatial_dims": 2, "steps": 4, "hidden_states": [True, False]}
     # A run saved before the architecture's settings moved under "model" reads the same.
-    old = TrainConfig.from_dict({"data": "x", "steps": 4, "hidden_states": [True, False],
-                                 "inputs": None})
+    old = TrainConfig.from_dict(
+        {"data": "x", "steps": 4, "hidden_states": [True, False], "inputs": None}
+    )
     assert old == riir
     with pytest.raises(InputError, match="unknown training settings"):
         TrainConfig.from_dict({"learning_rate": 1})
@@ -158,9 +159,28 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     run = tmp_path / "run"
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"lam": 0.5, "validate_every": 2, "val_pairs": 1}))
-    args = ["train", "--data", str(folder), "--out", str(run), "--config", str(config),
-            "--iterations", "3", "--checkpoint-every", "2", "--cell-stride", "2",
-            "--dice-weight", "0.5", "--spacing-mm", "1", "--name", "tiny-3d", *TINY]
+    args = [
+        "train",
+        "--data",
+        str(folder),
+        "--out",
+        str(run),
+        "--config",
+        str(config),
+        "--iterations",
+        "3",
+        "--checkpoint-every",
+        "2",
+        "--cell-stride",
+        "2",
+        "--dice-weight",
+        "0.5",
+        "--spacing-mm",
+        "1",
+        "--name",
+        "tiny-3d",
+        *TINY,
+    ]
     assert main(args) == 0
     model, meta = load_checkpoint(run / "checkpoint.pt")
     assert meta["name"] == "tiny-3d" and meta["arch"] == "riir"
@@ -181,9 +201,28 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
 
     weights = tmp_path / "weights"
     out = tmp_path / "eval"
-    assert main(["evaluate", "--data", str(folder), "--model", str(run / "checkpoint.pt"),
-                 "--identity", "--pairs", "2", "--out", str(out), "--ship", str(weights),
-                 "--threads", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(folder),
+                "--model",
+                str(run / "checkpoint.pt"),
+                "--identity",
+                "--pairs",
+                "2",
+                "--out",
+                str(out),
+                "--ship",
+                str(weights),
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     with (out / "pairs.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and {r["method"] for r in rows} == {"tiny-3d", "identity"}
@@ -201,9 +240,24 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
 
 def test_a_time_limit_ends_the_call_with_a_checkpoint_that_resumes(folder, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["train", "--data", str(folder), "--out", str(run), "--iterations", "6",
-            "--validate-every", "100", "--checkpoint-every", "100", "--val-pairs", "1",
-            "--dice-weight", "1", *TINY]
+    args = [
+        "train",
+        "--data",
+        str(folder),
+        "--out",
+        str(run),
+        "--iterations",
+        "6",
+        "--validate-every",
+        "100",
+        "--checkpoint-every",
+        "100",
+        "--val-pairs",
+        "1",
+        "--dice-weight",
+        "1",
+        *TINY,
+    ]
     assert main([*args, "--time-limit", "0.00001"]) == 0  # passed after the first iteration
     said = capsys.readouterr().out
     assert "stopped by --time-limit before iteration 6" in said and "--resume" in said
@@ -227,8 +281,21 @@ def test_a_time_limit_ends_the_call_with_a_checkpoint_that_resumes(folder, tmp_p
 def test_a_resumed_run_trains_what_an_uninterrupted_one_does(folder, tmp_path):
     """Pairs are drawn ahead in a thread (PairStream) from (seed, iteration) alone, and the
     optimiser state is saved with the weights: stopping and resuming changes nothing."""
-    common = ["--data", str(folder), "--dice-weight", "1", "--batch-size", "2",
-              "--crop", "12", "12", "12", "--validate-every", "100", *TINY]
+    common = [
+        "--data",
+        str(folder),
+        "--dice-weight",
+        "1",
+        "--batch-size",
+        "2",
+        "--crop",
+        "12",
+        "12",
+        "12",
+        "--validate-every",
+        "100",
+        *TINY,
+    ]
     straight, halves = tmp_path / "straight", tmp_path / "halves"
     assert main(["train", "--out", str(straight), "--iterations", "4", *common]) == 0
     assert main(["train", "--out", str(halves), "--iterations", "2", *common]) == 0
@@ -242,58 +309,162 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_does(folder, tmp_path):
 
 def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsys):
     first = tmp_path / "first"
-    assert main(["train", "--data", str(folder), "--out", str(first), "--iterations", "1",
-                 "--gru-kernel", "1", "--cell-stride", "2", "--val-pairs", "1",
-                 "--name", "small", "--version", "1.0.0", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(first),
+                "--iterations",
+                "1",
+                "--gru-kernel",
+                "1",
+                "--cell-stride",
+                "2",
+                "--val-pairs",
+                "1",
+                "--name",
+                "small",
+                "--version",
+                "1.0.0",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     tuned = tmp_path / "tuned"
-    assert main(["train", "--data", str(folder), "--out", str(tuned), "--iterations", "1",
-                 "--init", str(first / "checkpoint.pt"), "--gru-kernel", "3",
-                 "--hidden-channels", "6", "4", "--upsampling", "convex", "--val-pairs", "1",
-                 "--threads", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(tuned),
+                "--iterations",
+                "1",
+                "--init",
+                str(first / "checkpoint.pt"),
+                "--gru-kernel",
+                "3",
+                "--hidden-channels",
+                "6",
+                "4",
+                "--upsampling",
+                "convex",
+                "--val-pairs",
+                "1",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     model, meta = load_checkpoint(tuned / "checkpoint.pt")
     # The first model's architecture (stride 2, T = 2) with the kernel, channels and
     # upsampling given here.
-    assert (model.config.cell_stride, model.config.hidden_channels, model.config.steps,
-            model.config.gru_kernel, model.config.upsampling) == (2, (6, 4), 2, 3, "convex")
+    assert (
+        model.config.cell_stride,
+        model.config.hidden_channels,
+        model.config.steps,
+        model.config.gru_kernel,
+        model.config.upsampling,
+    ) == (2, (6, 4), 2, 3, "convex")
     assert meta["preprocessing"]["shape_multiple"] == 2  # convex: grids a multiple of 2
     origin = meta["training"]["init"]
     assert (origin["name"], origin["version"], origin["iterations"]) == ("small", "1.0.0", 1)
-    assert {"cell.rnn1.gates.weight", "cell.conv_in.weight",
-            "upsampling.weights.weight"} <= set(origin["grown"])
+    assert {"cell.rnn1.gates.weight", "cell.conv_in.weight", "upsampling.weights.weight"} <= set(
+        origin["grown"]
+    )
     # A resume keeps the record of where the weights came from.
     assert main(["train", "--out", str(tuned), "--resume", "--iterations", "2", "--quiet"]) == 0
     assert main(["train", "--out", str(tuned), "--resume", "--init", "small", "--quiet"]) == 1
     assert "give one" in capsys.readouterr().err
     assert read_checkpoint(tuned / "checkpoint.pt")["meta"]["training"]["init"] == origin
     weights = tmp_path / "weights"
-    assert main(["evaluate", "--data", str(folder), "--model", str(tuned / "checkpoint.pt"),
-                 "--pairs", "1", "--out", str(tmp_path / "eval"), "--ship", str(weights),
-                 "--threads", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(folder),
+                "--model",
+                str(tuned / "checkpoint.pt"),
+                "--pairs",
+                "1",
+                "--out",
+                str(tmp_path / "eval"),
+                "--ship",
+                str(weights),
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "- Initialised from: " in (weights / "riir-model.md").read_text()
     assert json.loads((weights / "riir-model.json").read_text())["training"]["init"] == origin
 
-    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),
-                 "--init", str(first / "checkpoint.pt"), "--hidden-channels", "2", "4",
-                 "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(tmp_path / "bad"),
+                "--init",
+                str(first / "checkpoint.pt"),
+                "--hidden-channels",
+                "2",
+                "4",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "cannot start from --init" in capsys.readouterr().err
-    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "bad"),
-                 "--init", str(first / "checkpoint.pt"), "--arch", "voxelmorph",
-                 "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(tmp_path / "bad"),
+                "--init",
+                str(first / "checkpoint.pt"),
+                "--arch",
+                "voxelmorph",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "is a riir model" in capsys.readouterr().err
 
 
 def test_smoothness_limits_decide_which_validation_becomes_best():
     cfg = TrainConfig(data="x", best_max_std_log_jacobian=0.2, best_max_folding_percent=0.1)
-    assert cfg.qualifies_as_best({"val_dice": 0.6, "val_std_log_jacobian": 0.2,
-                                  "val_folding_percent": 0.05})
-    assert not cfg.qualifies_as_best({"val_dice": 0.9, "val_std_log_jacobian": 0.3,
-                                      "val_folding_percent": 0.0})
-    assert not cfg.qualifies_as_best({"val_dice": 0.9, "val_std_log_jacobian": 0.1,
-                                      "val_folding_percent": 0.2})
+    assert cfg.qualifies_as_best(
+        {"val_dice": 0.6, "val_std_log_jacobian": 0.2, "val_folding_percent": 0.05}
+    )
+    assert not cfg.qualifies_as_best(
+        {"val_dice": 0.9, "val_std_log_jacobian": 0.3, "val_folding_percent": 0.0}
+    )
+    assert not cfg.qualifies_as_best(
+        {"val_dice": 0.9, "val_std_log_jacobian": 0.1, "val_folding_percent": 0.2}
+    )
     assert TrainConfig(data="x").qualifies_as_best({"val_dice": 0.9})  # no limits: any
     # "Best" is the highest Dice, or the lowest end-point error; a missing metric never is.
-    assert cfg.best_score({"val_dice": 0.6, "val_std_log_jacobian": 0.1,
-                           "val_folding_percent": 0.0}) == 0.6
+    assert (
+        cfg.best_score({"val_dice": 0.6, "val_std_log_jacobian": 0.1, "val_folding_percent": 0.0})
+        == 0.6
+    )
     by_epe = TrainConfig(data="x", best_by="epe")
     assert by_epe.best_score({"val_epe_mm": 0.7}) > by_epe.best_score({"val_epe_mm": 0.9})
     assert by_epe.best_score({"val_dice": 0.9}) == -math.inf
@@ -307,25 +478,78 @@ def test_best_checkpoint_waits_for_a_field_within_the_limit(folder, tmp_path):
     # Every trained field has std log|J| > 0, so a limit of 0 leaves no best.pt; a resume that
     # relaxes the limit takes the next validation.
     run = tmp_path / "run"
-    assert main(["train", "--data", str(folder), "--out", str(run), "--iterations", "2",
-                 "--validate-every", "1", "--val-pairs", "1", "--dice-weight", "0.5",
-                 "--lr", "0.01", "--best-max-std-log-jacobian", "0", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(run),
+                "--iterations",
+                "2",
+                "--validate-every",
+                "1",
+                "--val-pairs",
+                "1",
+                "--dice-weight",
+                "0.5",
+                "--lr",
+                "0.01",
+                "--best-max-std-log-jacobian",
+                "0",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     with (run / "log.csv").open() as f:
         assert all(float(r["val_std_log_jacobian"]) > 0 for r in csv.DictReader(f))
     assert not (run / "best.pt").exists()
-    assert main(["train", "--out", str(run), "--resume", "--iterations", "3",
-                 "--best-max-std-log-jacobian", "10", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--resume",
+                "--iterations",
+                "3",
+                "--best-max-std-log-jacobian",
+                "10",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     best = read_checkpoint(run / "best.pt")["meta"]["training"]
     assert best["iterations"] == 3 and best["config"]["best_max_std_log_jacobian"] == 10
 
 
 def test_bad_training_input_is_a_clear_error(folder, tmp_path, capsys):
-    assert main(["train", "--data", str(folder), "--out", str(tmp_path / "e"), "--best-by",
-                 "epe", "--iterations", "1", *TINY]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(tmp_path / "e"),
+                "--best-by",
+                "epe",
+                "--iterations",
+                "1",
+                *TINY,
+            ]
+        )
+        == 1
+    )
     assert "needs validation pairs with a known true field" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()  # refused before the run folder is written
-    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"),
-                 "--quiet"]) == 1
+    assert (
+        main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--quiet"])
+        == 1
+    )
     assert "not found" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r"), "--resume", "--quiet"]) == 1
     assert "nothing to resume" in capsys.readouterr().err
@@ -340,10 +564,33 @@ def test_experiment_variants_and_a_tiny_run(acdc, tmp_path):
     steps = experiments.variants("steps", {}, ["2", "4"])
     assert steps["T4-uni"] == {"steps": 4, "weights": "uniform"}
     out = tmp_path / "exp" / "inputs"
-    assert main(["experiment", "inputs", "--values", "gradient", "implicit", "--data",
-                 str(acdc), "--data-kind", "acdc", "--data-option", "val_count=1",
-                 "--iterations", "1", "--val-pairs", "1", "--pairs", "2", "--out", str(out),
-                 *TINY]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "inputs",
+                "--values",
+                "gradient",
+                "implicit",
+                "--data",
+                str(acdc),
+                "--data-kind",
+                "acdc",
+                "--data-option",
+                "val_count=1",
+                "--iterations",
+                "1",
+                "--val-pairs",
+                "1",
+                "--pairs",
+                "2",
+                "--out",
+                str(out),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["inputs-gradient", "inputs-implicit"]
@@ -354,11 +601,94 @@ def test_experiment_variants_and_a_tiny_run(acdc, tmp_path):
     assert float(rows[0]["delta_dice"]) == 0
     dice = {r["variant"]: float(r["dice_mean"]) for r in rows}
     assert float(rows[1]["delta_dice"]) == pytest.approx(
-        dice["inputs-implicit"] - dice["inputs-gradient"], abs=1e-4)
+        dice["inputs-implicit"] - dice["inputs-gradient"], abs=1e-4
+    )
     assert "ΔDice vs inputs-gradient" in (out / "results.md").read_text()
     # A second experiment reuses the identical default variant instead of training it again.
     again = tmp_path / "exp" / "hidden"
-    assert main(["experiment", "hidden-states", "--values", "11", "--data", str(acdc),
-                 "--data-kind", "acdc", "--data-option", "val_count=1", "--iterations", "1",
-                 "--val-pairs", "1", "--pairs", "2", "--out", str(again), *TINY]) == 0
+    assert (
+        main(
+            [
+                "experiment",
+                "hidden-states",
+                "--values",
+                "11",
+                "--data",
+                str(acdc),
+                "--data-kind",
+                "acdc",
+                "--data-option",
+                "val_count=1",
+                "--iterations",
+                "1",
+                "--val-pairs",
+                "1",
+                "--pairs",
+                "2",
+                "--out",
+                str(again),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert (again / "h11" / "REUSED_FROM").read_text().strip().endswith("inputs-gradient")
+
+
+def test_every_setting_is_a_flag_of_riir_train():
+    """The flags are generated from the dataclasses: each field is a flag (or, where it says
+    so, reached through --model-option), and a flag sets exactly its field."""
+    import dataclasses
+
+    from model.networks import architectures
+    from model.training import flags
+    from riir.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--out", "o"])
+    dests = set(vars(args))
+    for f in dataclasses.fields(TrainConfig):
+        assert flags.TRAIN + f.name in dests, f.name
+    for arch in architectures.TRAINABLE:
+        for f in dataclasses.fields(architectures.config_class(arch)):
+            flagless = f.metadata.get("flags") == ()
+            assert flagless or flags.MODEL + f.name in dests, (arch, f.name)
+    given = parser.parse_args(
+        [
+            "train",
+            "--out",
+            "o",
+            "--steps",
+            "4",
+            "--hidden-channels",
+            "8",
+            "8",
+            "--iterations",
+            "30",
+            "--best-max-folding",
+            "0.1",
+            "--model-option",
+            "gradient_scale=30",
+            "--no-second-order",
+        ]
+    )
+    assert flags.settings(given) == {
+        "iterations": 30,
+        "best_max_folding_percent": 0.1,
+        "model": {
+            "gradient_scale": 30,
+            "steps": 4,
+            "hidden_channels": [8, 8],
+            "second_order": False,
+        },
+    }
+
+
+def test_steps_is_t_and_a_training_length_there_is_refused(folder, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert (
+        main(["train", "--data", str(folder), "--out", str(out), "--steps", "1000", "--quiet"]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "recurrent steps T" in err and "--iterations" in err
+    assert not out.exists()

@@ -23,8 +23,7 @@ def test_integer_shift_samples_at_x_plus_phi(shape):
     warped = warp(image, phi)
     inner = tuple([slice(0, shape[0] - 2)] + [slice(None)] * (len(shape) - 1))
     source = tuple([slice(2, None)] + [slice(None)] * (len(shape) - 1))
-    torch.testing.assert_close(warped[(0, 0, *inner)], image[(0, 0, *source)], atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(warped[(0, 0, *inner)], image[(0, 0, *source)], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -36,8 +35,7 @@ def test_each_channel_moves_along_its_own_axis(shape):
         phi = torch.zeros(1, len(shape), *shape)
         phi[:, axis] = 1.5
         expected = shifted(image, tuple(shift))
-        np.testing.assert_allclose(warp(as_tensor(image), phi)[0, 0].numpy(), expected,
-                                   atol=1e-4)
+        np.testing.assert_allclose(warp(as_tensor(image), phi)[0, 0].numpy(), expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

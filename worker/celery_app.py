@@ -44,8 +44,9 @@ def _recover_lost_jobs(sender: Any = None, **_: Any) -> None:
     every ``recovery_interval_s`` from this (main) process, for a worker that dies while
     this one runs (the gateway sweeps too: recovery needs only one of them alive)."""
     settings = get_settings()
-    thread = threading.Thread(target=_recover_forever, args=(settings,), daemon=True,
-                              name="riir-recovery")
+    thread = threading.Thread(
+        target=_recover_forever, args=(settings,), daemon=True, name="riir-recovery"
+    )
     thread.start()
 
 

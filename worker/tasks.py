@@ -71,28 +71,51 @@ def _options(job: Job, kind: type[Options]) -> Options:
     return options
 
 
-def register_pair(job: Job, inputs: Path, out: Path, progress: Progress,
-                  settings: Settings) -> dict[str, Any]:
+def register_pair(
+    job: Job, inputs: Path, out: Path, progress: Progress, settings: Settings
+) -> dict[str, Any]:
     from worker.inference.pipeline import register_files
 
-    labels = {role: inputs / job.inputs[role] for role in ("fixed_labels", "moving_labels")
-              if role in job.inputs}
-    return register_files(inputs / job.inputs["fixed"], inputs / job.inputs["moving"], out,
-                          _options(job, RegistrationOptions), device=settings.device,
-                          progress=progress, limits=settings.limits, **labels)
+    labels = {
+        role: inputs / job.inputs[role]
+        for role in ("fixed_labels", "moving_labels")
+        if role in job.inputs
+    }
+    return register_files(
+        inputs / job.inputs["fixed"],
+        inputs / job.inputs["moving"],
+        out,
+        _options(job, RegistrationOptions),
+        device=settings.device,
+        progress=progress,
+        limits=settings.limits,
+        **labels,
+    )
 
 
-def register_series(job: Job, inputs: Path, out: Path, progress: Progress,
-                    settings: Settings) -> dict[str, Any]:
+def register_series(
+    job: Job, inputs: Path, out: Path, progress: Progress, settings: Settings
+) -> dict[str, Any]:
     from worker.inference.pipeline import register_series_file
 
-    return register_series_file(inputs / job.inputs["series"], out,
-                                _options(job, SeriesOptions), device=settings.device,
-                                progress=progress, limits=settings.limits)
+    return register_series_file(
+        inputs / job.inputs["series"],
+        out,
+        _options(job, SeriesOptions),
+        device=settings.device,
+        progress=progress,
+        limits=settings.limits,
+    )
 
 
-def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
-            settings: Settings, worker: str) -> str:
+def run_job(
+    job_id: str,
+    compute: Compute,
+    store: JobStore,
+    storage: Storage,
+    settings: Settings,
+    worker: str,
+) -> str:
     """Run one job and record its outcome; return the final status. Plain function: the
     Celery task only supplies its arguments, so tests can call it directly.
 
@@ -112,16 +135,26 @@ def run_job(job_id: str, compute: Compute, store: JobStore, storage: Storage,
         lease.release()
 
 
-def _run_leased(job_id: str, compute: Compute, store: JobStore, storage: Storage,
-                settings: Settings, worker: str, lease: Lease) -> str:
+def _run_leased(
+    job_id: str,
+    compute: Compute,
+    store: JobStore,
+    storage: Storage,
+    settings: Settings,
+    worker: str,
+    lease: Lease,
+) -> str:
     if not store.start(job_id, worker):
         return "skipped"  # cancelled since it was read
     job = store.get(job_id)
     if job is None:
         return "missing"
     if job.attempts > settings.max_attempts:
-        store.fail(job_id, f"the job was started {job.attempts - 1} times and its worker was "
-                           "lost each time (out of memory?); giving up")
+        store.fail(
+            job_id,
+            f"the job was started {job.attempts - 1} times and its worker was "
+            "lost each time (out of memory?); giving up",
+        )
         return "failed"
     if not storage.published(job_id):  # else a killed run published before recording it
         outcome = _compute(job, compute, store, storage, settings, lease)
@@ -157,8 +190,9 @@ def _drop_if_cancelled(job_id: str, store: JobStore, storage: Storage) -> str | 
     return None
 
 
-def _compute(job: Job, compute: Compute, store: JobStore, storage: Storage,
-             settings: Settings, lease: Lease) -> str | None:
+def _compute(
+    job: Job, compute: Compute, store: JobStore, storage: Storage, settings: Settings, lease: Lease
+) -> str | None:
     """Compute into a private folder and publish it; None on success, else the outcome."""
     job_id = job.id
 
@@ -200,25 +234,25 @@ def _compute(job: Job, compute: Compute, store: JobStore, storage: Storage,
         dropped = _drop_if_cancelled(job_id, store, storage)
         if dropped:
             return dropped
-        store.fail(job_id, f"internal error ({type(exc).__name__}); the worker log has the "
-                           "details")
+        store.fail(job_id, f"internal error ({type(exc).__name__}); the worker log has the details")
         raise  # logged by Celery with its traceback
     return None
 
 
 def _run(task: JobTask, job_id: str, compute: Compute) -> dict[str, str]:
-    status = run_job(job_id, compute, task.store, task.storage, task.settings,
-                     task.request.hostname or "worker")
+    status = run_job(
+        job_id, compute, task.store, task.storage, task.settings, task.request.hostname or "worker"
+    )
     return {"job_id": job_id, "status": status}
 
 
-@app.task(name="riir.register", base=JobTask, bind=True, acks_late=True,
-          reject_on_worker_lost=True)
+@app.task(name="riir.register", base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True)
 def register(self: JobTask, job_id: str) -> dict[str, str]:
     return _run(self, job_id, register_pair)
 
 
-@app.task(name="riir.register_series", base=JobTask, bind=True, acks_late=True,
-          reject_on_worker_lost=True)
+@app.task(
+    name="riir.register_series", base=JobTask, bind=True, acks_late=True, reject_on_worker_lost=True
+)
 def register_series_task(self: JobTask, job_id: str) -> dict[str, str]:
     return _run(self, job_id, register_series)

@@ -32,8 +32,9 @@ def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
     return model_cls(config_cls(**values))
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str,
-                    meta: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, arch: str, meta: dict[str, Any] | None = None
+) -> Path:
     """Write atomically: a crash mid-save leaves the previous checkpoint intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,13 +66,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file; all mean "unusable"
-        raise ModelNotFoundError(f"'{path.name}' is not a readable RIIR checkpoint "
-                                 f"({type(exc).__name__})") from None
+        raise ModelNotFoundError(
+            f"'{path.name}' is not a readable RIIR checkpoint ({type(exc).__name__})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelNotFoundError(f"'{path.name}' is not a RIIR checkpoint")
     if payload.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelNotFoundError(f"'{path.name}' was written by a newer RIIR (format "
-                                 f"{payload['format_version']}); upgrade to load it")
+        raise ModelNotFoundError(
+            f"'{path.name}' was written by a newer RIIR (format "
+            f"{payload['format_version']}); upgrade to load it"
+        )
     return payload
 
 
@@ -84,11 +88,16 @@ def channel_blocks(model: nn.Module) -> dict[str, Blocks]:
     update rows, x and h columns). Growing keeps every block's channels apart."""
     blocks: dict[str, Blocks] = {
         name: ([value.shape[0]], [value.shape[1]] if value.dim() > 1 else [])
-        for name, value in model.named_parameters()}
+        for name, value in model.named_parameters()
+    }
     for prefix, module in model.named_modules():
         if hasattr(module, "channel_blocks"):
-            blocks.update({f"{prefix}.{name}" if prefix else name: declared
-                           for name, declared in module.channel_blocks().items()})
+            blocks.update(
+                {
+                    f"{prefix}.{name}" if prefix else name: declared
+                    for name, declared in module.channel_blocks().items()
+                }
+            )
     return blocks
 
 
@@ -108,17 +117,20 @@ def _grow(value: torch.Tensor, fresh: torch.Tensor, old: Blocks, new: Blocks) ->
     they did; new output channels keep their random weights, so they are alive from the first
     step and learn, and what reads them starts at zero."""
     grown = fresh.clone()
-    kernel = tuple(slice((n - s) // 2, (n - s) // 2 + s)
-                   for s, n in zip(value.shape[2:], fresh.shape[2:], strict=True))
+    kernel = tuple(
+        slice((n - s) // 2, (n - s) // 2 + s)
+        for s, n in zip(value.shape[2:], fresh.shape[2:], strict=True)
+    )
     cols = list(zip(_offsets(old[1]), _offsets(new[1]), old[1], strict=True))
     for r_old, r_new, rows in zip(_offsets(old[0]), _offsets(new[0]), old[0], strict=True):
         if value.dim() == 1:
-            grown[r_new:r_new + rows] = value[r_old:r_old + rows]
+            grown[r_new : r_new + rows] = value[r_old : r_old + rows]
             continue
-        grown[r_new:r_new + rows] = 0
+        grown[r_new : r_new + rows] = 0
         for c_old, c_new, width in cols:
-            grown[(slice(r_new, r_new + rows), slice(c_new, c_new + width), *kernel)] = \
-                value[r_old:r_old + rows, c_old:c_old + width]
+            grown[(slice(r_new, r_new + rows), slice(c_new, c_new + width), *kernel)] = value[
+                r_old : r_old + rows, c_old : c_old + width
+            ]
     return grown
 
 
@@ -151,19 +163,26 @@ def load_state_grown(model: nn.Module, source: nn.Module) -> list[str]:
             loaded[name] = value
             continue
         small, large = value.shape[2:], target.shape[2:]
-        if (old is None or new is None or value.dim() != target.dim()
-                or not (_fits(old[0], new[0]) and _fits(old[1], new[1]))
-                or any(s > n or (n - s) % 2 for s, n in zip(small, large, strict=True))):
-            raise ValueError(f"'{name}' has shape {tuple(value.shape)} (channel blocks "
-                             f"{old}), which does not fit {tuple(target.shape)} ({new})")
+        if (
+            old is None
+            or new is None
+            or value.dim() != target.dim()
+            or not (_fits(old[0], new[0]) and _fits(old[1], new[1]))
+            or any(s > n or (n - s) % 2 for s, n in zip(small, large, strict=True))
+        ):
+            raise ValueError(
+                f"'{name}' has shape {tuple(value.shape)} (channel blocks "
+                f"{old}), which does not fit {tuple(target.shape)} ({new})"
+            )
         loaded[name] = _grow(value, target, old, new)
         grown.append(name)
     model.load_state_dict(loaded)
     return grown
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu"
-                    ) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model in eval mode on ``device`` and the checkpoint's ``meta`` dict."""
     payload = read_checkpoint(path)
     model = build_model(payload["arch"], payload["config"])

@@ -28,34 +28,50 @@ class RIIRConfig:
     spatial_dims: int = setting(3, "2 or 3 (set from the data)", flags=())
     steps: int = setting(6, "RIIR's recurrent steps T", flags=("--steps", "-T"), metavar="T")
     hidden_channels: tuple[int, int] = setting(
-        (16, 16), "RIIR's hidden channels", metavar=("C1", "C2"))
+        (16, 16), "RIIR's hidden channels", metavar=("C1", "C2")
+    )
     hidden_states: tuple[bool, bool] = setting(
-        (True, True), "RIIR's hidden states on (1) or off (0): the ablation [1,1], [1,0], "
-        "[0,1], [0,0]", metavar=("H1", "H2"))
+        (True, True),
+        "RIIR's hidden states on (1) or off (0): the ablation [1,1], [1,0], [0,1], [0,0]",
+        metavar=("H1", "H2"),
+    )
     inputs: str = setting(
-        "gradient", "RIIR's input composition: gradient [phi, ∇L] (the paper's RIIR), "
+        "gradient",
+        "RIIR's input composition: gradient [phi, ∇L] (the paper's RIIR), "
         "explicit [phi, I_mov∘phi, I_fix], implicit [phi, I_mov, I_fix], or gradient+explicit "
         "(ours: a label-supervised cell sees the anatomy as well as the similarity's pull; a "
-        "gradient model grows into it with --init)", choices=INPUTS)
-    inner_loss: str = setting("mse", "similarity L_inner whose gradient drives RIIR / GraDIRN "
-                              "/ descent", choices=SIMILARITIES)
+        "gradient model grows into it with --init)",
+        choices=INPUTS,
+    )
+    inner_loss: str = setting(
+        "mse",
+        "similarity L_inner whose gradient drives RIIR / GraDIRN / descent",
+        choices=SIMILARITIES,
+    )
     ncc_window: int = setting(9, "window of the local NCC")
     gru_kernel: int = setting(3, "RIIR ConvGRU kernel size")
     cell_stride: int = setting(
-        1, "RIIR runs its cell on a grid coarser by this factor (1: full resolution, the "
-        "paper's); the inner gradient is average-pooled onto it and the update upsampled back")
+        1,
+        "RIIR runs its cell on a grid coarser by this factor (1: full resolution, the "
+        "paper's); the inner gradient is average-pooled onto it and the update upsampled back",
+    )
     upsampling: str = setting(
-        "linear", "how a coarse cell's field returns to the image grid: linear interpolation, "
+        "linear",
+        "how a coarse cell's field returns to the image grid: linear interpolation, "
         "or convex: RAFT's learned convex combination of the coarse neighbours, which starts "
-        "as linear, so a linear model grows into it with --init", choices=UPSAMPLING)
+        "as linear, so a linear model grows into it with --init",
+        choices=UPSAMPLING,
+    )
     second_order: bool = setting(
-        False, "meta-gradient through ∇L_inner (second derivatives); off: the gradient is an "
-               "input")
+        False, "meta-gradient through ∇L_inner (second derivatives); off: the gradient is an input"
+    )
     gradient_scale: float = setting(
-        1.0, "∇L_inner is multiplied by this before it enters the cell: the MSE gradient of "
+        1.0,
+        "∇L_inner is multiplied by this before it enters the cell: the MSE gradient of "
         "[0, 1] images has an RMS of ~0.03 per voxel, which the cell's biases drown at the "
         "default initialisation; a scale that brings it to ~1 lets the cell use it from the "
-        "start (docs/method.md)")
+        "start (docs/method.md)",
+    )
 
 
 @dataclass
@@ -79,8 +95,7 @@ class VoxelMorphConfig:
     # VoxelMorph's vm2: four poolings (the input must be a multiple of 16), then the decoder's
     # first len(encoder) convolutions (one per level) and the remaining full-resolution ones.
     encoder: tuple[int, ...] = setting((16, 32, 32, 32), "VoxelMorph encoder channels")
-    decoder: tuple[int, ...] = setting((32, 32, 32, 32, 32, 16, 16),
-                                       "VoxelMorph decoder channels")
+    decoder: tuple[int, ...] = setting((32, 32, 32, 32, 32, 16, 16), "VoxelMorph decoder channels")
 
     @property
     def steps(self) -> int:
@@ -96,8 +111,7 @@ class GraDIRNConfig:
     hidden_channels: int = setting(16, "GraDIRN regulariser channels", flags=())
     inner_loss: str = setting("mse", "similarity L_inner", choices=SIMILARITIES)
     ncc_window: int = setting(9, "window of the local NCC")
-    initial_step: float = setting(1.0, "GraDIRN tau at initialisation, voxels per unit of "
-                                       "gradient")
+    initial_step: float = setting(1.0, "GraDIRN tau at initialisation, voxels per unit of gradient")
 
     @property
     def steps(self) -> int:

@@ -38,9 +38,15 @@ def gaussian_smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return x
 
 
-def descend(moving: torch.Tensor, fixed: torch.Tensor, inner_loss: str = "mse",
-            iterations: int = 100, step: float = 0.5, sigma: float = 2.0,
-            ncc_window: int = 9) -> torch.Tensor:
+def descend(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    inner_loss: str = "mse",
+    iterations: int = 100,
+    step: float = 0.5,
+    sigma: float = 2.0,
+    ncc_window: int = 9,
+) -> torch.Tensor:
     """Displacement (B, D, *S) in voxels found by smoothed gradient descent.
 
     The gradient is normalised so its largest vector moves ``step`` voxels, decaying
@@ -63,12 +69,25 @@ class Descent(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
-                progress: Callable[[int, int], None] | None = None, return_all: bool = True,
-                inner_loss: str | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        steps: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        return_all: bool = True,
+        inner_loss: str | None = None,
+    ) -> list[torch.Tensor]:
         cfg = self.config
-        phi = descend(moving, fixed, inner_loss or cfg.inner_loss, steps or cfg.steps,
-                      cfg.step, cfg.sigma, cfg.ncc_window)
+        phi = descend(
+            moving,
+            fixed,
+            inner_loss or cfg.inner_loss,
+            steps or cfg.steps,
+            cfg.step,
+            cfg.sigma,
+            cfg.ncc_window,
+        )
         if progress is not None:
             progress(steps or cfg.steps, steps or cfg.steps)
         return [phi]

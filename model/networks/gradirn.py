@@ -32,10 +32,12 @@ class Regulariser(nn.Module):
     def __init__(self, spatial_dims: int, hidden: int):
         super().__init__()
         conv = getattr(nn, f"Conv{spatial_dims}d")
-        self.layers = nn.ModuleList([
-            conv(spatial_dims + 2, hidden, 3, padding=1),
-            conv(hidden, hidden, 3, padding=1),
-        ])
+        self.layers = nn.ModuleList(
+            [
+                conv(spatial_dims + 2, hidden, 3, padding=1),
+                conv(hidden, hidden, 3, padding=1),
+            ]
+        )
         self.out = conv(hidden, spatial_dims, 3, padding=1)
         nn.init.zeros_(self.out.weight)  # starts as plain gradient descent
         nn.init.zeros_(self.out.bias)
@@ -53,7 +55,8 @@ class GraDIRN(nn.Module):
         self.shape_multiple = 2 ** (config.resolutions - 1)
         self.regularisers = nn.ModuleList(
             Regulariser(config.spatial_dims, config.hidden_channels)
-            for _ in range(config.resolutions))
+            for _ in range(config.resolutions)
+        )
         self.step_sizes = nn.Parameter(torch.full((config.steps,), float(config.initial_step)))
 
     def _pyramid(self, image: torch.Tensor) -> list[torch.Tensor]:
@@ -64,9 +67,15 @@ class GraDIRN(nn.Module):
             levels.append(pool(levels[-1], 2))
         return levels[::-1]
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
-                progress: Callable[[int, int], None] | None = None, return_all: bool = True,
-                inner_loss: str | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        steps: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        return_all: bool = True,
+        inner_loss: str | None = None,
+    ) -> list[torch.Tensor]:
         """Displacements (B, D, *S) in voxels of the full grid after every iteration (only the
         last unless ``return_all``). ``steps`` must be the trained ``resolutions × iterations``:
         each iteration has its own step size."""
@@ -75,17 +84,22 @@ class GraDIRN(nn.Module):
             raise ValueError(f"GraDIRN runs its trained {cfg.steps} iterations; got {steps}")
         shape = tuple(fixed.shape[2:])
         if any(n % self.shape_multiple for n in shape):
-            raise ValueError(f"GraDIRN needs every axis to be a multiple of "
-                             f"{self.shape_multiple}; got {shape}")
+            raise ValueError(
+                f"GraDIRN needs every axis to be a multiple of {self.shape_multiple}; got {shape}"
+            )
         inner_loss = inner_loss or cfg.inner_loss
         phi: torch.Tensor | None = None
         out: list[torch.Tensor] = []
         k = 0
-        for level, (m, f) in enumerate(zip(self._pyramid(moving), self._pyramid(fixed),
-                                           strict=True)):
+        for level, (m, f) in enumerate(
+            zip(self._pyramid(moving), self._pyramid(fixed), strict=True)
+        ):
             level_shape = tuple(f.shape[2:])
-            phi = (f.new_zeros(f.shape[0], len(level_shape), *level_shape) if phi is None
-                   else resize_displacement(phi, level_shape))
+            phi = (
+                f.new_zeros(f.shape[0], len(level_shape), *level_shape)
+                if phi is None
+                else resize_displacement(phi, level_shape)
+            )
             for _ in range(cfg.iterations):
                 grad = inner_gradient(inner_loss, m, f, phi.detach(), ncc_window=cfg.ncc_window)
                 update = self.regularisers[level](torch.cat([phi, warp(m, phi), f], 1))

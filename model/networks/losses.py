@@ -46,8 +46,9 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     return x
 
 
-def local_ncc(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9,
-              eps: float = 1e-5) -> torch.Tensor:
+def local_ncc(
+    warped: torch.Tensor, fixed: torch.Tensor, window: int = 9, eps: float = 1e-5
+) -> torch.Tensor:
     """Loss 1 - mean squared local normalised cross-correlation (window^D boxes).
 
     Squared correlation as in VoxelMorph: it is smooth at zero and insensitive to contrast
@@ -63,8 +64,9 @@ def local_ncc(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9,
     return 1.0 - ncc2.mean()
 
 
-def nmi(warped: torch.Tensor, fixed: torch.Tensor, bins: int = 32,
-        sigma: float | None = None) -> torch.Tensor:
+def nmi(
+    warped: torch.Tensor, fixed: torch.Tensor, bins: int = 32, sigma: float | None = None
+) -> torch.Tensor:
     """Loss -NMI with a Parzen-window (Gaussian) joint histogram, intensities in [0, 1].
 
     NMI = (H(W) + H(F)) / H(W, F) (Studholme): differentiable because every voxel spreads a
@@ -98,8 +100,9 @@ def diffusion(displacement: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def soft_dice(warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor,
-              eps: float = 1e-6) -> torch.Tensor:
+def soft_dice(
+    warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
     """Loss 1 - mean soft Dice over the foreground channels of one-hot maps (B, K, *S)."""
     dims = tuple(range(2, warped_onehot.dim()))
     inter = (warped_onehot * fixed_onehot).sum(dims)
@@ -122,9 +125,15 @@ def similarity_loss(name: str, ncc_window: int = 9) -> SimilarityLoss:
     raise ValueError(f"unknown similarity {name!r}; choose {', '.join(SIMILARITIES)}")
 
 
-def inner_gradient(name: str, moving: torch.Tensor, fixed: torch.Tensor,
-                   displacement: torch.Tensor, *, ncc_window: int = 9,
-                   create_graph: bool = False) -> torch.Tensor:
+def inner_gradient(
+    name: str,
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    displacement: torch.Tensor,
+    *,
+    ncc_window: int = 9,
+    create_graph: bool = False,
+) -> torch.Tensor:
     """Per-voxel gradient of the similarity loss with respect to the displacement.
 
     Scaling: the loss is a mean over voxels, so its raw gradient shrinks with image size. We

@@ -20,8 +20,9 @@ import numpy as np
 from scipy import ndimage
 
 
-def _present_labels(a: np.ndarray, b: np.ndarray,
-                    counts: tuple[np.ndarray, ...] | None = None) -> list[int]:
+def _present_labels(
+    a: np.ndarray, b: np.ndarray, counts: tuple[np.ndarray, ...] | None = None
+) -> list[int]:
     """Every foreground label (> 0) present in either map: what gets scored by default.
     ``counts``: ``_label_counts(a, b)`` when the caller has it already."""
     counts = counts if counts is not None else _label_counts(a, b)
@@ -52,8 +53,7 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int] | None = None) -> d
     scores: dict[int, float] = {}
     for label in labels:
         if counts is not None:
-            size_a, size_b, overlap = (int(c[label]) if 0 <= label < len(c) else 0
-                                       for c in counts)
+            size_a, size_b, overlap = (int(c[label]) if 0 <= label < len(c) else 0 for c in counts)
         else:
             mask_a, mask_b = a == label, b == label
             size_a, size_b = int(mask_a.sum()), int(mask_b.sum())
@@ -63,8 +63,7 @@ def dice(a: np.ndarray, b: np.ndarray, labels: Sequence[int] | None = None) -> d
     return scores
 
 
-def _label_counts(a: np.ndarray, b: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _label_counts(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Voxels per label value in a, in b, and where both agree, from three bincounts (one
     pass each instead of three per label: ~0.07 s for a 1-mm brain where per-label masks of
     its 31 labels took ~0.5 s).
@@ -77,8 +76,11 @@ def _label_counts(a: np.ndarray, b: np.ndarray
     if low < 0 or high > 1 << 16:
         return None
     length = int(high) + 1
-    return (np.bincount(a.ravel(), minlength=length), np.bincount(b.ravel(), minlength=length),
-            np.bincount(a[a == b], minlength=length))
+    return (
+        np.bincount(a.ravel(), minlength=length),
+        np.bincount(b.ravel(), minlength=length),
+        np.bincount(a[a == b], minlength=length),
+    )
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -95,8 +97,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def _label_boxes(labels: np.ndarray) -> dict[int, tuple[slice, ...]]:
     """Bounding box of every positive label value, in one pass over the image."""
     positive = np.where(labels > 0, labels, 0).astype(np.intp, copy=False)
-    return {value + 1: box for value, box in enumerate(ndimage.find_objects(positive))
-            if box is not None}
+    return {
+        value + 1: box
+        for value, box in enumerate(ndimage.find_objects(positive))
+        if box is not None
+    }
 
 
 def _usable_cores() -> int:
@@ -154,8 +159,10 @@ def hausdorff95(
         # Both masks lie inside the union of their bounding boxes, so the surfaces and the
         # nearest-surface distances are the same there as on the whole image, at a fraction
         # of the cost (a brain label is ~1 % of a 1-mm volume).
-        box = tuple(slice(min(p.start, q.start), max(p.stop, q.stop))
-                    for p, q in zip(box_a, box_b, strict=True))
+        box = tuple(
+            slice(min(p.start, q.start), max(p.stop, q.stop))
+            for p, q in zip(box_a, box_b, strict=True)
+        )
         mask_a, mask_b = a[box] == label, b[box] == label
         surface_a, surface_b = _surface(mask_a), _surface(mask_b)
         a_to_b = _directed_surface_distances(surface_a, surface_b, sampling)
@@ -223,8 +230,12 @@ def jacobian_stats(det: np.ndarray, mask: np.ndarray | None = None) -> dict[str,
     }
 
 
-def end_point_error(phi: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None,
-                    mask: np.ndarray | None = None) -> float:
+def end_point_error(
+    phi: np.ndarray,
+    truth: np.ndarray,
+    spacing: Sequence[float] | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
     """Mean end-point error in mm: the distance |phi(x) - truth(x)| between two (D, *spatial)
     voxel displacements of one grid, averaged over the voxels of ``mask`` (default all).
 
@@ -292,8 +303,9 @@ def nmi(a: np.ndarray, b: np.ndarray, bins: int = 32) -> float:
     a, b = _as_pair(a, b)
     # One bincount over joint bin indices: np.histogram2d's edge search takes ~8x as long
     # on a 1-mm brain, and this is computed twice per registration.
-    joint = np.bincount((_bin_index(a, bins) * bins + _bin_index(b, bins)).ravel(),
-                        minlength=bins * bins).reshape(bins, bins)
+    joint = np.bincount(
+        (_bin_index(a, bins) * bins + _bin_index(b, bins)).ravel(), minlength=bins * bins
+    ).reshape(bins, bins)
     h_joint = _entropy(joint)
     if h_joint == 0:
         return float("nan")

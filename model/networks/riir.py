@@ -98,8 +98,9 @@ class RIIRCell(nn.Module):
         grow into a gradient+explicit one (``model.networks.checkpoint.load_state_grown``)."""
         return {"conv_in.weight": ([self.conv_in.out_channels], self.input_blocks)}
 
-    def forward(self, x: torch.Tensor, hidden: list[torch.Tensor | None]
-                ) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, hidden: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor]:
         """The update Δphi, the hidden states, and the features it was read from."""
         h1 = self.rnn1(F.relu(self.conv_in(x)), hidden[0])
         h2 = self.rnn2(F.relu(self.conv_mid(h1)), hidden[1])
@@ -177,14 +178,14 @@ class RIIR(nn.Module):
         if config.inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {INPUTS}, not {config.inputs!r}")
         if config.upsampling not in UPSAMPLING:
-            raise ValueError(f"upsampling must be one of {UPSAMPLING}, not "
-                             f"{config.upsampling!r}")
+            raise ValueError(f"upsampling must be one of {UPSAMPLING}, not {config.upsampling!r}")
         self.config = config
         self.cell = RIIRCell(sum(input_blocks(config)), config)
         self.upsampling = None
         if config.upsampling == "convex" and config.cell_stride > 1:
-            self.upsampling = ConvexUpsampling(config.hidden_channels[1], config.spatial_dims,
-                                               config.cell_stride)
+            self.upsampling = ConvexUpsampling(
+                config.hidden_channels[1], config.spatial_dims, config.cell_stride
+            )
 
     # Parameters whose initialisation leaves the function unchanged: a model without them
     # grows into one with them (model.networks.checkpoint.load_state_grown).
@@ -205,8 +206,9 @@ class RIIR(nn.Module):
         pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool3d
         return pool(x, size)
 
-    def _fine(self, x: torch.Tensor, shape: torch.Size,
-              features: torch.Tensor | None = None) -> torch.Tensor:
+    def _fine(
+        self, x: torch.Tensor, shape: torch.Size, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """From the cell's grid back to the image grid (voxel units unchanged: displacements
         are always in voxels of the full-resolution grid). Convex upsampling gives s·m
         voxels; where the image is not a multiple of s (``shape_multiple``), interpolation
@@ -220,33 +222,48 @@ class RIIR(nn.Module):
                 return x
         return resize(x, shape)
 
-    def _cell_input(self, phi_coarse: torch.Tensor, phi: torch.Tensor, moving: torch.Tensor,
-                    fixed: torch.Tensor, inner_loss: str) -> torch.Tensor:
+    def _cell_input(
+        self,
+        phi_coarse: torch.Tensor,
+        phi: torch.Tensor,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        inner_loss: str,
+    ) -> torch.Tensor:
         cfg = self.config
         _, gradient_width, images_width = self.cell.input_blocks
         parts = [phi_coarse]
         if gradient_width:
-            grad = inner_gradient(inner_loss, moving, fixed,
-                                  phi if cfg.second_order else phi.detach(),
-                                  ncc_window=cfg.ncc_window,
-                                  create_graph=cfg.second_order and torch.is_grad_enabled())
+            grad = inner_gradient(
+                inner_loss,
+                moving,
+                fixed,
+                phi if cfg.second_order else phi.detach(),
+                ncc_window=cfg.ncc_window,
+                create_graph=cfg.second_order and torch.is_grad_enabled(),
+            )
             parts.append(self._coarse(grad * cfg.gradient_scale))
         if images_width:
             first = moving if cfg.inputs == "implicit" else warp(moving, phi)
             parts += [self._coarse(first), self._coarse(fixed)]
         return torch.cat(parts, 1)
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
-                progress: ProgressCallback | None = None, return_all: bool = True,
-                inner_loss: str | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        steps: int | None = None,
+        progress: ProgressCallback | None = None,
+        return_all: bool = True,
+        inner_loss: str | None = None,
+    ) -> list[torch.Tensor]:
         """Displacements phi_1 … phi_T (B, D, *S) in voxels; only phi_T if not ``return_all``
         (inference keeps one iterate to save memory). ``inner_loss`` overrides the similarity
         whose gradient drives the cell (default: the one it was trained with)."""
         steps = self.config.steps if steps is None else steps
         inner_loss = inner_loss or self.config.inner_loss
         shape = fixed.shape[2:]
-        phi_coarse = fixed.new_zeros(fixed.shape[0], len(shape),
-                                     *self._coarse(fixed).shape[2:])
+        phi_coarse = fixed.new_zeros(fixed.shape[0], len(shape), *self._coarse(fixed).shape[2:])
         phi = self._fine(phi_coarse, shape)
         hidden: list[torch.Tensor | None] = [None, None]
         out: list[torch.Tensor] = []

@@ -60,15 +60,23 @@ class VoxelMorph(nn.Module):
         self.pool = getattr(nn, f"MaxPool{d}d")(2)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, moving: torch.Tensor, fixed: torch.Tensor, steps: int | None = None,
-                progress: Callable[[int, int], None] | None = None, return_all: bool = True,
-                inner_loss: str | None = None) -> list[torch.Tensor]:
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        steps: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        return_all: bool = True,
+        inner_loss: str | None = None,
+    ) -> list[torch.Tensor]:
         """``[phi]``: the displacement (B, D, *S) in voxels. ``steps`` and ``inner_loss`` do
         not apply (one prediction, no inner loss); they are accepted for the common interface."""
         shape = fixed.shape[2:]
         if any(n % self.shape_multiple for n in shape):
-            raise ValueError(f"VoxelMorph needs every axis to be a multiple of "
-                             f"{self.shape_multiple}; got {tuple(shape)}")
+            raise ValueError(
+                f"VoxelMorph needs every axis to be a multiple of "
+                f"{self.shape_multiple}; got {tuple(shape)}"
+            )
         x = torch.cat([moving, fixed], 1)
         skips = []
         for block in self.encoder:

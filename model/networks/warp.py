@@ -26,8 +26,9 @@ def _identity(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) 
     return torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
 
 
-def identity_grid(shape: tuple[int, ...], device: torch.device | str = "cpu",
-                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def identity_grid(
+    shape: tuple[int, ...], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     return _identity(tuple(shape), torch.device(device), dtype)
 
 
@@ -35,22 +36,28 @@ def _normalised_grid(displacement: torch.Tensor) -> torch.Tensor:
     """Voxel displacement (B, D, *S) -> grid_sample grid (B, *S, D), reversed axis order."""
     shape = displacement.shape[2:]
     coords = identity_grid(tuple(shape), displacement.device, displacement.dtype) + displacement
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=displacement.device,
-                         dtype=displacement.dtype).view(1, -1, *[1] * len(shape))
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in shape], device=displacement.device, dtype=displacement.dtype
+    ).view(1, -1, *[1] * len(shape))
     grid = coords * scale - 1.0
     return grid.movedim(1, -1).flip(-1)
 
 
-def warp(image: torch.Tensor, displacement: torch.Tensor, mode: str = "linear",
-         padding_mode: str = "border") -> torch.Tensor:
+def warp(
+    image: torch.Tensor,
+    displacement: torch.Tensor,
+    mode: str = "linear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
     """Resample ``image`` (B, C, *S) at ``x + displacement(x)``.
 
     ``border`` padding repeats edge voxels rather than pulling in zeros, so voxels that move
     out of the field of view do not create artificial edges for the similarity to chase.
     """
     grid = _normalised_grid(displacement)
-    return F.grid_sample(image, grid, mode=_MODES[mode], padding_mode=padding_mode,
-                         align_corners=True)
+    return F.grid_sample(
+        image, grid, mode=_MODES[mode], padding_mode=padding_mode, align_corners=True
+    )
 
 
 def resize(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
@@ -73,6 +80,9 @@ def resize_displacement(displacement: torch.Tensor, shape: tuple[int, ...]) -> t
     old = displacement.shape[2:]
     if tuple(old) == tuple(shape):
         return displacement
-    factors = torch.tensor([n / o for n, o in zip(shape, old, strict=True)],
-                           device=displacement.device, dtype=displacement.dtype)
+    factors = torch.tensor(
+        [n / o for n, o in zip(shape, old, strict=True)],
+        device=displacement.device,
+        dtype=displacement.dtype,
+    )
     return resize(displacement, shape) * factors.view(1, -1, *[1] * len(shape))

@@ -35,70 +35,107 @@ def _minutes(text: str) -> float:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "train", help="train a registration model (RIIR or a baseline)",
+        "train",
+        help="train a registration model (RIIR or a baseline)",
         description="Train RIIR, VoxelMorph or GraDIRN on a dataset and write OUT/checkpoint.pt "
-                    "(usable with 'riir register --model'), OUT/best.pt, OUT/log.csv and "
-                    "OUT/config.json. Every paper setting is a flag or a config-file entry.")
+        "(usable with 'riir register --model'), OUT/best.pt, OUT/log.csv and "
+        "OUT/config.json. Every paper setting is a flag or a config-file entry.",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in OUT from its last checkpoint (its config.json; "
-                        "flags given here override it, e.g. --iterations to train longer)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in OUT from its last checkpoint (its config.json; "
+        "flags given here override it, e.g. --iterations to train longer)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--time-limit", type=_minutes, metavar="MINUTES",
-                   help="stop after this many minutes of training (this call's, not the "
-                        "run's), with a validation and a checkpoint at the last iteration; "
-                        "--resume continues it")
+    p.add_argument(
+        "--time-limit",
+        type=_minutes,
+        metavar="MINUTES",
+        help="stop after this many minutes of training (this call's, not the "
+        "run's), with a validation and a checkpoint at the last iteration; "
+        "--resume continues it",
+    )
     flags.add_train_options(p)
     p.set_defaults(run=run_train)
 
     p = subparsers.add_parser(
-        "evaluate", help="score models, ANTs SyN or no registration on a dataset split",
+        "evaluate",
+        help="score models, ANTs SyN or no registration on a dataset split",
         description="Register the fixed pairs of a split with each method and write "
-                    "OUT/pairs.csv, OUT/summary.csv, OUT/summary.md (Dice, HD95, std log|J|, "
-                    "% folding, seconds per pair) and OUT/dice.png.")
+        "OUT/pairs.csv, OUT/summary.csv, OUT/summary.md (Dice, HD95, std log|J|, "
+        "% folding, seconds per pair) and OUT/dice.png.",
+    )
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     flags.add_data_options(p)
-    p.add_argument("--split", default="test", choices=("train", "val", "test"),
-                   help="which split's pairs (default test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "val", "test"),
+        help="which split's pairs (default test)",
+    )
     p.add_argument("--pairs", type=int, metavar="N", help="at most N pairs (seeded choice)")
     p.add_argument("--pair-seed", type=int, default=0, help="seed of the pair choice")
-    p.add_argument("--direction", default="ES->ED", choices=("ES->ED", "ED->ES"),
-                   help="ACDC: moving->fixed phase (default ES->ED)")
-    p.add_argument("--model", action="append", default=[], metavar="[LABEL=]NAME|PATH",
-                   help="a shipped model or a checkpoint (repeatable)")
+    p.add_argument(
+        "--direction",
+        default="ES->ED",
+        choices=("ES->ED", "ED->ES"),
+        help="ACDC: moving->fixed phase (default ES->ED)",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[LABEL=]NAME|PATH",
+        help="a shipped model or a checkpoint (repeatable)",
+    )
     p.add_argument("--identity", action="store_true", help="add the no-registration row")
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--title", default="", help="title of the table and plot")
-    p.add_argument("--ship", type=Path, metavar="WEIGHTS_DIR",
-                   help="copy the first --model into WEIGHTS_DIR as NAME.pt with its model "
-                        "card (NAME.json, NAME.md) holding these results")
+    p.add_argument(
+        "--ship",
+        type=Path,
+        metavar="WEIGHTS_DIR",
+        help="copy the first --model into WEIGHTS_DIR as NAME.pt with its model "
+        "card (NAME.json, NAME.md) holding these results",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_evaluate)
 
     p = subparsers.add_parser(
-        "experiment", help="run one of the paper's experiments (train + evaluate variants)",
+        "experiment",
+        help="run one of the paper's experiments (train + evaluate variants)",
         description="Train every variant of an experiment of the RIIR paper with the same base "
-                    "settings, evaluate each on the test split, and write OUT/results.csv, "
-                    "OUT/results.md and OUT/results.png. Interrupted runs resume; finished "
-                    "variants are not redone.")
+        "settings, evaluate each on the test split, and write OUT/results.csv, "
+        "OUT/results.md and OUT/results.png. Interrupted runs resume; finished "
+        "variants are not redone.",
+    )
     p.add_argument("experiment", choices=EXPERIMENT_NAMES)
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    p.add_argument("--values", nargs="+", metavar="V",
-                   help="the variants to run (default: all of the experiment's), e.g. "
-                        "fractions 0.05 1, T values 2 6 10, losses mse nmi")
-    p.add_argument("--archs", nargs="+", choices=architectures.TRAINABLE,
-                   help="data-fraction: the architectures (default all three)")
+    p.add_argument(
+        "--values",
+        nargs="+",
+        metavar="V",
+        help="the variants to run (default: all of the experiment's), e.g. "
+        "fractions 0.05 1, T values 2 6 10, losses mse nmi",
+    )
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        choices=architectures.TRAINABLE,
+        help="data-fraction: the architectures (default all three)",
+    )
     p.add_argument("--pairs", type=int, metavar="N", help="test pairs per variant")
     p.add_argument("--quiet", action="store_true")
     flags.add_train_options(p)
     p.set_defaults(run=run_experiment)
 
 
-def train_settings(args: argparse.Namespace, base: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+def train_settings(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """TrainConfig values: ``base`` < config file < explicit flags (the architecture's
     settings merged under ``model``)."""
     from model.training.train import load_config
@@ -115,8 +152,10 @@ def train_settings(args: argparse.Namespace, base: dict[str, Any] | None = None
         values.update(layer)
     steps = values.get("model", {}).get("steps")
     if steps is not None and steps > MAX_STEPS:
-        raise InputError(f"--steps is RIIR's recurrent steps T (at most {MAX_STEPS}); got "
-                         f"{steps}. The length of training is --iterations N")
+        raise InputError(
+            f"--steps is RIIR's recurrent steps T (at most {MAX_STEPS}); got "
+            f"{steps}. The length of training is --iterations N"
+        )
     return values
 
 
@@ -133,23 +172,35 @@ def run_train(args: argparse.Namespace) -> int:
     base = None
     if args.resume:
         if getattr(args, "train.init"):
-            raise InputError("--init starts a new run from a model's weights; --resume "
-                             "continues the run in --out from its checkpoint: give one")
+            raise InputError(
+                "--init starts a new run from a model's weights; --resume "
+                "continues the run in --out from its checkpoint: give one"
+            )
         saved = args.out / "config.json"
         if not saved.is_file():
             raise InputError(f"nothing to resume in '{args.out}' (no config.json)")
         base = json.loads(saved.read_text())
     cfg = TrainConfig.from_dict(train_settings(args, base))
     limit = None if args.time_limit is None else 60.0 * args.time_limit
-    final = train(cfg, args.out, resume=args.resume, command=_command_line(args),
-                  progress=not args.quiet, time_limit_s=limit)
-    print(f"trained {cfg.name} ({cfg.arch}) for {final['iterations']} iterations in "
-          f"{final['seconds']:.0f} s; " + ", ".join(
-              f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val_")))
+    final = train(
+        cfg,
+        args.out,
+        resume=args.resume,
+        command=_command_line(args),
+        progress=not args.quiet,
+        time_limit_s=limit,
+    )
+    print(
+        f"trained {cfg.name} ({cfg.arch}) for {final['iterations']} iterations in "
+        f"{final['seconds']:.0f} s; "
+        + ", ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("val_"))
+    )
     print(f"checkpoint: {args.out / 'checkpoint.pt'}")
     if final["time_limited"]:
-        print(f"stopped by --time-limit before iteration {cfg.iterations}; continue with: "
-              f"riir train --out {shlex.quote(str(args.out))} --resume")
+        print(
+            f"stopped by --time-limit before iteration {cfg.iterations}; continue with: "
+            f"riir train --out {shlex.quote(str(args.out))} --resume"
+        )
     return 0
 
 
@@ -165,8 +216,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     given = flags.settings(args)
-    source = open_source(given.get("data_kind", "folder"), data,
-                         split_seed=given.get("split_seed", 0), **given.get("data_options", {}))
+    source = open_source(
+        given.get("data_kind", "folder"),
+        data,
+        split_seed=given.get("split_seed", 0),
+        **given.get("data_options", {}),
+    )
     pair_options = {"direction": args.direction} if source.description["kind"] == "acdc" else {}
     pairs = source.pairs(args.split, args.pairs, seed=args.pair_seed, **pair_options)
     methods = []
@@ -180,11 +235,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not methods:
         raise InputError("nothing to evaluate: give --model, --identity or --ants")
     names = getattr(source, "LABELS", None)
-    summary = ev.evaluate(methods, pairs, source.label_values, args.out, title=args.title,
-                          label_names=names, progress=not args.quiet,
-                          info={"split": args.split, "command": _command_line(args),
-                                "data": source.description,
-                                **({"direction": args.direction} if pair_options else {})})
+    summary = ev.evaluate(
+        methods,
+        pairs,
+        source.label_values,
+        args.out,
+        title=args.title,
+        label_names=names,
+        progress=not args.quiet,
+        info={
+            "split": args.split,
+            "command": _command_line(args),
+            "data": source.description,
+            **({"direction": args.direction} if pair_options else {}),
+        },
+    )
     print((args.out / "summary.md").read_text())
     if args.ship is not None:
         if not args.model:
@@ -198,9 +263,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_experiment(args: argparse.Namespace) -> int:
     from model.training.experiments import run
 
-    results = run(args.experiment, train_settings(args), args.out, values=args.values,
-                  archs=args.archs, pairs=args.pairs, progress=not args.quiet,
-                  command=_command_line(args))
+    results = run(
+        args.experiment,
+        train_settings(args),
+        args.out,
+        values=args.values,
+        archs=args.archs,
+        pairs=args.pairs,
+        progress=not args.quiet,
+        command=_command_line(args),
+    )
     print((args.out / "results.md").read_text())
     del results
     return 0

@@ -28,80 +28,118 @@ BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}
 class TrainConfig:
     # data
     data: str = setting(
-        "", "the data: a folder with img/ (+ label/) NIfTI images (folder), the ACDC .h5 folder "
+        "",
+        "the data: a folder with img/ (+ label/) NIfTI images (folder), the ACDC .h5 folder "
         "(acdc), a 4-D NIfTI series or a folder of them (series), the SynthSeg label-map folder "
         "(brain), or molli / msasha for simulated series with known motion (qmri)",
-        metavar="PATH", group="data")
+        metavar="PATH",
+        group="data",
+    )
     data_kind: str = setting("folder", "how to read --data", choices=DATA_KINDS, group="data")
-    fraction: float = setting(1.0, "share of the training subjects used, e.g. 0.05 (the "
-                                   "held-out test split does not change)")
+    fraction: float = setting(
+        1.0,
+        "share of the training subjects used, e.g. 0.05 (the held-out test split does not change)",
+    )
     split_seed: int = setting(0, "seed of the subject split", group="data")
     unlabelled: list[str] = setting(
-        (), "folder of extra unlabelled images for unsupervised training (folder data; "
-        "repeatable)", metavar="DIR", action="append")
+        (),
+        "folder of extra unlabelled images for unsupervised training (folder data; repeatable)",
+        metavar="DIR",
+        action="append",
+    )
     crop: list[int] | None = setting(
-        None, "train on random windows of this size (voxels of the working grid)", metavar="N")
+        None, "train on random windows of this size (voxels of the working grid)", metavar="N"
+    )
     data_options: dict[str, Any] = setting(
-        (), "a keyword argument of the data source, e.g. cache_dir=runs/cache or contrast=t1 "
+        (),
+        "a keyword argument of the data source, e.g. cache_dir=runs/cache or contrast=t1 "
         "(brain), test_fraction=0.25, series=8 or motion_mm=12 (qmri)",
-        flags=("--data-option",), group="data")
+        flags=("--data-option",),
+        group="data",
+    )
     spacing_mm: float | None = setting(
-        None, "working-grid spacing in mm, stored for inference (default: the fixed image's "
-              "own)")
+        None, "working-grid spacing in mm, stored for inference (default: the fixed image's own)"
+    )
     max_voxels: int | None = setting(None, "voxel budget of the working grid")
     # model
     arch: str = setting("riir", "architecture", choices=architectures.TRAINABLE, group="model")
     model: dict[str, Any] = setting(
-        (), "any field of the architecture's config, e.g. encoder=[16,32] (VoxelMorph) or "
+        (),
+        "any field of the architecture's config, e.g. encoder=[16,32] (VoxelMorph) or "
         "iterations=4 (GraDIRN); its common fields have flags of their own",
-        flags=("--model-option",), group="model")
+        flags=("--model-option",),
+        group="model",
+    )
     init: str | None = setting(
-        None, "start from a shipped model or a checkpoint instead of random weights: its "
+        None,
+        "start from a shipped model or a checkpoint instead of random weights: its "
         "architecture, with the model flags given here overriding it; a larger --gru-kernel, "
         "more --hidden-channels or --upsampling convex grows from its trained weights, "
-        "starting from the same function (fine-tuning)", metavar="NAME|PATH", group="model")
+        "starting from the same function (fine-tuning)",
+        metavar="NAME|PATH",
+        group="model",
+    )
     # outer loss
-    similarity: str = setting("mse", "outer-loss similarity", choices=SIMILARITIES,
-                              group="outer loss")
-    weights: str = setting("exponential", "step weights w_t", choices=WEIGHTS,
-                           group="outer loss")
+    similarity: str = setting(
+        "mse", "outer-loss similarity", choices=SIMILARITIES, group="outer loss"
+    )
+    weights: str = setting("exponential", "step weights w_t", choices=WEIGHTS, group="outer loss")
     lam: float = setting(0.05, "λ of the diffusion regulariser", group="outer loss")
-    dice_weight: float = setting(0.0, "β, weight of a soft-Dice label term (0: unsupervised, "
-                                      "the paper's setting)", group="outer loss")
+    dice_weight: float = setting(
+        0.0,
+        "β, weight of a soft-Dice label term (0: unsupervised, the paper's setting)",
+        group="outer loss",
+    )
     # optimisation
     lr: float = setting(8e-4, "Adam learning rate", group="optimisation")
     batch_size: int = setting(1, "pairs per iteration", group="optimisation")
-    iterations: int = setting(1000, "training iterations (the length of the run)",
-                              metavar="N", group="optimisation")
+    iterations: int = setting(
+        1000, "training iterations (the length of the run)", metavar="N", group="optimisation"
+    )
     seed: int = setting(0, "seed of initialisation and pair draws", group="optimisation")
-    checkpoint_every: int = setting(100, "iterations between checkpoints", metavar="N",
-                                    group="optimisation")
-    validate_every: int = setting(100, "iterations between validations", metavar="N",
-                                  group="optimisation")
+    checkpoint_every: int = setting(
+        100, "iterations between checkpoints", metavar="N", group="optimisation"
+    )
+    validate_every: int = setting(
+        100, "iterations between validations", metavar="N", group="optimisation"
+    )
     val_pairs: int = setting(8, "validation pairs", metavar="N", group="optimisation")
-    device: str = setting("auto", "auto | cpu | cuda (auto: CUDA when present)",
-                          group="optimisation")
+    device: str = setting(
+        "auto", "auto | cpu | cuda (auto: CUDA when present)", group="optimisation"
+    )
     threads: int | None = setting(None, "CPU threads for torch", group="optimisation")
     # identity of the result
     name: str = setting("riir-model", "model name stored in the checkpoint", group="result")
     version: str = setting("0.1.0", "model version", group="result")
     description: str = setting("", "one line for the model card", group="result")
-    tensorboard: bool = setting(False, "also log to OUT/tensorboard (needs tensorboard)",
-                                group="result")
+    tensorboard: bool = setting(
+        False, "also log to OUT/tensorboard (needs tensorboard)", group="result"
+    )
     # best.pt: a validation qualifies only within these limits (None: no limit). The label
     # term trades smoothness for Dice, so the best Dice alone can pick a rough field.
     best_max_std_log_jacobian: float | None = setting(
-        None, "best.pt only from validations with std log|J| <= S (default: any); label "
-        "supervision can buy Dice with a rough field", metavar="S", group="result")
+        None,
+        "best.pt only from validations with std log|J| <= S (default: any); label "
+        "supervision can buy Dice with a rough field",
+        metavar="S",
+        group="result",
+    )
     best_max_folding_percent: float | None = setting(
-        None, "best.pt only from validations with at most PERCENT % folding voxels (default: "
-        "any)", metavar="PERCENT", flags=("--best-max-folding",), group="result")
+        None,
+        "best.pt only from validations with at most PERCENT % folding voxels (default: any)",
+        metavar="PERCENT",
+        flags=("--best-max-folding",),
+        group="result",
+    )
     # What "best" means: the highest validation Dice, or (simulated data with a known
     # field) the lowest end-point error.
     best_by: str = setting(
-        "dice", "what makes best.pt best: the highest validation Dice, or, on simulated series "
-        "(--data-kind qmri), the lowest end-point error", choices=tuple(BEST_BY),
-        group="result")
+        "dice",
+        "what makes best.pt best: the highest validation Dice, or, on simulated series "
+        "(--data-kind qmri), the lowest end-point error",
+        choices=tuple(BEST_BY),
+        group="result",
+    )
 
     def __post_init__(self) -> None:
         # ``setting`` takes immutable defaults; the collections are the instance's own.
@@ -112,8 +150,9 @@ class TrainConfig:
 
     def check(self) -> None:
         if self.arch not in architectures.TRAINABLE:
-            raise InputError(f"unknown architecture '{self.arch}'; choose "
-                             f"{', '.join(architectures.TRAINABLE)}")
+            raise InputError(
+                f"unknown architecture '{self.arch}'; choose {', '.join(architectures.TRAINABLE)}"
+            )
         if self.weights not in WEIGHTS:
             raise InputError(f"weights must be uniform or exponential; got '{self.weights}'")
         for name in ("iterations", "batch_size", "checkpoint_every", "validate_every"):
@@ -140,10 +179,13 @@ class TrainConfig:
 
     def qualifies_as_best(self, validation: dict[str, Any]) -> bool:
         """Whether a validation's field is smooth enough to become best.pt."""
-        limits = (("val_std_log_jacobian", self.best_max_std_log_jacobian),
-                  ("val_folding_percent", self.best_max_folding_percent))
-        return all(limit is None or validation.get(key, float("inf")) <= limit
-                   for key, limit in limits)
+        limits = (
+            ("val_std_log_jacobian", self.best_max_std_log_jacobian),
+            ("val_folding_percent", self.best_max_folding_percent),
+        )
+        return all(
+            limit is None or validation.get(key, float("inf")) <= limit for key, limit in limits
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -170,8 +212,11 @@ def normalized(values: dict[str, Any]) -> dict[str, Any]:
 
 def model_setting_names() -> set[str]:
     """Fields of any architecture's config (but the dimension, which the data set)."""
-    return {f.name for arch in architectures.names()
-            for f in dataclasses.fields(architectures.config_class(arch))} - {"spatial_dims"}
+    return {
+        f.name
+        for arch in architectures.names()
+        for f in dataclasses.fields(architectures.config_class(arch))
+    } - {"spatial_dims"}
 
 
 def model_config(cfg: TrainConfig, spatial_dims: int) -> dict[str, Any]:
@@ -179,6 +224,7 @@ def model_config(cfg: TrainConfig, spatial_dims: int) -> dict[str, Any]:
     fields = {f.name for f in dataclasses.fields(architectures.config_class(cfg.arch))}
     unknown = sorted(set(cfg.model) - fields)
     if unknown:
-        raise InputError(f"{', '.join(map(repr, unknown))} does not apply to the {cfg.arch} "
-                         "architecture")
+        raise InputError(
+            f"{', '.join(map(repr, unknown))} does not apply to the {cfg.arch} architecture"
+        )
     return {"spatial_dims": spatial_dims, **cfg.model}

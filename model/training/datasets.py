@@ -1,7 +1,7 @@
 """Training and evaluation data: image pairs prepared exactly as inference prepares them.
 
 Every pair reaches a model through ``prepare_pair``, which repeats the engine's steps
-(``worker/engine.py: register_images`` with the default physical initialisation): the fixed
+(``worker.inference.engine.register_images`` with the default physical initialisation): the fixed
 image's working grid from ``conventions.grid.model_grid`` with the model's preprocessing (spacing,
 shape multiple, voxel budget), both images resampled onto it with ``Grid.resample``, intensities
 mapped by ``conventions.intensity.normalize``. A shipped model therefore sees at inference the very
@@ -56,8 +56,11 @@ class Preprocessing:
     max_voxels: int | None = None
 
     def as_meta(self) -> dict[str, Any]:
-        return {"spacing_mm": self.spacing_mm, "shape_multiple": self.shape_multiple,
-                "max_voxels": self.max_voxels}
+        return {
+            "spacing_mm": self.spacing_mm,
+            "shape_multiple": self.shape_multiple,
+            "max_voxels": self.max_voxels,
+        }
 
 
 @dataclass
@@ -98,12 +101,24 @@ class Pair:
 
     def crop(self, size: Sequence[int], rng: np.random.Generator) -> Pair:
         """The same random window of every array (axes shorter than ``size`` are kept)."""
-        starts = [int(rng.integers(0, max(n - s, 0) + 1))
-                  for n, s in zip(self.fixed.shape, size, strict=True)]
+        starts = [
+            int(rng.integers(0, max(n - s, 0) + 1))
+            for n, s in zip(self.fixed.shape, size, strict=True)
+        ]
         window = (..., *(slice(a, a + s) for a, s in zip(starts, size, strict=True)))
-        return Pair(*(None if a is None else a[window] for a in
-                      (self.moving, self.fixed, self.moving_labels, self.fixed_labels,
-                       self.truth)), spacing=self.spacing)
+        return Pair(
+            *(
+                None if a is None else a[window]
+                for a in (
+                    self.moving,
+                    self.fixed,
+                    self.moving_labels,
+                    self.fixed_labels,
+                    self.truth,
+                )
+            ),
+            spacing=self.spacing,
+        )
 
 
 def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
@@ -116,12 +131,12 @@ def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
     def labels(subject: Subject) -> np.ndarray | None:
         if subject.labels is None:
             return None
-        resampled = grid.resample(subject.labels, interpolator=sitk.sitkNearestNeighbor,
-                                  extrapolate=False)
+        resampled = grid.resample(
+            subject.labels, interpolator=sitk.sitkNearestNeighbor, extrapolate=False
+        )
         return sitk.GetArrayFromImage(resampled).astype(np.int32)
 
-    prepared = Pair(image(pair.moving), image(pair.fixed), labels(pair.moving),
-                    labels(pair.fixed))
+    prepared = Pair(image(pair.moving), image(pair.fixed), labels(pair.moving), labels(pair.fixed))
     if pair.truth is not None and grid.coincides(Grid.of(pair.fixed.image)):
         prepared.truth, prepared.spacing = pair.truth, grid.spacing[::-1]
     return prepared
@@ -144,8 +159,13 @@ class Split:
         return list(getattr(self, split))
 
 
-def split_subjects(names: Sequence[str], test_fraction: float = 0.2, val_count: int = 2,
-                   fraction: float = 1.0, seed: int = 0) -> Split:
+def split_subjects(
+    names: Sequence[str],
+    test_fraction: float = 0.2,
+    val_count: int = 2,
+    fraction: float = 1.0,
+    seed: int = 0,
+) -> Split:
     """Test and validation subjects from a seeded permutation of the sorted names; the
     training subjects are the first ``ceil(fraction · n)`` of a second seeded permutation of
     the rest. Neither permutation depends on ``fraction``: the test set never moves, and a
@@ -155,14 +175,16 @@ def split_subjects(names: Sequence[str], test_fraction: float = 0.2, val_count: 
         raise InputError(f"the training fraction must be in (0, 1]; got {fraction}")
     n_test = max(1, round(test_fraction * len(names)))
     if len(names) < n_test + val_count + 1:
-        raise InputError(f"{len(names)} subjects are too few for {n_test} test, {val_count} "
-                         "validation and at least one training subject")
+        raise InputError(
+            f"{len(names)} subjects are too few for {n_test} test, {val_count} "
+            "validation and at least one training subject"
+        )
     order = np.random.default_rng(seed).permutation(len(names))
     test = sorted(names[k] for k in order[:n_test])
-    val = sorted(names[k] for k in order[n_test:n_test + val_count])
-    rest = sorted(names[k] for k in order[n_test + val_count:])
+    val = sorted(names[k] for k in order[n_test : n_test + val_count])
+    rest = sorted(names[k] for k in order[n_test + val_count :])
     rest = [rest[k] for k in np.random.default_rng(seed + 1).permutation(len(rest))]
-    train = sorted(rest[:max(1, math.ceil(fraction * len(rest)))])
+    train = sorted(rest[: max(1, math.ceil(fraction * len(rest)))])
     return Split(train, val, test)
 
 
@@ -211,9 +233,16 @@ class FolderPairs(PairSource):
     """Inter-subject pairs of a folder with ``img/`` (and optionally ``label/``) NIfTI files of
     the same names; ``unlabelled`` folders add images to the training pool only."""
 
-    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
-                 test_fraction: float = 0.2, val_count: int | None = None,
-                 unlabelled: Sequence[str | os.PathLike] = ()):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        fraction: float = 1.0,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+        val_count: int | None = None,
+        unlabelled: Sequence[str | os.PathLike] = (),
+    ):
         root = Path(root)
         images = _nifti_files(root / "img")
         label_dir = root / "label"
@@ -223,10 +252,16 @@ class FolderPairs(PairSource):
         self.subjects: dict[str, Subject] = {}
         for name, path in images.items():
             image = imageio.read_image(path, f"image {name}")
-            label = (imageio.read_labels(labels[name], f"labels {name}", image)
-                     if name in labels else None)
-            self.subjects[name] = Subject(name, imageio.slice_as_2d(image),
-                                          None if label is None else imageio.slice_as_2d(label))
+            label = (
+                imageio.read_labels(labels[name], f"labels {name}", image)
+                if name in labels
+                else None
+            )
+            self.subjects[name] = Subject(
+                name,
+                imageio.slice_as_2d(image),
+                None if label is None else imageio.slice_as_2d(label),
+            )
         if val_count is None:  # 5 % of the subjects (10 of the 200 hippocampus images); a
             val_count = max(2, round(0.05 * len(images)))  # pair needs two
         split = split_subjects(list(images), test_fraction, val_count, fraction, split_seed)
@@ -244,12 +279,21 @@ class FolderPairs(PairSource):
         for subject in self.subjects.values():
             if subject.labels is not None:
                 values |= set(np.unique(sitk.GetArrayViewFromImage(subject.labels)).tolist())
-        super().__init__(root.name, dims.pop(), split,
-                         tuple(sorted(int(v) for v in values if v > 0)),
-                         {"kind": "folder", "root": str(root), "fraction": fraction,
-                          "split_seed": split_seed, "unlabelled": [str(u) for u in unlabelled],
-                          "subjects": {k: len(split[k]) for k in SPLITS},
-                          "unlabelled_images": len(self.extra)})
+        super().__init__(
+            root.name,
+            dims.pop(),
+            split,
+            tuple(sorted(int(v) for v in values if v > 0)),
+            {
+                "kind": "folder",
+                "root": str(root),
+                "fraction": fraction,
+                "split_seed": split_seed,
+                "unlabelled": [str(u) for u in unlabelled],
+                "subjects": {k: len(split[k]) for k in SPLITS},
+                "unlabelled_images": len(self.extra),
+            },
+        )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
         pool = self.split.train + self.extra
@@ -283,9 +327,16 @@ class AcdcPairs(PairSource):
     FILE = re.compile(r"(patient\d+)_frame0([12])\.h5$")
     LABELS = {1: "RV", 2: "myocardium", 3: "LV"}
 
-    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
-                 test_fraction: float = 0.25, val_count: int = 2,
-                 spacing_mm: float = ACDC_SPACING_MM):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        fraction: float = 1.0,
+        split_seed: int = 0,
+        test_fraction: float = 0.25,
+        val_count: int = 2,
+        spacing_mm: float = ACDC_SPACING_MM,
+    ):
         import h5py
 
         root = Path(root)
@@ -302,22 +353,39 @@ class AcdcPairs(PairSource):
             frames.setdefault(match.group(1), {})[phase] = (image, label)
         patients = sorted(p for p, f in frames.items() if set(f) == {"ED", "ES"})
         if len(patients) < 4:
-            raise InputError(f"'{root}' holds {len(patients)} patients with both frames "
-                             "(patientNNN_frame01.h5 and _frame02.h5); need 4 or more")
+            raise InputError(
+                f"'{root}' holds {len(patients)} patients with both frames "
+                "(patientNNN_frame01.h5 and _frame02.h5); need 4 or more"
+            )
         self.slices: dict[str, list[dict[str, Subject]]] = {}
         for patient in patients:
             ed, es = frames[patient]["ED"], frames[patient]["ES"]
             self.slices[patient] = [
-                {phase: Subject(f"{patient}_{phase}_s{k:02d}",
-                                _slice_image(volume[0][k], spacing_mm),
-                                _slice_image(volume[1][k], spacing_mm))
-                 for phase, volume in (("ED", ed), ("ES", es))}
-                for k in range(min(len(ed[0]), len(es[0])))]
+                {
+                    phase: Subject(
+                        f"{patient}_{phase}_s{k:02d}",
+                        _slice_image(volume[0][k], spacing_mm),
+                        _slice_image(volume[1][k], spacing_mm),
+                    )
+                    for phase, volume in (("ED", ed), ("ES", es))
+                }
+                for k in range(min(len(ed[0]), len(es[0])))
+            ]
         split = split_subjects(patients, test_fraction, val_count, fraction, split_seed)
-        super().__init__("acdc", 2, split, tuple(self.LABELS),
-                         {"kind": "acdc", "root": str(root), "fraction": fraction,
-                          "split_seed": split_seed, "spacing_mm_assumed": spacing_mm,
-                          "patients": {k: len(split[k]) for k in SPLITS}})
+        super().__init__(
+            "acdc",
+            2,
+            split,
+            tuple(self.LABELS),
+            {
+                "kind": "acdc",
+                "root": str(root),
+                "fraction": fraction,
+                "split_seed": split_seed,
+                "spacing_mm_assumed": spacing_mm,
+                "patients": {k: len(split[k]) for k in SPLITS},
+            },
+        )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
         patient = self.split.train[int(rng.integers(len(self.split.train)))]
@@ -325,8 +393,9 @@ class AcdcPairs(PairSource):
         moving, fixed = ("ES", "ED") if rng.random() < 0.5 else ("ED", "ES")
         return SubjectPair(frames[fixed], frames[moving])
 
-    def pairs(self, split: str, count: int | None = None, seed: int = 0,
-              direction: str = "ES->ED") -> list[SubjectPair]:
+    def pairs(
+        self, split: str, count: int | None = None, seed: int = 0, direction: str = "ES->ED"
+    ) -> list[SubjectPair]:
         moving, fixed = direction.split("->")
         out = []
         for patient in self.split[split]:
@@ -344,8 +413,16 @@ class SeriesPairs(PairSource):
     another frame of the same series for training; each frame to the template frame
     (default the last, as the paper does) for validation and test. Split by series."""
 
-    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
-                 test_fraction: float = 0.2, val_count: int = 1, template: int = -1):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        fraction: float = 1.0,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+        val_count: int = 1,
+        template: int = -1,
+    ):
         root = Path(root)
         files = _nifti_files(root) if root.is_dir() else {_nifti_name(root) or root.name: root}
         self.series: dict[str, list[Subject]] = {}
@@ -359,12 +436,24 @@ class SeriesPairs(PairSource):
             raise InputError(f"'{root}' mixes 2-D and 3-D series")
         self.template = template
         names = list(self.series)
-        split = (Split(names, names, names) if len(names) < 3 + val_count else
-                 split_subjects(names, test_fraction, val_count, fraction, split_seed))
-        super().__init__(root.name, dims.pop(), split, (),
-                         {"kind": "series", "root": str(root), "fraction": fraction,
-                          "series": {k: len(split[k]) for k in SPLITS},
-                          "shared_split": len(names) < 3 + val_count})
+        split = (
+            Split(names, names, names)
+            if len(names) < 3 + val_count
+            else split_subjects(names, test_fraction, val_count, fraction, split_seed)
+        )
+        super().__init__(
+            root.name,
+            dims.pop(),
+            split,
+            (),
+            {
+                "kind": "series",
+                "root": str(root),
+                "fraction": fraction,
+                "series": {k: len(split[k]) for k in SPLITS},
+                "shared_split": len(names) < 3 + val_count,
+            },
+        )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
         frames = self.series[self.split.train[int(rng.integers(len(self.split.train)))]]
@@ -376,8 +465,7 @@ class SeriesPairs(PairSource):
         for name in self.split[split]:
             frames = self.series[name]
             template = self.template % len(frames)
-            out += [SubjectPair(frames[template], f) for k, f in enumerate(frames)
-                    if k != template]
+            out += [SubjectPair(frames[template], f) for k, f in enumerate(frames) if k != template]
         return out[:count] if count is not None else out
 
 
@@ -387,26 +475,47 @@ class SynthBrainPairs(PairSource):
     the fly from the training maps (random contrasts, ``contrast``); validation and test pairs
     are seeded draws from their own maps with T1-like contrast, as a real scan would look."""
 
-    def __init__(self, root: str | os.PathLike, *, fraction: float = 1.0, split_seed: int = 0,
-                 test_fraction: float = 0.2, val_count: int = 2,
-                 spacing_mm: float = 2.0, contrast: str = "random",
-                 cache_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        fraction: float = 1.0,
+        split_seed: int = 0,
+        test_fraction: float = 0.2,
+        val_count: int = 2,
+        spacing_mm: float = 2.0,
+        contrast: str = "random",
+        cache_dir: str | os.PathLike | None = None,
+    ):
         from model.training.synthesis import BrainLabels, BrainSynth, standard_labels
 
         self.labels = BrainLabels(root, spacing_mm=spacing_mm, cache_dir=cache_dir)
         split = split_subjects(self.labels.ids, test_fraction, val_count, fraction, split_seed)
-        self.synth = {"train": BrainSynth(self.labels, split.train, contrast=contrast)
-                      if len(split.train) > 1 else
-                      BrainSynth(self.labels, split.train, contrast=contrast, intra_fraction=1.0)}
+        self.synth = {
+            "train": BrainSynth(self.labels, split.train, contrast=contrast)
+            if len(split.train) > 1
+            else BrainSynth(self.labels, split.train, contrast=contrast, intra_fraction=1.0)
+        }
         for part in ("val", "test"):
             self.synth[part] = BrainSynth(self.labels, split[part], contrast="t1")
         grid = self.labels.grid
         self.grid = grid
-        super().__init__("synthseg-brain", 3, split, tuple(standard_labels()),
-                         {"kind": "brain", "root": str(root), "fraction": fraction,
-                          "split_seed": split_seed, "spacing_mm": spacing_mm,
-                          "contrast": contrast, "grid_shape": list(grid.shape),
-                          "label_maps": {k: len(split[k]) for k in SPLITS}})
+        super().__init__(
+            "synthseg-brain",
+            3,
+            split,
+            tuple(standard_labels()),
+            {
+                "kind": "brain",
+                "root": str(root),
+                "fraction": fraction,
+                "split_seed": split_seed,
+                "spacing_mm": spacing_mm,
+                "contrast": contrast,
+                "grid_shape": list(grid.shape),
+                "label_maps": {k: len(split[k]) for k in SPLITS},
+            },
+        )
 
     def _subject(self, name: str, image: np.ndarray, labels: np.ndarray) -> Subject:
         def on_grid(array: np.ndarray) -> sitk.Image:
@@ -416,13 +525,14 @@ class SynthBrainPairs(PairSource):
             out.SetDirection(self.grid.direction)
             return out
 
-        return Subject(name, on_grid(image.astype(np.float32)),
-                       on_grid(labels.astype(np.int32)))
+        return Subject(name, on_grid(image.astype(np.float32)), on_grid(labels.astype(np.int32)))
 
     def _draw(self, part: str, rng: np.random.Generator, name: str) -> SubjectPair:
         p = self.synth[part].pair(rng)
-        return SubjectPair(self._subject(f"{name}_fixed", p["fixed"], p["fixed_labels"]),
-                           self._subject(f"{name}_moving", p["moving"], p["moving_labels"]))
+        return SubjectPair(
+            self._subject(f"{name}_fixed", p["fixed"], p["fixed_labels"]),
+            self._subject(f"{name}_moving", p["moving"], p["moving_labels"]),
+        )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
         return self._draw("train", rng, "train")
@@ -431,8 +541,12 @@ class SynthBrainPairs(PairSource):
         if pre.shape_multiple == 1 and pre.max_voxels is None:
             # Already on the working grid: skip the (identity) resampling.
             p = self.synth["train"].pair(rng)
-            return Pair(p["moving"], p["fixed"], p["moving_labels"].astype(np.int32),
-                        p["fixed_labels"].astype(np.int32))
+            return Pair(
+                p["moving"],
+                p["fixed"],
+                p["moving_labels"].astype(np.int32),
+                p["fixed_labels"].astype(np.int32),
+            )
         return prepare_pair(self.sample(rng), pre)
 
     def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
@@ -453,26 +567,48 @@ class SimulatedSeriesPairs(PairSource):
     LABELS = {3: "lung", 4: "liver", 5: "LV", 6: "RV", 7: "myocardium"}
     SEEDS = {"test": 0, "val": 10_000, "train": 20_000}
 
-    def __init__(self, kind: str, *, fraction: float = 1.0, split_seed: int = 0,
-                 series: int = 4, shape: Sequence[int] = (128, 128), spacing_mm: float = 1.5,
-                 motion_mm: float = 8.0, noise_std: float = 0.02, template: int = -1):
+    def __init__(
+        self,
+        kind: str,
+        *,
+        fraction: float = 1.0,
+        split_seed: int = 0,
+        series: int = 4,
+        shape: Sequence[int] = (128, 128),
+        spacing_mm: float = 1.5,
+        motion_mm: float = 8.0,
+        noise_std: float = 0.02,
+        template: int = -1,
+    ):
         self.kinds = str(kind).split("+")
         if not self.kinds or any(k not in qmri.KINDS for k in self.kinds):
-            raise InputError(f"simulated series are {' or '.join(qmri.KINDS)}, or both joined "
-                             f"by '+' (--data); got '{kind}'")
+            raise InputError(
+                f"simulated series are {' or '.join(qmri.KINDS)}, or both joined "
+                f"by '+' (--data); got '{kind}'"
+            )
         if fraction != 1.0:
             raise InputError("simulated data is drawn without end: --fraction does not apply")
         kind = "+".join(self.kinds)
-        self.settings = {"signal_model": kind, "shape": tuple(int(n) for n in shape),
-                         "spacing_mm": float(spacing_mm), "motion_mm": float(motion_mm),
-                         "noise_std": float(noise_std), "template": int(template)}
+        self.settings = {
+            "signal_model": kind,
+            "shape": tuple(int(n) for n in shape),
+            "spacing_mm": float(spacing_mm),
+            "motion_mm": float(motion_mm),
+            "noise_std": float(noise_std),
+            "template": int(template),
+        }
         self.seed_base = {k: v + split_seed for k, v in self.SEEDS.items()}
-        names = {part: [f"{self._kind(k)}-seed{self.seed_base[part] + k}"
-                        for k in range(series)] for part in ("val", "test")}
-        super().__init__(f"simulated-{kind}", 2, Split([], names["val"], names["test"]),
-                         tuple(self.LABELS),
-                         {"kind": "qmri", "series_per_split": series, "split_seed": split_seed,
-                          **self.settings})
+        names = {
+            part: [f"{self._kind(k)}-seed{self.seed_base[part] + k}" for k in range(series)]
+            for part in ("val", "test")
+        }
+        super().__init__(
+            f"simulated-{kind}",
+            2,
+            Split([], names["val"], names["test"]),
+            tuple(self.LABELS),
+            {"kind": "qmri", "series_per_split": series, "split_seed": split_seed, **self.settings},
+        )
 
     def _kind(self, k: int) -> str:
         """The signal model of series k of a split (they alternate when there are two)."""
@@ -480,35 +616,57 @@ class SimulatedSeriesPairs(PairSource):
 
     def _series_pairs(self, seed: int, kind: str) -> list[SubjectPair]:
         s = self.settings
-        series = qmri.simulate_series(kind, s["shape"], s["spacing_mm"], s["motion_mm"], seed,
-                                      noise_std=s["noise_std"], template=s["template"])
+        series = qmri.simulate_series(
+            kind,
+            s["shape"],
+            s["spacing_mm"],
+            s["motion_mm"],
+            seed,
+            noise_std=s["noise_std"],
+            template=s["template"],
+        )
 
         def subject(n: int) -> Subject:
-            return Subject(f"{kind}-seed{seed}_f{n:02d}",
-                           _slice_image(series.frames[n], s["spacing_mm"]),
-                           _slice_image(series.frame_tissue_maps[n].astype(np.int32),
-                                        s["spacing_mm"]))
+            return Subject(
+                f"{kind}-seed{seed}_f{n:02d}",
+                _slice_image(series.frames[n], s["spacing_mm"]),
+                _slice_image(series.frame_tissue_maps[n].astype(np.int32), s["spacing_mm"]),
+            )
 
         fixed = subject(series.template)
-        return [SubjectPair(fixed, subject(n), series.fields[n].astype(np.float64))
-                for n in range(len(series.frames)) if n != series.template]
+        return [
+            SubjectPair(fixed, subject(n), series.fields[n].astype(np.float64))
+            for n in range(len(series.frames))
+            if n != series.template
+        ]
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
-        pairs = self._series_pairs(self.seed_base["train"] + int(rng.integers(1 << 30)),
-                                   self._kind(int(rng.integers(len(self.kinds)))))
+        pairs = self._series_pairs(
+            self.seed_base["train"] + int(rng.integers(1 << 30)),
+            self._kind(int(rng.integers(len(self.kinds)))),
+        )
         return pairs[int(rng.integers(len(pairs)))]
 
     def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
         if split == "train":
-            raise InputError("simulated training series are drawn on the fly; evaluate on "
-                             "--split val or test")
-        out = [pair for k in range(len(self.split[split]))
-               for pair in self._series_pairs(self.seed_base[split] + k, self._kind(k))]
+            raise InputError(
+                "simulated training series are drawn on the fly; evaluate on --split val or test"
+            )
+        out = [
+            pair
+            for k in range(len(self.split[split]))
+            for pair in self._series_pairs(self.seed_base[split] + k, self._kind(k))
+        ]
         return out[:count] if count is not None else out
 
 
-SOURCES: dict[str, type] = {"folder": FolderPairs, "acdc": AcdcPairs, "series": SeriesPairs,
-                            "brain": SynthBrainPairs, "qmri": SimulatedSeriesPairs}
+SOURCES: dict[str, type] = {
+    "folder": FolderPairs,
+    "acdc": AcdcPairs,
+    "series": SeriesPairs,
+    "brain": SynthBrainPairs,
+    "qmri": SimulatedSeriesPairs,
+}
 
 
 def open_source(kind: str, path: str | os.PathLike, **options: Any) -> PairSource:

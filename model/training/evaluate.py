@@ -50,8 +50,9 @@ class Method:
     info: dict[str, Any]
 
 
-def model_method(spec: str, label: str | None = None, device: str = "auto",
-                 steps: int | None = None) -> Method:
+def model_method(
+    spec: str, label: str | None = None, device: str = "auto", steps: int | None = None
+) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine."""
 
     from conventions import catalog
@@ -72,16 +73,25 @@ def model_method(spec: str, label: str | None = None, device: str = "auto",
         return reg.field, warped
 
     name = label or meta.get("name", Path(path).stem)
-    return Method(name, register, {"kind": "model", "checkpoint": str(path),
-                                   "arch": meta.get("arch"), "version": meta.get("version")})
+    return Method(
+        name,
+        register,
+        {
+            "kind": "model",
+            "checkpoint": str(path),
+            "arch": meta.get("arch"),
+            "version": meta.get("version"),
+        },
+    )
 
 
 def identity_method() -> Method:
     def register(pair: SubjectPair) -> Registered:
         grid = Grid.of(pair.fixed.image)
         field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
-        warped = grid.resample(pair.moving.labels, interpolator=sitk.sitkNearestNeighbor,
-                               extrapolate=False)
+        warped = grid.resample(
+            pair.moving.labels, interpolator=sitk.sitkNearestNeighbor, extrapolate=False
+        )
         return field, warped
 
     return Method("identity", register, {"kind": "identity"})
@@ -94,23 +104,31 @@ def ants_method(transform: str = "SyN") -> Method:
     try:
         import ants
     except ImportError as exc:
-        raise InputError("ANTs needs antspyx: pip install antspyx (or pip install "
-                         "'riir[ants]')") from exc
+        raise InputError(
+            "ANTs needs antspyx: pip install antspyx (or pip install 'riir[ants]')"
+        ) from exc
 
     def register(pair: SubjectPair) -> Registered:
         with tempfile.TemporaryDirectory() as tmp:
             files = {}
-            for key, image in (("fixed", pair.fixed.image), ("moving", pair.moving.image),
-                               ("labels", pair.moving.labels)):
+            for key, image in (
+                ("fixed", pair.fixed.image),
+                ("moving", pair.moving.image),
+                ("labels", pair.moving.labels),
+            ):
                 files[key] = os.path.join(tmp, f"{key}.nii.gz")
                 sitk.WriteImage(image, files[key])
             fixed, moving = ants.image_read(files["fixed"]), ants.image_read(files["moving"])
             result = ants.registration(fixed, moving, type_of_transform=transform)
-            labels = ants.apply_transforms(fixed, ants.image_read(files["labels"]),
-                                           result["fwdtransforms"],
-                                           interpolator="nearestNeighbor")
-            composite = ants.apply_transforms(fixed, moving, result["fwdtransforms"],
-                                              compose=os.path.join(tmp, "composite"))
+            labels = ants.apply_transforms(
+                fixed,
+                ants.image_read(files["labels"]),
+                result["fwdtransforms"],
+                interpolator="nearestNeighbor",
+            )
+            composite = ants.apply_transforms(
+                fixed, moving, result["fwdtransforms"], compose=os.path.join(tmp, "composite")
+            )
             field = sitk.ReadImage(composite)
             warped = sitk.ReadImage(_write(labels, os.path.join(tmp, "warped.nii.gz")))
         warped = sitk.Cast(warped, sitk.sitkInt32)
@@ -118,8 +136,11 @@ def ants_method(transform: str = "SyN") -> Method:
         field.CopyInformation(pair.fixed.image)
         return field, warped
 
-    return Method(f"ants-{transform.lower()}", register,
-                  {"kind": "ants", "transform": transform, "antspyx": ants.__version__})
+    return Method(
+        f"ants-{transform.lower()}",
+        register,
+        {"kind": "ants", "transform": transform, "antspyx": ants.__version__},
+    )
 
 
 def _write(image: Any, path: str) -> str:
@@ -145,12 +166,15 @@ def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict
     spacing = grid.spacing[::-1]
     dice = metrics.dice(fixed_labels, warped_labels, present)
     hd95 = metrics.hausdorff95(fixed_labels, warped_labels, present, spacing)
-    row: dict[str, Any] = {"method": method.name, "pair": pair.name,
-                           "dice_mean": _nanmean(dice.values()),
-                           "hd95_mean": _nanmean(hd95.values()),
-                           "std_log_jacobian": jacobian["std_log_jacobian"],
-                           "folding_percent": jacobian["folding_percent"],
-                           "seconds": seconds}
+    row: dict[str, Any] = {
+        "method": method.name,
+        "pair": pair.name,
+        "dice_mean": _nanmean(dice.values()),
+        "hd95_mean": _nanmean(hd95.values()),
+        "std_log_jacobian": jacobian["std_log_jacobian"],
+        "folding_percent": jacobian["folding_percent"],
+        "seconds": seconds,
+    }
     if pair.truth is not None:  # simulated pairs: how far the field is from the true one
         row["epe_mm"] = metrics.end_point_error(phi, pair.truth, spacing, fixed_labels > 0)
     for label in labels:
@@ -163,8 +187,14 @@ def _nanmean(values: Any) -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-SUMMARY_COLUMNS = ("dice_mean", "hd95_mean", "std_log_jacobian", "folding_percent", "seconds",
-                   "epe_mm")
+SUMMARY_COLUMNS = (
+    "dice_mean",
+    "hd95_mean",
+    "std_log_jacobian",
+    "folding_percent",
+    "seconds",
+    "epe_mm",
+)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,8 +203,9 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for method in dict.fromkeys(r["method"] for r in rows):
         mine = [r for r in rows if r["method"] == method]
         entry: dict[str, Any] = {"method": method, "pairs": len(mine)}
-        keys = list(SUMMARY_COLUMNS) + sorted(k for k in mine[0] if k.startswith("dice_")
-                                               and k != "dice_mean")
+        keys = list(SUMMARY_COLUMNS) + sorted(
+            k for k in mine[0] if k.startswith("dice_") and k != "dice_mean"
+        )
         for key in keys:
             values = np.array([float(r.get(key, math.nan)) for r in mine], dtype=np.float64)
             values = values[~np.isnan(values)]
@@ -184,10 +215,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | None = None
-                   ) -> str:
-    label_keys = sorted((k for k in summary[0] if k.startswith("dice_") and k != "dice_mean"
-                         and not k.endswith("_std")), key=lambda k: int(k.split("_")[1]))
+def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | None = None) -> str:
+    label_keys = sorted(
+        (
+            k
+            for k in summary[0]
+            if k.startswith("dice_") and k != "dice_mean" and not k.endswith("_std")
+        ),
+        key=lambda k: int(k.split("_")[1]),
+    )
     if label_names is None or len(label_keys) > 6:
         label_keys = []  # many labels (brain): the per-label Dice lives in the CSV
     head = ["method", "pairs", "Dice", "HD95 (mm)", "std log\\|J\\|", "folding %", "s / pair"]
@@ -198,11 +234,15 @@ def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | 
     head += [f"Dice {label_names.get(int(k.split('_')[1]), k)}" for k in label_keys]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summary:
-        cells = [s["method"], str(s["pairs"]),
-                 f"{s['dice_mean']:.3f} ± {s['dice_mean_std']:.3f}",
-                 f"{s['hd95_mean']:.2f} ± {s['hd95_mean_std']:.2f}",
-                 f"{s['std_log_jacobian']:.3f}", f"{s['folding_percent']:.3f}",
-                 f"{s['seconds']:.2f}"]
+        cells = [
+            s["method"],
+            str(s["pairs"]),
+            f"{s['dice_mean']:.3f} ± {s['dice_mean_std']:.3f}",
+            f"{s['hd95_mean']:.2f} ± {s['hd95_mean_std']:.2f}",
+            f"{s['std_log_jacobian']:.3f}",
+            f"{s['folding_percent']:.3f}",
+            f"{s['seconds']:.2f}",
+        ]
         if truth:
             cells.insert(2, f"{s['epe_mm']:.2f} ± {s['epe_mm_std']:.2f}")
         cells += [f"{s[k]:.3f}" for k in label_keys]
@@ -210,16 +250,23 @@ def markdown_table(summary: list[dict[str, Any]], label_names: dict[int, str] | 
     return "\n".join(lines) + "\n"
 
 
-def box_plot(rows: list[dict[str, Any]], path: Path, title: str = "",
-             key: str = "dice_mean", ylabel: str = "Dice (mean over labels)") -> Path:
+def box_plot(
+    rows: list[dict[str, Any]],
+    path: Path,
+    title: str = "",
+    key: str = "dice_mean",
+    ylabel: str = "Dice (mean over labels)",
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    data = [[float(r[key]) for r in rows if r["method"] == m and not math.isnan(float(r[key]))]
-            for m in methods]
+    data = [
+        [float(r[key]) for r in rows if r["method"] == m and not math.isnan(float(r[key]))]
+        for m in methods
+    ]
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(methods) + 1.5), 3.6))
     ax.boxplot(data, showmeans=True)
     ax.set_xticks(range(1, len(methods) + 1), methods, rotation=20, ha="right")
@@ -242,10 +289,17 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def evaluate(methods: Sequence[Method], pairs: Sequence[SubjectPair], labels: Sequence[int],
-             out_dir: str | os.PathLike, *, title: str = "",
-             label_names: dict[int, str] | None = None, progress: bool = True,
-             info: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def evaluate(
+    methods: Sequence[Method],
+    pairs: Sequence[SubjectPair],
+    labels: Sequence[int],
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "",
+    label_names: dict[int, str] | None = None,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
     """Score every method on every pair; write the tables and the plot; return the summary."""
     from tqdm import tqdm
 
@@ -254,13 +308,15 @@ def evaluate(methods: Sequence[Method], pairs: Sequence[SubjectPair], labels: Se
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
-    bar = tqdm(total=len(methods) * len(pairs), desc="evaluating", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(methods) * len(pairs), desc="evaluating", disable=not progress, dynamic_ncols=True
+    )
     for method in methods:
         for pair in pairs:
             rows.append(score_pair(method, pair, labels))
-            bar.set_postfix({"method": method.name, "dice": f"{rows[-1]['dice_mean']:.3f}"},
-                            refresh=False)
+            bar.set_postfix(
+                {"method": method.name, "dice": f"{rows[-1]['dice_mean']:.3f}"}, refresh=False
+            )
             bar.update(1)
     bar.close()
     summary = summarise(rows)
@@ -269,18 +325,32 @@ def evaluate(methods: Sequence[Method], pairs: Sequence[SubjectPair], labels: Se
     table = markdown_table(summary, label_names)
     (out_dir / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
     box_plot(rows, out_dir / "dice.png", title)
-    (out_dir / "evaluation.json").write_text(json.dumps(
-        {"title": title, "pairs": len(pairs), "labels": list(labels),
-         "methods": {m.name: m.info for m in methods}, "summary": summary, **(info or {})},
-        indent=2) + "\n")
+    (out_dir / "evaluation.json").write_text(
+        json.dumps(
+            {
+                "title": title,
+                "pairs": len(pairs),
+                "labels": list(labels),
+                "methods": {m.name: m.info for m in methods},
+                "summary": summary,
+                **(info or {}),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return summary
 
 
 # -- shipping -----------------------------------------------------------------------------
 
 
-def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
-         weights_dir: str | os.PathLike, method: str | None = None) -> Path:
+def ship(
+    checkpoint: str | os.PathLike,
+    evaluation_dir: str | os.PathLike,
+    weights_dir: str | os.PathLike,
+    method: str | None = None,
+) -> Path:
     """Copy a trained checkpoint into the weights folder as ``NAME.pt`` with its card:
     ``NAME.json`` (name, version, arch, spatial_dims, description, metrics measured by
     ``riir evaluate`` on a split it did not train on) and ``NAME.md``."""
@@ -295,8 +365,10 @@ def ship(checkpoint: str | os.PathLike, evaluation_dir: str | os.PathLike,
     rows = {s["method"]: s for s in evaluation["summary"]}
     mine = rows.get(method or name)
     if mine is None:
-        raise InputError(f"the evaluation in '{evaluation_dir}' has no method '{method or name}'"
-                         f"; it has {', '.join(rows)}")
+        raise InputError(
+            f"the evaluation in '{evaluation_dir}' has no method '{method or name}'"
+            f"; it has {', '.join(rows)}"
+        )
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(checkpoint, weights_dir / f"{name}.pt")
@@ -333,13 +405,16 @@ def _init_line(origin: dict[str, Any] | None) -> list[str]:
     if not origin:
         return []
     grown = f"; grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
-    return [f"- Initialised from: `{origin.get('model')}` ({origin.get('name')} "
-            f"{origin.get('version')}, {origin.get('iterations')} iterations){grown}; the "
-            "iterations below count from there"]
+    return [
+        f"- Initialised from: `{origin.get('model')}` ({origin.get('name')} "
+        f"{origin.get('version')}, {origin.get('iterations')} iterations){grown}; the "
+        "iterations below count from there"
+    ]
 
 
-def _card_markdown(card: dict[str, Any], payload: dict[str, Any], evaluation: dict[str, Any],
-                   table: str) -> str:
+def _card_markdown(
+    card: dict[str, Any], payload: dict[str, Any], evaluation: dict[str, Any], table: str
+) -> str:
     training = payload["meta"].get("training", {})
     config = training.get("config", {})
     lines = [

@@ -41,12 +41,21 @@ DEFAULT_VALUES = {
 }
 # The row every other variant is compared with, pair by pair: the paper's claim (data
 # efficiency against VoxelMorph on all the data) or the paper's default setting.
-REFERENCES = {"data-fraction": "voxelmorph-100pct", "hidden-states": "h11",
-              "inner-loss": "inner-mse", "inputs": "inputs-gradient", "steps": "T6-exp"}
+REFERENCES = {
+    "data-fraction": "voxelmorph-100pct",
+    "hidden-states": "h11",
+    "inner-loss": "inner-mse",
+    "inputs": "inputs-gradient",
+    "steps": "T6-exp",
+}
 
 
-def variants(experiment: str, base: dict[str, Any], values: list[str] | None = None,
-             archs: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def variants(
+    experiment: str,
+    base: dict[str, Any],
+    values: list[str] | None = None,
+    archs: list[str] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Variant name -> the settings it adds to (or removes from) ``base``."""
     if experiment == "data-fraction":
         fractions = [float(v) for v in values] if values else list(FRACTIONS)
@@ -68,12 +77,10 @@ def variants(experiment: str, base: dict[str, Any], values: list[str] | None = N
     if experiment == "inputs":
         return {f"inputs-{v}": {"inputs": v} for v in chosen}
     schemes = [base["weights"]] if base.get("weights") else ["exponential", "uniform"]
-    return {f"T{int(v)}-{w[:3]}": {"steps": int(v), "weights": w}
-            for w in schemes for v in chosen}
+    return {f"T{int(v)}-{w[:3]}": {"steps": int(v), "weights": w} for w in schemes for v in chosen}
 
 
-def _variant_settings(base: dict[str, Any], settings: dict[str, Any], name: str
-                      ) -> dict[str, Any]:
+def _variant_settings(base: dict[str, Any], settings: dict[str, Any], name: str) -> dict[str, Any]:
     """The base settings with the variant's; a variant's architecture keeps only the base's
     model settings that it has (a baseline drops RIIR's own)."""
     values = normalized({**base, **settings, "name": f"{base['name']}-{name}"})
@@ -97,10 +104,17 @@ def _trained_iterations(run: Path) -> int:
     return int(torch.load(state, map_location="cpu", weights_only=True)["iteration"])
 
 
-def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
-        values: list[str] | None = None, archs: list[str] | None = None,
-        pairs: int | None = None, progress: bool = True, command: str = ""
-        ) -> list[dict[str, Any]]:
+def run(
+    experiment: str,
+    base: dict[str, Any],
+    out: str | os.PathLike,
+    *,
+    values: list[str] | None = None,
+    archs: list[str] | None = None,
+    pairs: int | None = None,
+    progress: bool = True,
+    command: str = "",
+) -> list[dict[str, Any]]:
     from model.training import evaluate as ev
 
     out = Path(out)
@@ -108,9 +122,12 @@ def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
     base = dict(base)
     base.setdefault("name", experiment)
     plan = variants(experiment, base, values, archs)
-    (out / "experiment.json").write_text(json.dumps(
-        {"experiment": experiment, "base": base, "variants": plan, "command": command},
-        indent=2) + "\n")
+    (out / "experiment.json").write_text(
+        json.dumps(
+            {"experiment": experiment, "base": base, "variants": plan, "command": command}, indent=2
+        )
+        + "\n"
+    )
     rows = []
     test_pairs: list[SubjectPair] | None = None
     for name, settings in plan.items():
@@ -120,24 +137,42 @@ def run(experiment: str, base: dict[str, Any], out: str | os.PathLike, *,
         _reuse_identical(cfg, run_dir, out.parent)
         done = _trained_iterations(run_dir)
         if done < cfg.iterations:
-            train(cfg, run_dir, resume=done > 0, command=command, progress=progress,
-                  source=source)
+            train(cfg, run_dir, resume=done > 0, command=command, progress=progress, source=source)
         eval_dir = run_dir / "eval"
         if not (eval_dir / "evaluation.json").is_file() or _stale(eval_dir, run_dir):
             if test_pairs is None:  # the test split does not depend on the variant
                 test_pairs = _test_pairs(source, pairs)
-            ev.evaluate([ev.model_method(str(run_dir / "checkpoint.pt"), name, cfg.device)],
-                        test_pairs, source.label_values, eval_dir, title=name,
-                        progress=progress, info={"split": "test", "command": command})
+            ev.evaluate(
+                [ev.model_method(str(run_dir / "checkpoint.pt"), name, cfg.device)],
+                test_pairs,
+                source.label_values,
+                eval_dir,
+                title=name,
+                progress=progress,
+                info={"split": "test", "command": command},
+            )
         summary = json.loads((eval_dir / "evaluation.json").read_text())["summary"][0]
         training = json.loads((run_dir / "config.json").read_text())
-        rows.append({"variant": name, **{k: _plain(v) for k, v in settings.items()
-                                         if v is not None},
-                     **{k: summary[k] for k in ("pairs", "dice_mean", "dice_mean_std",
-                                                "hd95_mean", "std_log_jacobian",
-                                                "folding_percent", "seconds")},
-                     "iterations": training["iterations"],
-                     "train_seconds": _train_seconds(run_dir)})
+        rows.append(
+            {
+                "variant": name,
+                **{k: _plain(v) for k, v in settings.items() if v is not None},
+                **{
+                    k: summary[k]
+                    for k in (
+                        "pairs",
+                        "dice_mean",
+                        "dice_mean_std",
+                        "hd95_mean",
+                        "std_log_jacobian",
+                        "folding_percent",
+                        "seconds",
+                    )
+                },
+                "iterations": training["iterations"],
+                "train_seconds": _train_seconds(run_dir),
+            }
+        )
     _compare(rows, out, REFERENCES.get(experiment))
     _write_results(experiment, rows, out)
     return rows
@@ -148,11 +183,13 @@ def _resolved(values: dict[str, Any]) -> dict[str, Any]:
     variant reads the same whether or not a setting was spelled out; identity fields dropped."""
     cfg = TrainConfig.from_dict(values)
     config_cls = architectures.config_class(cfg.arch)
-    model = dataclasses.asdict(config_cls(**{
-        k: tuple(v) if isinstance(v, list) else v for k, v in model_config(cfg, 2).items()}))
+    model = dataclasses.asdict(
+        config_cls(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in model_config(cfg, 2).items()}
+        )
+    )
     ignore = {"name", "description", "threads", "device", "version", "model"}
-    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore},
-            "model": model}
+    return {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ignore}, "model": model}
 
 
 def _reuse_identical(cfg: TrainConfig, run_dir: Path, root: Path) -> None:
@@ -168,8 +205,9 @@ def _reuse_identical(cfg: TrainConfig, run_dir: Path, root: Path) -> None:
         if other == run_dir or _trained_iterations(other) < cfg.iterations:
             continue
         if _resolved(json.loads(config.read_text())) == wanted:
-            shutil.copytree(other, run_dir, ignore=shutil.ignore_patterns("eval"),
-                            dirs_exist_ok=True)
+            shutil.copytree(
+                other, run_dir, ignore=shutil.ignore_patterns("eval"), dirs_exist_ok=True
+            )
             (run_dir / "REUSED_FROM").write_text(f"{other}\n")
             return
 
@@ -180,8 +218,9 @@ def _test_pairs(source: Any, count: int | None) -> list[SubjectPair]:
 
 def _stale(eval_dir: Path, run_dir: Path) -> bool:
     """The evaluation predates the checkpoint (the run was trained further)."""
-    return (run_dir / "checkpoint.pt").stat().st_mtime > (eval_dir / "evaluation.json").stat(
-    ).st_mtime
+    return (run_dir / "checkpoint.pt").stat().st_mtime > (
+        eval_dir / "evaluation.json"
+    ).stat().st_mtime
 
 
 def _train_seconds(run_dir: Path) -> float:
@@ -215,15 +254,18 @@ def _compare(rows: list[dict[str, Any]], out: Path, reference: str | None) -> No
     for r in rows:
         r["reference"] = reference
         mine = _pair_dice(out, r["variant"])
-        d = np.array([mine[k] - ref[k] for k in ref
-                      if k in mine and not math.isnan(mine[k] - ref[k])])
+        d = np.array(
+            [mine[k] - ref[k] for k in ref if k in mine and not math.isnan(mine[k] - ref[k])]
+        )
         if r["variant"] == reference or d.size < 2 or not d.any():
-            r.update(delta_dice=0.0 if d.size else math.nan, delta_dice_ci95=0.0,
-                     wilcoxon_p=math.nan)
+            r.update(
+                delta_dice=0.0 if d.size else math.nan, delta_dice_ci95=0.0, wilcoxon_p=math.nan
+            )
             continue
         r["delta_dice"] = float(d.mean())
-        r["delta_dice_ci95"] = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1)
-                                     / math.sqrt(d.size))
+        r["delta_dice_ci95"] = float(
+            stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+        )
         r["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
 
 
@@ -231,20 +273,28 @@ def _write_results(experiment: str, rows: list[dict[str, Any]], out: Path) -> No
     from model.training.evaluate import write_csv
 
     write_csv(rows, out / "results.csv")
-    lines = [f"# Experiment: {experiment}", "",
-             "| variant | pairs | Dice | HD95 (mm) | std log\\|J\\| | folding % | s / pair | "
-             f"ΔDice vs {rows[0]['reference']} (95 % CI) | Wilcoxon p | iterations | "
-             "training (s) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Experiment: {experiment}",
+        "",
+        "| variant | pairs | Dice | HD95 (mm) | std log\\|J\\| | folding % | s / pair | "
+        f"ΔDice vs {rows[0]['reference']} (95 % CI) | Wilcoxon p | iterations | "
+        "training (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        delta = ("reference" if r["variant"] == r["reference"] else
-                 f"{r['delta_dice']:+.3f} ± {r['delta_dice_ci95']:.3f}")
+        delta = (
+            "reference"
+            if r["variant"] == r["reference"]
+            else f"{r['delta_dice']:+.3f} ± {r['delta_dice_ci95']:.3f}"
+        )
         p = "" if math.isnan(r["wilcoxon_p"]) else f"{r['wilcoxon_p']:.2g}"
-        lines.append(f"| {r['variant']} | {r['pairs']} | {r['dice_mean']:.3f} ± "
-                     f"{r['dice_mean_std']:.3f} | {r['hd95_mean']:.2f} | "
-                     f"{r['std_log_jacobian']:.3f} | {r['folding_percent']:.3f} | "
-                     f"{r['seconds']:.2f} | {delta} | {p} | {r['iterations']} | "
-                     f"{r['train_seconds']:.0f} |")
+        lines.append(
+            f"| {r['variant']} | {r['pairs']} | {r['dice_mean']:.3f} ± "
+            f"{r['dice_mean_std']:.3f} | {r['hd95_mean']:.2f} | "
+            f"{r['std_log_jacobian']:.3f} | {r['folding_percent']:.3f} | "
+            f"{r['seconds']:.2f} | {delta} | {p} | {r['iterations']} | "
+            f"{r['train_seconds']:.0f} |"
+        )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     _plot(experiment, rows, out)
 
@@ -257,21 +307,25 @@ def _plot(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 3.9),
-                                 gridspec_kw={"width_ratios": [1.25, 1]})
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 3.9), gridspec_kw={"width_ratios": [1.25, 1]})
     if experiment in ("data-fraction", "steps"):
-        key, group = ("fraction", "arch") if experiment == "data-fraction" else ("steps",
-                                                                                  "weights")
+        key, group = ("fraction", "arch") if experiment == "data-fraction" else ("steps", "weights")
         groups = list(dict.fromkeys(r[group] for r in rows))
         for k, name in enumerate(groups):
             mine = sorted((r for r in rows if r[group] == name), key=lambda r: r[key])
             # Groups side by side (a small shift) so that their bars do not hide each other.
             shift = (k - (len(groups) - 1) / 2) * 0.04
-            xs = [r[key] * 100 * 10 ** shift if key == "fraction" else r[key] + 3 * shift
-                  for r in mine]
-            ax.errorbar(xs, [r["dice_mean"] for r in mine],
-                        yerr=[r["dice_mean_std"] for r in mine], marker="o", capsize=3,
-                        label=name)
+            xs = [
+                r[key] * 100 * 10**shift if key == "fraction" else r[key] + 3 * shift for r in mine
+            ]
+            ax.errorbar(
+                xs,
+                [r["dice_mean"] for r in mine],
+                yerr=[r["dice_mean_std"] for r in mine],
+                marker="o",
+                capsize=3,
+                label=name,
+            )
         ax.set_xlabel("training data (%)" if key == "fraction" else "T (recurrent steps)")
         if key == "fraction":
             ax.set_xscale("log")
@@ -279,16 +333,22 @@ def _plot(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:
         ax.legend()
         ax.set_ylabel("Dice, mean ± sd over test pairs")
     else:
-        data = [[v for v in _pair_dice(out, r["variant"]).values() if not math.isnan(v)]
-                for r in rows]
+        data = [
+            [v for v in _pair_dice(out, r["variant"]).values() if not math.isnan(v)] for r in rows
+        ]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(range(1, len(rows) + 1), [r["variant"] for r in rows])
         ax.set_ylabel("Dice (test pairs)")
     ax.set_title(experiment)
     ax.grid(alpha=0.3)
     ys = range(len(rows))[::-1]
-    dx.errorbar([r["delta_dice"] for r in rows], ys, xerr=[r["delta_dice_ci95"] for r in rows],
-                fmt="o", capsize=3)
+    dx.errorbar(
+        [r["delta_dice"] for r in rows],
+        ys,
+        xerr=[r["delta_dice_ci95"] for r in rows],
+        fmt="o",
+        capsize=3,
+    )
     dx.axvline(0, color="grey", lw=1)
     dx.set_yticks(ys, [r["variant"] for r in rows])
     dx.set_xlabel(f"Dice − Dice of {rows[0]['reference']} (same pairs), 95 % CI")

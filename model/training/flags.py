@@ -58,8 +58,14 @@ def _kind(annotation: Any) -> tuple[Any, Any]:
     return annotation, None
 
 
-def _add(group: argparse._ArgumentGroup, f: dataclasses.Field[Any], annotation: Any,
-         dest: str, default: Any, seen: set[str]) -> None:
+def _add(
+    group: argparse._ArgumentGroup,
+    f: dataclasses.Field[Any],
+    annotation: Any,
+    dest: str,
+    default: Any,
+    seen: set[str],
+) -> None:
     meta = dict(f.metadata)
     names = [n for n in meta.pop("flags", ("--" + f.name.replace("_", "-"),)) if n not in seen]
     if not names:
@@ -68,8 +74,12 @@ def _add(group: argparse._ArgumentGroup, f: dataclasses.Field[Any], annotation: 
     meta.pop("group", None)
     help_text = meta.pop("help")
     scalar, nargs = _kind(annotation)
-    kwargs: dict[str, Any] = {"dest": dest, "default": None,
-                              "metavar": f.name.split("_")[-1].upper(), **meta}
+    kwargs: dict[str, Any] = {
+        "dest": dest,
+        "default": None,
+        "metavar": f.name.split("_")[-1].upper(),
+        **meta,
+    }
     if scalar is dict:
         kwargs.update(type=_key_value, action="append", metavar=meta.get("metavar", "KEY=VALUE"))
     elif meta.get("action") == "append":
@@ -82,8 +92,11 @@ def _add(group: argparse._ArgumentGroup, f: dataclasses.Field[Any], annotation: 
             kwargs["nargs"] = nargs
     if kwargs.get("action") == argparse.BooleanOptionalAction or "choices" in meta:
         kwargs.pop("metavar", None)  # argparse shows the choices / --no- form itself
-    shown = default if not isinstance(default, tuple | list) else " ".join(
-        str(int(v)) if isinstance(v, bool) else str(v) for v in default)
+    shown = (
+        default
+        if not isinstance(default, tuple | list)
+        else " ".join(str(int(v)) if isinstance(v, bool) else str(v) for v in default)
+    )
     if default not in (None, "", (), False) and scalar is not dict:
         help_text += f" (default: {shown})"
     group.add_argument(*names, help=help_text.replace("%", "%%"), **kwargs)
@@ -92,9 +105,13 @@ def _add(group: argparse._ArgumentGroup, f: dataclasses.Field[Any], annotation: 
 def add_train_options(p: argparse.ArgumentParser) -> None:
     """Every training and architecture setting as a flag; defaults None so a config file or
     a resumed run's ``config.json`` can supply them."""
-    p.add_argument("--config", type=Path, metavar="FILE",
-                   help="JSON or YAML file of settings (the names of TrainConfig; the "
-                        "architecture's under 'model'); flags given here override it")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="JSON or YAML file of settings (the names of TrainConfig; the "
+        "architecture's under 'model'); flags given here override it",
+    )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     hints = typing.get_type_hints(TrainConfig)
     seen: set[str] = set()

@@ -56,8 +56,9 @@ from model.training.datasets import Pair, PairSource, Preprocessing, open_source
 # -- model and loss -----------------------------------------------------------------------
 
 
-def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
-                  ) -> tuple[nn.Module, dict[str, Any]]:
+def initial_model(
+    spec: str, cfg: TrainConfig, spatial_dims: int
+) -> tuple[nn.Module, dict[str, Any]]:
     """Model ``spec``'s architecture and weights (``cfg.init``), with the settings given for
     this run overriding its config; larger kernels and more hidden channels grow from the
     trained ones. Also returns where it came from, for the model card."""
@@ -65,11 +66,15 @@ def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
 
     payload = read_checkpoint(resolve(spec, spatial_dims, 0))
     if payload["arch"] != cfg.arch:
-        raise InputError(f"--init {spec} is a {payload['arch']} model; this run trains "
-                         f"{cfg.arch} (set --arch {payload['arch']})")
+        raise InputError(
+            f"--init {spec} is a {payload['arch']} model; this run trains "
+            f"{cfg.arch} (set --arch {payload['arch']})"
+        )
     if payload["config"].get("spatial_dims") != spatial_dims:
-        raise InputError(f"--init {spec} is a {payload['config'].get('spatial_dims')}-D "
-                         f"model; the data are {spatial_dims}-D")
+        raise InputError(
+            f"--init {spec} is a {payload['config'].get('spatial_dims')}-D "
+            f"model; the data are {spatial_dims}-D"
+        )
     model = build_model(cfg.arch, {**payload["config"], **model_config(cfg, spatial_dims)})
     try:
         source = build_model(payload["arch"], payload["config"])
@@ -78,9 +83,13 @@ def initial_model(spec: str, cfg: TrainConfig, spatial_dims: int
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"cannot start from --init {spec}: {exc}") from None
     meta = payload["meta"]
-    return model, {"model": spec, "name": meta.get("name"), "version": meta.get("version"),
-                   "iterations": meta.get("training", {}).get("iterations"),
-                   "grown": grown}
+    return model, {
+        "model": spec,
+        "name": meta.get("name"),
+        "version": meta.get("version"),
+        "iterations": meta.get("training", {}).get("iterations"),
+        "grown": grown,
+    }
 
 
 def step_weights(count: int, scheme: str) -> torch.Tensor:
@@ -107,9 +116,14 @@ class Batch:
     fixed_onehot: torch.Tensor | None = None
 
 
-def outer_loss(phis: list[torch.Tensor], batch: Batch, weights: torch.Tensor,
-               similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], lam: float,
-               dice_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+def outer_loss(
+    phis: list[torch.Tensor],
+    batch: Batch,
+    weights: torch.Tensor,
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lam: float,
+    dice_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Σ_t w_t (L_sim + λ L_reg + β L_dice) and the terms at the last iterate (for the log)."""
     total = batch.fixed.new_zeros(())
     parts: dict[str, float] = {}
@@ -128,20 +142,23 @@ def outer_loss(phis: list[torch.Tensor], batch: Batch, weights: torch.Tensor,
     return total, parts
 
 
-def to_batches(pairs: list[Pair], labels: Sequence[int], device: torch.device,
-               with_labels: bool) -> list[Batch]:
+def to_batches(
+    pairs: list[Pair], labels: Sequence[int], device: torch.device, with_labels: bool
+) -> list[Batch]:
     """Stack pairs of one shape into one batch (pairs of other shapes make their own)."""
     groups: dict[tuple[int, ...], list[Pair]] = {}
     for pair in pairs:
         groups.setdefault(pair.fixed.shape, []).append(pair)
     batches = []
     for group in groups.values():
+
         def stack(name: str, group: list[Pair] = group) -> torch.Tensor:
             return torch.from_numpy(np.stack([getattr(p, name) for p in group]))[:, None]
 
         batch = Batch(stack("moving").to(device), stack("fixed").to(device))
-        if with_labels and all(p.fixed_labels is not None and p.moving_labels is not None
-                               for p in group):
+        if with_labels and all(
+            p.fixed_labels is not None and p.moving_labels is not None for p in group
+        ):
             batch.moving_onehot = one_hot(stack("moving_labels").to(device), labels)
             batch.fixed_onehot = one_hot(stack("fixed_labels").to(device), labels)
         batches.append(batch)
@@ -182,8 +199,9 @@ class PairStream:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
-             device: torch.device) -> dict[str, float]:
+def validate(
+    model: nn.Module, pairs: list[Pair], labels: Sequence[int], device: torch.device
+) -> dict[str, float]:
     """Mean Dice (labels warped by nearest neighbour), std log|J|, % folding and, for pairs
     with a known true field, the end-point error (mm, over the fixed labels) on the working
     grid, over fixed validation pairs."""
@@ -202,17 +220,23 @@ def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
         std_log_j.append(stats["std_log_jacobian"])
         folding.append(stats["folding_percent"])
         if pair.moving_labels is not None and pair.fixed_labels is not None:
-            moved = warp(torch.from_numpy(pair.moving_labels)[None, None].float().to(device),
-                         phi, mode="nearest")
-            scores = metrics.dice(pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32),
-                                  labels or None)
+            moved = warp(
+                torch.from_numpy(pair.moving_labels)[None, None].float().to(device),
+                phi,
+                mode="nearest",
+            )
+            scores = metrics.dice(
+                pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32), labels or None
+            )
             dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
         if pair.truth is not None:
             mask = pair.fixed_labels > 0 if pair.fixed_labels is not None else None
             epe.append(metrics.end_point_error(field, pair.truth, pair.spacing, mask))
     model.train(was_training)
-    out = {"val_std_log_jacobian": float(np.mean(std_log_j)),
-           "val_folding_percent": float(np.mean(folding))}
+    out = {
+        "val_std_log_jacobian": float(np.mean(std_log_j)),
+        "val_folding_percent": float(np.mean(folding)),
+    }
     if dice:
         out["val_dice"] = float(np.nanmean(dice))
     if epe:
@@ -226,8 +250,18 @@ def validate(model: nn.Module, pairs: list[Pair], labels: Sequence[int],
 class CsvLog:
     """``log.csv`` with a fixed header; a resumed run drops rows past its checkpoint."""
 
-    COLUMNS = ("iteration", "loss", "similarity", "regularisation", "dice_loss", "seconds",
-               "val_dice", "val_std_log_jacobian", "val_folding_percent", "val_epe_mm")
+    COLUMNS = (
+        "iteration",
+        "loss",
+        "similarity",
+        "regularisation",
+        "dice_loss",
+        "seconds",
+        "val_dice",
+        "val_std_log_jacobian",
+        "val_folding_percent",
+        "val_epe_mm",
+    )
 
     def __init__(self, path: Path, start: int):
         self.path = path
@@ -243,7 +277,8 @@ class CsvLog:
     def write(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.COLUMNS, extrasaction="ignore").writerow(
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+            )
 
 
 def _tensorboard(out: Path, enabled: bool) -> Any:
@@ -252,14 +287,23 @@ def _tensorboard(out: Path, enabled: bool) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
-        raise InputError("--tensorboard needs the 'tensorboard' package "
-                         "(pip install tensorboard)") from exc
+        raise InputError(
+            "--tensorboard needs the 'tensorboard' package (pip install tensorboard)"
+        ) from exc
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _meta(cfg: TrainConfig, source: PairSource, pre: Preprocessing, iteration: int,
-          command: str, final: dict[str, Any], seconds: float, device: torch.device,
-          origin: dict[str, Any] | None) -> dict[str, Any]:
+def _meta(
+    cfg: TrainConfig,
+    source: PairSource,
+    pre: Preprocessing,
+    iteration: int,
+    command: str,
+    final: dict[str, Any],
+    seconds: float,
+    device: torch.device,
+    origin: dict[str, Any] | None,
+) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": cfg.name,
         "version": cfg.version,
@@ -284,8 +328,11 @@ def _meta(cfg: TrainConfig, source: PairSource, pre: Preprocessing, iteration: i
 
 
 def load_source(cfg: TrainConfig) -> PairSource:
-    options: dict[str, Any] = {"fraction": cfg.fraction, "split_seed": cfg.split_seed,
-                               **cfg.data_options}
+    options: dict[str, Any] = {
+        "fraction": cfg.fraction,
+        "split_seed": cfg.split_seed,
+        **cfg.data_options,
+    }
     if cfg.data_kind == "folder":
         options["unlabelled"] = cfg.unlabelled
     if cfg.data_kind == "brain" and cfg.spacing_mm is not None:
@@ -293,10 +340,16 @@ def load_source(cfg: TrainConfig) -> PairSource:
     return open_source(cfg.data_kind, cfg.data, **options)
 
 
-def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
-          command: str = "", progress: bool = True,
-          source: PairSource | None = None,
-          time_limit_s: float | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    command: str = "",
+    progress: bool = True,
+    source: PairSource | None = None,
+    time_limit_s: float | None = None,
+) -> dict[str, Any]:
     """Train (or resume) a run in ``out``; returns the final metrics. ``source`` may be given
     to share loaded data between runs (experiments).
 
@@ -336,8 +389,10 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     val_pairs = [prepare_pair(pair, pre) for pair in source.pairs("val", cfg.val_pairs, seed=1)]
     # Refused before the run folder is touched: its config.json and log.csv stay as they were.
     if cfg.best_by == "epe" and not any(pair.truth is not None for pair in val_pairs):
-        raise InputError("--best-by epe needs validation pairs with a known true field "
-                         "(--data-kind qmri, on the images' own grid: no --spacing-mm)")
+        raise InputError(
+            "--best-by epe needs validation pairs with a known true field "
+            "(--data-kind qmri, on the images' own grid: no --spacing-mm)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -351,8 +406,9 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     best = _best_score(out, cfg) if resume else -math.inf
     final: dict[str, Any] = {}
     ema = None
-    bar = tqdm(total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.iterations, initial=start, desc=cfg.name, disable=not progress, dynamic_ncols=True
+    )
     iteration = start
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     stream = PairStream(source, pre, cfg, first=start + 1)
@@ -363,8 +419,14 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         loss_value, parts = 0.0, {}
         for batch in to_batches(pairs, labels, device, cfg.dice_weight > 0):
             phis = model(batch.moving, batch.fixed)
-            loss, parts = outer_loss(phis, batch, step_weights(len(phis), cfg.weights).to(device),
-                                     similarity, cfg.lam, cfg.dice_weight)
+            loss, parts = outer_loss(
+                phis,
+                batch,
+                step_weights(len(phis), cfg.weights).to(device),
+                similarity,
+                cfg.lam,
+                cfg.dice_weight,
+            )
             share = batch.fixed.shape[0] / len(pairs)
             (loss * share).backward()
             loss_value += loss.item() * share
@@ -372,8 +434,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         seconds = time.perf_counter() - tick
         elapsed += seconds
         ema = loss_value if ema is None else 0.95 * ema + 0.05 * loss_value
-        row: dict[str, Any] = {"iteration": iteration, "loss": loss_value, "seconds": seconds,
-                               **parts}
+        row: dict[str, Any] = {
+            "iteration": iteration,
+            "loss": loss_value,
+            "seconds": seconds,
+            **parts,
+        }
         out_of_time = deadline is not None and time.monotonic() >= deadline
         last = iteration == cfg.iterations or out_of_time
         if iteration % cfg.validate_every == 0 or last:
@@ -382,9 +448,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
             score = cfg.best_score(final)
             if score > best:
                 best = score
-                save_checkpoint(out / "best.pt", model, cfg.arch,
-                                _meta(cfg, source, pre, iteration, command, final, elapsed,
-                                      device, origin))
+                save_checkpoint(
+                    out / "best.pt",
+                    model,
+                    cfg.arch,
+                    _meta(cfg, source, pre, iteration, command, final, elapsed, device, origin),
+                )
         log.write(row)
         if board is not None:
             for key, value in row.items():
@@ -399,9 +468,12 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
         bar.update(1)
         if iteration % cfg.checkpoint_every == 0 or last:
             final_metrics = {**final, "train_loss": round(ema, 6)}
-            save_checkpoint(out / "checkpoint.pt", model, cfg.arch,
-                            _meta(cfg, source, pre, iteration, command, final_metrics, elapsed,
-                                  device, origin))
+            save_checkpoint(
+                out / "checkpoint.pt",
+                model,
+                cfg.arch,
+                _meta(cfg, source, pre, iteration, command, final_metrics, elapsed, device, origin),
+            )
             _save_state(out / "optimizer.pt", optimizer, iteration, elapsed)
         if out_of_time:
             break
@@ -409,14 +481,20 @@ def train(cfg: TrainConfig, out: str | os.PathLike, *, resume: bool = False,
     bar.close()
     if board is not None:
         board.close()
-    return {**final, "iterations": iteration, "seconds": round(elapsed, 1),
-            "time_limited": iteration < cfg.iterations}
+    return {
+        **final,
+        "iterations": iteration,
+        "seconds": round(elapsed, 1),
+        "time_limited": iteration < cfg.iterations,
+    }
 
 
-def _save_state(path: Path, optimizer: torch.optim.Optimizer, iteration: int,
-                seconds: float) -> None:
-    save_atomically({"optimizer": optimizer.state_dict(), "iteration": iteration,
-                     "seconds": seconds}, path)
+def _save_state(
+    path: Path, optimizer: torch.optim.Optimizer, iteration: int, seconds: float
+) -> None:
+    save_atomically(
+        {"optimizer": optimizer.state_dict(), "iteration": iteration, "seconds": seconds}, path
+    )
 
 
 def _best_score(out: Path, cfg: TrainConfig) -> float:
@@ -425,8 +503,9 @@ def _best_score(out: Path, cfg: TrainConfig) -> float:
     path = out / "best.pt"
     if not path.is_file():
         return -math.inf
-    return cfg.best_score(read_checkpoint(path)["meta"].get("training", {})
-                          .get("final_metrics", {}))
+    return cfg.best_score(
+        read_checkpoint(path)["meta"].get("training", {}).get("final_metrics", {})
+    )
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -439,8 +518,9 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         try:
             import yaml
         except ImportError as exc:
-            raise InputError("YAML config files need PyYAML (pip install pyyaml); "
-                             "or use JSON") from exc
+            raise InputError(
+                "YAML config files need PyYAML (pip install pyyaml); or use JSON"
+            ) from exc
         values = yaml.safe_load(text)
     else:
         try:

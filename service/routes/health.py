@@ -18,9 +18,13 @@ async def health() -> Health:
     return Health()
 
 
-@router.get("/ready", response_model=Ready, responses=problem_responses(401, 503),
-            dependencies=[Depends(require_api_key)],
-            summary="Readiness: Redis answers and at least one worker answers a ping")
+@router.get(
+    "/ready",
+    response_model=Ready,
+    responses=problem_responses(401, 503),
+    dependencies=[Depends(require_api_key)],
+    summary="Readiness: Redis answers and at least one worker answers a ping",
+)
 async def ready(settings: SettingsDep, store: StoreDep, celery: CeleryDep) -> Ready:
     try:
         await run_in_threadpool(store.redis.ping)
@@ -28,6 +32,7 @@ async def ready(settings: SettingsDep, store: StoreDep, celery: CeleryDep) -> Re
         raise Unavailable(f"Redis is unreachable ({type(exc).__name__})") from None
     names = await run_in_threadpool(broker.workers, celery, settings.ready_timeout_s)
     if not names:
-        raise Unavailable(f"no worker answered within {settings.ready_timeout_s} s; jobs "
-                          "would wait in the queue")
+        raise Unavailable(
+            f"no worker answered within {settings.ready_timeout_s} s; jobs would wait in the queue"
+        )
     return Ready(workers=names)

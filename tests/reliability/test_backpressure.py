@@ -17,17 +17,21 @@ from service.main import create_app
 LIMIT = 3
 
 
-def test_queue_limit(stack_factory: object, tmp_path: Path, models: Path,
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_queue_limit(
+    stack_factory: object, tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack: Stack = stack_factory()  # type: ignore[operator]  # no worker: nothing drains
     monkeypatch.setenv("RIIR_MODELS_DIR", str(models))
     client = TestClient(create_app(stack.settings.model_copy(update={"max_queued": LIMIT})))
-    pair = files_of(fixed=write_nifti(tmp_path / "f.nii.gz", blobs((32, 32), seed=1)),
-                    moving=write_nifti(tmp_path / "m.nii.gz", blobs((32, 32), seed=2)))
+    pair = files_of(
+        fixed=write_nifti(tmp_path / "f.nii.gz", blobs((32, 32), seed=1)),
+        moving=write_nifti(tmp_path / "m.nii.gz", blobs((32, 32), seed=2)),
+    )
     jobs = stack.settings.storage_dir / "jobs"
 
-    accepted = [client.post("/register", files=pair, data={"model": "tiny-2d"})
-                for _ in range(LIMIT)]
+    accepted = [
+        client.post("/register", files=pair, data={"model": "tiny-2d"}) for _ in range(LIMIT)
+    ]
     assert [r.status_code for r in accepted] == [202] * LIMIT
     folders = set(jobs.iterdir())
 

@@ -20,15 +20,19 @@ from service.main import create_app
 RETENTION_S = 1.0
 
 
-def test_retention_sweep(stack_factory: object, tmp_path: Path, models: Path,
-                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_retention_sweep(
+    stack_factory: object, tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     stack: Stack = stack_factory()  # type: ignore[operator]
     monkeypatch.setenv("RIIR_MODELS_DIR", str(models))
-    settings = stack.settings.model_copy(update={"job_retention_s": RETENTION_S,
-                                                 "cleanup_interval_s": 0.2})
+    settings = stack.settings.model_copy(
+        update={"job_retention_s": RETENTION_S, "cleanup_interval_s": 0.2}
+    )
     storage = Storage(settings.storage_dir)
-    pair = files_of(fixed=write_nifti(tmp_path / "f.nii.gz", blobs((32, 32), seed=1)),
-                    moving=write_nifti(tmp_path / "m.nii.gz", blobs((32, 32), seed=2)))
+    pair = files_of(
+        fixed=write_nifti(tmp_path / "f.nii.gz", blobs((32, 32), seed=1)),
+        moving=write_nifti(tmp_path / "m.nii.gz", blobs((32, 32), seed=2)),
+    )
     app = create_app(settings)
     store = app.state.store  # the gateway's: records expire after ITS retention
     with TestClient(app) as client:  # the lifespan runs the sweep
@@ -47,8 +51,9 @@ def test_retention_sweep(stack_factory: object, tmp_path: Path, models: Path,
 
         ids = [never_ran.json()["job_id"], ended["job_id"], orphan]
         assert all(storage.folder(i).exists() for i in ids)
-        wait_until(lambda: not any(storage.folder(i).exists() for i in ids),
-                   "the sweep", 10 * RETENTION_S)
+        wait_until(
+            lambda: not any(storage.folder(i).exists() for i in ids), "the sweep", 10 * RETENTION_S
+        )
         for job_id in ids:
             assert client.get(f"/jobs/{job_id}").status_code == 404
         assert store.counts() == {s: 0 for s in store.counts()}

@@ -31,8 +31,11 @@ PUBLISHED = {artifacts.filename(n) for n in (*FAKE_FILES, "metrics")}
 
 def _files(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (hidden temporaries included) -> its sha256."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _assert_complete(stack: Stack, job_id: str) -> dict[str, str]:
@@ -59,8 +62,9 @@ def test_sigkill_loop(stack_factory: object, capsys: pytest.CaptureFixture[str])
     for i in range(KILLS):
         point = ("mid-compute", "mid-write")[i % 2]
         whole = i % 3 != 2  # two cycles in three kill the whole worker, else its pool process
-        job = stack.submit({"fixed": rng.bytes(4000), "moving": rng.bytes(4000)},
-                           fault=point, steps=4)
+        job = stack.submit(
+            {"fixed": rng.bytes(4000), "moving": rng.bytes(4000)}, fault=point, steps=4
+        )
         pid = stack.fault_marker(job.id, point)
         killed = time.monotonic()
         if whole:
@@ -87,13 +91,16 @@ def test_sigkill_loop(stack_factory: object, capsys: pytest.CaptureFixture[str])
         assert record is not None and (record.status, record.attempts) == ("succeeded", 2)
         assert _assert_complete(stack, job_id) == files
     with capsys.disabled():
-        print(f"\n[reliability] worker SIGKILLs: {KILLS} (mid-compute {KILLS - KILLS // 2}, "
-              f"mid-write {KILLS // 2}); jobs lost 0, duplicated 0; recovery "
-              f"max {max(recovery):.1f} s, mean {np.mean(recovery):.1f} s")
+        print(
+            f"\n[reliability] worker SIGKILLs: {KILLS} (mid-compute {KILLS - KILLS // 2}, "
+            f"mid-write {KILLS // 2}); jobs lost 0, duplicated 0; recovery "
+            f"max {max(recovery):.1f} s, mean {np.mean(recovery):.1f} s"
+        )
 
 
-def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, models: Path,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigkill_a_real_registration(
+    stack_factory: object, tmp_path: Path, models: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real pipeline (torch, tiny model): killed mid-steps, finished by a restarted
     worker, with the same displacement as a run that was never interrupted."""
     from helpers import blobs
@@ -107,8 +114,9 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
     # ~1.5 s of steps on a CPU: time to see the first step and kill the worker mid-way.
     fixed = write_nifti(tmp_path / "f.nii.gz", blobs((192, 192), seed=1))
     moving = write_nifti(tmp_path / "m.nii.gz", blobs((192, 192), seed=2))
-    job = stack.submit({"fixed": fixed.read_bytes(), "moving": moving.read_bytes()},
-                       model="tiny-2d", steps=STEPS)
+    job = stack.submit(
+        {"fixed": fixed.read_bytes(), "moving": moving.read_bytes()}, model="tiny-2d", steps=STEPS
+    )
     assert stack.store is not None
     store = stack.store
 
@@ -121,8 +129,11 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
     assert record is not None and record.progress_done < STEPS  # killed mid-way
     pool = psutil.Process(worker.process.pid).children()
     stack.kill(worker)
-    wait_until(lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
-                           for p in pool), "the pool process to die", 5)
+    wait_until(
+        lambda: all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in pool),
+        "the pool process to die",
+        5,
+    )
     stack.start_worker(fake=False, wait=False)
     done = stack.wait_for(job.id, timeout=90)
     assert done.status == "succeeded", (done, stack.log("worker"))
@@ -134,13 +145,23 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (OMP_NUM_THREADS=1); 2 would crawl here
     try:
-        register_files(fixed, moving, tmp_path / "local",
-                       RegistrationOptions(model="tiny-2d", steps=STEPS), device="cpu")
+        register_files(
+            fixed,
+            moving,
+            tmp_path / "local",
+            RegistrationOptions(model="tiny-2d", steps=STEPS),
+            device="cpu",
+        )
     finally:
         torch.set_num_threads(threads)
     out = stack.settings.storage_dir / "jobs" / job.id / "out"
-    assert set(artifacts.present(out)) == {"displacement", "warped", "jacobian", "metrics",
-                                           "preview"}
+    assert set(artifacts.present(out)) == {
+        "displacement",
+        "warped",
+        "jacobian",
+        "metrics",
+        "preview",
+    }
     for name in ("displacement", "warped"):
         served = np.asarray(nib.load(str(out / artifacts.filename(name))).dataobj)
         local = np.asarray(nib.load(str(tmp_path / "local" / artifacts.filename(name))).dataobj)
@@ -149,7 +170,8 @@ def test_sigkill_a_real_registration(stack_factory: object, tmp_path: Path, mode
 
 # -- the lease, in-process ----------------------------------------------------------------
 def test_lease_is_held_against_a_live_worker_and_taken_from_a_dead_one(
-        stack_factory: object) -> None:
+    stack_factory: object,
+) -> None:
     stack: Stack = stack_factory()  # type: ignore[operator]
     assert stack.store is not None
     client = stack.store.redis

@@ -54,16 +54,26 @@ def redis_server(service_dir: Path) -> Iterator[EmbeddedRedis]:
 
 @pytest.fixture(scope="session")
 def settings(redis_server: EmbeddedRedis, service_dir: Path, models_dir: Path) -> Settings:
-    return Settings(redis_url=redis_server.url, storage_dir=service_dir / "storage",
-                    max_upload_bytes=MAX_UPLOAD_BYTES, device="cpu")
+    return Settings(
+        redis_url=redis_server.url,
+        storage_dir=service_dir / "storage",
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        device="cpu",
+    )
 
 
 @pytest.fixture(scope="session")
 def stack_env(settings: Settings, models_dir: Path) -> dict[str, str]:
-    return dict(os.environ, REDIS_URL=settings.redis, RIIR_STORAGE_DIR=str(settings.storage_dir),
-                RIIR_MODELS_DIR=str(models_dir), RIIR_DEVICE="cpu",
-                RIIR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES), RIIR_LOG_LEVEL="warning",
-                OMP_NUM_THREADS="1")  # spinning OpenMP threads crawl on a busy 2-core CI box
+    return dict(
+        os.environ,
+        REDIS_URL=settings.redis,
+        RIIR_STORAGE_DIR=str(settings.storage_dir),
+        RIIR_MODELS_DIR=str(models_dir),
+        RIIR_DEVICE="cpu",
+        RIIR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
+        RIIR_LOG_LEVEL="warning",
+        OMP_NUM_THREADS="1",
+    )  # spinning OpenMP threads crawl on a busy 2-core CI box
 
 
 def _wait(check: Callable[[], bool], what: str, child: Child, log: Path) -> None:
@@ -92,8 +102,7 @@ def gateway_url(stack_env: dict[str, str], service_dir: Path) -> Iterator[str]:
     port = free_port()
     log_path = service_dir / "gateway.log"
     with open(log_path, "wb") as log:
-        child = spawn("gateway", gateway_argv("127.0.0.1", port, "warning"), stack_env,
-                      output=log)
+        child = spawn("gateway", gateway_argv("127.0.0.1", port, "warning"), stack_env, output=log)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: gateway_healthy(url), "the gateway", child, log_path)
@@ -125,10 +134,12 @@ def images(service_dir: Path) -> dict[str, Path]:
     return {
         "fixed2": write_nifti(folder / "fixed2.nii.gz", fixed2, (1.2, 1.0, 1.0)),
         "moving2": write_nifti(folder / "moving2.nii.gz", moving2, (1.2, 1.0, 1.0)),
-        "fixed2_labels": write_nifti(folder / "fixed2_labels.nii.gz",
-                                     (fixed2 > 0.5).astype(np.int16), dtype=np.int16),
-        "moving2_labels": write_nifti(folder / "moving2_labels.nii.gz",
-                                      (moving2 > 0.5).astype(np.int16), dtype=np.int16),
+        "fixed2_labels": write_nifti(
+            folder / "fixed2_labels.nii.gz", (fixed2 > 0.5).astype(np.int16), dtype=np.int16
+        ),
+        "moving2_labels": write_nifti(
+            folder / "moving2_labels.nii.gz", (moving2 > 0.5).astype(np.int16), dtype=np.int16
+        ),
         "fixed3": write_nifti(folder / "fixed3.nii.gz", fixed3, (1.0, 1.5, 2.0)),
         "moving3": write_nifti(folder / "moving3.nii", moving3, (1.0, 1.5, 2.0)),
         "series2": write_nifti(folder / "series2.nii.gz", series),
@@ -142,8 +153,11 @@ def nothing_queued(store: JobStore, settings: Settings) -> Iterator[None]:
 
     def state() -> tuple[int, int, set[str]]:
         folders = {p.name for p in jobs.iterdir()} if jobs.is_dir() else set()
-        return (sum(store.counts().values()), broker.queue_length(store.redis, settings.queue),
-                folders)
+        return (
+            sum(store.counts().values()),
+            broker.queue_length(store.redis, settings.queue),
+            folders,
+        )
 
     before = state()
     yield

@@ -31,8 +31,12 @@ def gateway_healthy(url: str) -> bool:
         return False
 
 
-def write_nifti(path: Path, array: np.ndarray, spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
-                dtype: Any = np.float32) -> Path:
+def write_nifti(
+    path: Path,
+    array: np.ndarray,
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0),
+    dtype: Any = np.float32,
+) -> Path:
     affine = np.diag([*spacing[:3], 1.0])
     nib.save(nib.Nifti1Image(np.asarray(array, dtype=dtype), affine), str(path))
     return path
@@ -51,18 +55,25 @@ def make_models(folder: Path) -> Path:
         torch.nn.init.normal_(m.cell.conv_out.weight, std=0.05)
         save_checkpoint(folder / f"{name}.pt", m, "riir", {"name": name, "version": "test"})
         (folder / f"{name}.json").write_text(
-            json.dumps({"name": name, "spatial_dims": dims, "description": "test model"}))
+            json.dumps({"name": name, "spatial_dims": dims, "description": "test model"})
+        )
     return folder
 
 
 def files_of(**paths: Path) -> dict[str, tuple[str, bytes, str]]:
-    return {field: (path.name, path.read_bytes(), "application/octet-stream")
-            for field, path in paths.items()}
+    return {
+        field: (path.name, path.read_bytes(), "application/octet-stream")
+        for field, path in paths.items()
+    }
 
 
-def wait_for(client: httpx.Client, job_id: str, statuses: tuple[str, ...] = TERMINAL,
-             timeout: float = 60.0, condition: Callable[[dict[str, Any]], bool] | None = None
-             ) -> dict[str, Any]:
+def wait_for(
+    client: httpx.Client,
+    job_id: str,
+    statuses: tuple[str, ...] = TERMINAL,
+    timeout: float = 60.0,
+    condition: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
     """Poll GET /jobs/{id} until its status is one of ``statuses`` (and ``condition``)."""
     deadline = time.monotonic() + timeout
     while True:

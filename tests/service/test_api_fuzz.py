@@ -24,8 +24,12 @@ from jobs.settings import Settings
 from service.main import create_app
 
 EXAMPLES = 10  # per operation and mode; 10 operations
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +43,22 @@ def api_schema(settings: Settings, models_dir: object) -> Iterator[schemathesis.
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_api_fuzz(api_schema: schemathesis.BaseSchema, mode: GenerationMode,
-                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_api_fuzz(
+    api_schema: schemathesis.BaseSchema, mode: GenerationMode, capsys: pytest.CaptureFixture[str]
+) -> None:
     calls: list[int] = []
     fixed: list[str] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]
     for operation in operations:
+
         @given(case=operation.as_strategy(generation_mode=mode))
-        @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def run(case: schemathesis.Case) -> None:
             response = case.call_and_validate(checks=CHECKS)
             calls.append(response.status_code)
@@ -60,7 +71,9 @@ def test_api_fuzz(api_schema: schemathesis.BaseSchema, mode: GenerationMode,
     assert len(operations) == 10 and calls
     assert not [code for code in calls if code >= 500]
     with capsys.disabled():
-        print(f"\n[reliability] schemathesis ({mode.value}): {len(calls)} requests over "
-              f"{len(operations) - len(fixed)} operations, status codes "
-              f"{sorted(set(calls))}, 0 server errors"
-              + (f" (no invalid input exists for {', '.join(fixed)})" if fixed else ""))
+        print(
+            f"\n[reliability] schemathesis ({mode.value}): {len(calls)} requests over "
+            f"{len(operations) - len(fixed)} operations, status codes "
+            f"{sorted(set(calls))}, 0 server errors"
+            + (f" (no invalid input exists for {', '.join(fixed)})" if fixed else "")
+        )

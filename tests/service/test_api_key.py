@@ -26,14 +26,22 @@ def open_app(settings: Settings) -> TestClient:
     return TestClient(create_app(settings))
 
 
-@pytest.mark.parametrize(("method", "url"), [
-    ("GET", JOB), ("DELETE", JOB), ("GET", f"{JOB}/artifacts/warped"),
-    ("GET", f"{JOB}/artifacts/displacements/0"), ("GET", "/models"),
-    ("GET", "/metrics"), ("GET", "/ready"), ("POST", "/register"), ("POST", "/register-series"),
-    ("GET", "/openapi.json"),
-])
-def test_every_route_but_health_needs_the_key(locked: TestClient, method: str,
-                                              url: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", JOB),
+        ("DELETE", JOB),
+        ("GET", f"{JOB}/artifacts/warped"),
+        ("GET", f"{JOB}/artifacts/displacements/0"),
+        ("GET", "/models"),
+        ("GET", "/metrics"),
+        ("GET", "/ready"),
+        ("POST", "/register"),
+        ("POST", "/register-series"),
+        ("GET", "/openapi.json"),
+    ],
+)
+def test_every_route_but_health_needs_the_key(locked: TestClient, method: str, url: str) -> None:
     for headers in ({}, {"X-API-Key": "wrong"}):
         response = locked.request(method, url, headers=headers)
         assert response.status_code == 401
@@ -55,12 +63,14 @@ def test_the_key_opens_the_routes(locked: TestClient, worker: object) -> None:
     assert locked.get("/ready", headers=headers).status_code == 200
 
 
-def test_unauthorised_upload_stores_nothing(locked: TestClient, images: dict[str, Path],
-                                            settings: Settings) -> None:
+def test_unauthorised_upload_stores_nothing(
+    locked: TestClient, images: dict[str, Path], settings: Settings
+) -> None:
     jobs = settings.storage_dir / "jobs"
     before = set(jobs.iterdir()) if jobs.is_dir() else set()
-    response = locked.post("/register", files=files_of(fixed=images["fixed2"],
-                                                       moving=images["moving2"]))
+    response = locked.post(
+        "/register", files=files_of(fixed=images["fixed2"], moving=images["moving2"])
+    )
     assert response.status_code == 401
     assert (set(jobs.iterdir()) if jobs.is_dir() else set()) == before
 

@@ -20,23 +20,33 @@ from jobs.store import Job, JobStore, new_job_id
 def slow_pair(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 3-D pair that takes many seconds at 50 steps on a CPU: cancelled long before."""
     folder = tmp_path_factory.mktemp("slow")
-    return {"fixed": write_nifti(folder / "f.nii.gz", blobs((64, 64, 64), seed=7)),
-            "moving": write_nifti(folder / "m.nii.gz", blobs((64, 64, 64), seed=8))}
+    return {
+        "fixed": write_nifti(folder / "f.nii.gz", blobs((64, 64, 64), seed=7)),
+        "moving": write_nifti(folder / "m.nii.gz", blobs((64, 64, 64), seed=8)),
+    }
 
 
-def test_cancel_queued_and_running_jobs(client: httpx.Client, images: dict[str, Path],
-                                        slow_pair: dict[str, Path], settings: Settings,
-                                        store: JobStore) -> None:
-    slow = client.post("/register", files=files_of(**slow_pair),
-                       data={"model": "tiny-3d", "steps": "50"}).json()["job_id"]
-    running = wait_for(client, slow, ("running",), timeout=60,
-                       condition=lambda job: job["progress"]["done"] >= 1)
+def test_cancel_queued_and_running_jobs(
+    client: httpx.Client,
+    images: dict[str, Path],
+    slow_pair: dict[str, Path],
+    settings: Settings,
+    store: JobStore,
+) -> None:
+    slow = client.post(
+        "/register", files=files_of(**slow_pair), data={"model": "tiny-3d", "steps": "50"}
+    ).json()["job_id"]
+    running = wait_for(
+        client, slow, ("running",), timeout=60, condition=lambda job: job["progress"]["done"] >= 1
+    )
     assert running["progress"]["total"] == 50
 
     # One worker, one job at a time, prefetch 1: this one waits in the queue.
-    queued = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                     moving=images["moving2"]),
-                         data={"model": "tiny-2d", "steps": "2"}).json()["job_id"]
+    queued = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "2"},
+    ).json()["job_id"]
     assert client.get(f"/jobs/{queued}").json()["status"] == "queued"
     response = client.delete(f"/jobs/{queued}")
     assert response.status_code == 200
@@ -47,9 +57,11 @@ def test_cancel_queued_and_running_jobs(client: httpx.Client, images: dict[str, 
     assert response.json()["status"] == "cancelled"
 
     # The worker stops the slow job at its next step and takes the next job at once.
-    after = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                    moving=images["moving2"]),
-                        data={"model": "tiny-2d", "steps": "2"}).json()["job_id"]
+    after = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "2"},
+    ).json()["job_id"]
     assert wait_for(client, after, timeout=30)["status"] == "succeeded"
 
     # The task itself says it stopped at a step ("discarded" would mean it ran to the end).
@@ -65,11 +77,14 @@ def test_cancel_queued_and_running_jobs(client: httpx.Client, images: dict[str, 
     assert client.get(f"/jobs/{slow}/artifacts/warped").status_code == 404
 
 
-def test_delete_a_finished_job_removes_its_files(client: httpx.Client, images: dict[str, Path],
-                                                 settings: Settings) -> None:
-    job_id = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                     moving=images["moving2"]),
-                         data={"model": "tiny-2d", "steps": "1"}).json()["job_id"]
+def test_delete_a_finished_job_removes_its_files(
+    client: httpx.Client, images: dict[str, Path], settings: Settings
+) -> None:
+    job_id = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "1"},
+    ).json()["job_id"]
     assert wait_for(client, job_id)["status"] == "succeeded"
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 200
@@ -80,12 +95,17 @@ def test_delete_a_finished_job_removes_its_files(client: httpx.Client, images: d
     assert client.delete(f"/jobs/{job_id}").status_code == 200  # idempotent
 
 
-def test_worker_survives_a_bad_input(client: httpx.Client, store: JobStore,
-                                     settings: Settings, images: dict[str, Path]) -> None:
+def test_worker_survives_a_bad_input(
+    client: httpx.Client, store: JobStore, settings: Settings, images: dict[str, Path]
+) -> None:
     """An input that is bad in a way only reading it shows: the job fails with the reason,
     and the same worker runs the next job."""
-    job = Job(id=new_job_id(), kind="pair", params={"model": "tiny-2d", "steps": 1},
-              inputs={"fixed": "fixed.nii.gz", "moving": "moving.nii.gz"})
+    job = Job(
+        id=new_job_id(),
+        kind="pair",
+        params={"model": "tiny-2d", "steps": 1},
+        inputs={"fixed": "fixed.nii.gz", "moving": "moving.nii.gz"},
+    )
     inputs = settings.storage_dir / "jobs" / job.id / "inputs"
     inputs.mkdir(parents=True)
     (inputs / "fixed.nii.gz").write_bytes(images["fixed2"].read_bytes())
@@ -96,7 +116,9 @@ def test_worker_survives_a_bad_input(client: httpx.Client, store: JobStore,
     assert failed["status"] == "failed"
     assert "moving image" in failed["error"] and "NIfTI" in failed["error"]
 
-    ok = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                 moving=images["moving2"]),
-                     data={"model": "tiny-2d", "steps": "1"}).json()["job_id"]
+    ok = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "1"},
+    ).json()["job_id"]
     assert wait_for(client, ok)["status"] == "succeeded"

@@ -22,8 +22,13 @@ def compose_binary() -> Path:
 
 
 def _compose(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"),
-                           *args], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(ROOT / "docker-compose.yml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_compose_config_is_valid() -> None:
@@ -54,6 +59,10 @@ def test_invalid_compose_file_is_caught(tmp_path: Path) -> None:
     """The check above can fail: the binary rejects a broken file with a non-zero status."""
     broken = tmp_path / "compose.yml"
     broken.write_text("services:\n  web:\n    depends_on:\n      db:\n        condition: bogus\n")
-    result = subprocess.run([str(compose_binary()), "-f", str(broken), "config", "--quiet"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(compose_binary()), "-f", str(broken), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0

@@ -19,8 +19,12 @@ FIRST_PARTY = {"conventions", "model", "worker", "jobs", "service", "riir"}
 
 def _copies(dockerfile: str) -> set[str]:
     text = (ROOT / "docker" / dockerfile).read_text()
-    return {src for line in re.findall(r"^COPY (.+)$", text, re.M)
-            for src in line.split()[:-1] if not src.startswith("--")}
+    return {
+        src
+        for line in re.findall(r"^COPY (.+)$", text, re.M)
+        for src in line.split()[:-1]
+        if not src.startswith("--")
+    }
 
 
 def _norm(name: str) -> str:
@@ -47,20 +51,29 @@ def _installed_with(names: set[str]) -> set[str]:
 def gateway_modules(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """First-party modules the gateway process loads."""
     tmp_path = tmp_path_factory.mktemp("gateway")
-    code = ("import sys, json\nfrom service.main import create_app\n"
-            "from jobs.settings import Settings\nimport service.uploads, jobs.lease\n"
-            f"create_app(Settings(storage_dir={str(tmp_path)!r})).openapi()\n"
-            "print(json.dumps(sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('conventions', 'jobs', 'service'))))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, timeout=60, check=True).stdout
+    code = (
+        "import sys, json\nfrom service.main import create_app\n"
+        "from jobs.settings import Settings\nimport service.uploads, jobs.lease\n"
+        f"create_app(Settings(storage_dir={str(tmp_path)!r})).openapi()\n"
+        "print(json.dumps(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('conventions', 'jobs', 'service'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    ).stdout
     return json.loads(out)  # type: ignore[no-any-return]
 
 
 def test_gateway_requirements_cover_its_imports(gateway_modules: list[str]) -> None:
     requirements = (ROOT / "docker" / "gateway.requirements.txt").read_text()
-    listed = _installed_with({_norm(line) for line in requirements.splitlines()
-                              if line.strip() and line[0] != "#"})
+    listed = _installed_with(
+        {_norm(line) for line in requirements.splitlines() if line.strip() and line[0] != "#"}
+    )
     distributions = packages_distributions()
     missing = set()
     for module in gateway_modules:
@@ -68,9 +81,13 @@ def test_gateway_requirements_cover_its_imports(gateway_modules: list[str]) -> N
         if not path.is_file():
             path = ROOT / module.replace(".", "/") / "__init__.py"
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 if top in FIRST_PARTY or top in sys.stdlib_module_names:

@@ -21,15 +21,16 @@ def test_gateway_is_torch_free(tmp_path: object) -> None:
         "               if m.split('.')[0] in ('torch', 'SimpleITK', 'model', 'worker'))\n"
         "assert not heavy, heavy\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_worker_app_imports_no_torch_before_fork() -> None:
     """The worker's parent process holds no torch (nor CUDA) when it forks its pool."""
-    code = ("import sys\nimport worker.celery_app, worker.tasks\n"
-            "assert 'torch' not in sys.modules\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    code = "import sys\nimport worker.celery_app, worker.tasks\nassert 'torch' not in sys.modules\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr

@@ -35,11 +35,15 @@ def _voxels(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dims", [2, 3])
-def test_pair_matches_the_command_line_path(client: httpx.Client, images: dict[str, Path],
-                                            tmp_path: Path, dims: int) -> None:
+def test_pair_matches_the_command_line_path(
+    client: httpx.Client, images: dict[str, Path], tmp_path: Path, dims: int
+) -> None:
     fixed, moving = images[f"fixed{dims}"], images[f"moving{dims}"]
-    response = client.post("/register", files=files_of(fixed=fixed, moving=moving),
-                           data={"model": f"tiny-{dims}d", "steps": "2"})
+    response = client.post(
+        "/register",
+        files=files_of(fixed=fixed, moving=moving),
+        data={"model": f"tiny-{dims}d", "steps": "2"},
+    )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     assert response.headers["location"] == f"/jobs/{job_id}"
@@ -52,9 +56,13 @@ def test_pair_matches_the_command_line_path(client: httpx.Client, images: dict[s
     assert job["timings"]["run_seconds"] > 0
     assert job["metrics"]["model"]["name"] == f"tiny-{dims}d"
 
-    expected = register_files(fixed, moving, tmp_path / "local",
-                              RegistrationOptions(model=f"tiny-{dims}d", steps=2),
-                              device="cpu")
+    expected = register_files(
+        fixed,
+        moving,
+        tmp_path / "local",
+        RegistrationOptions(model=f"tiny-{dims}d", steps=2),
+        device="cpu",
+    )
     for name in ("displacement", "warped", "jacobian"):
         served = _download(client, job["artifacts"][name], tmp_path / artifacts.filename(name))
         local = tmp_path / "local" / artifacts.filename(name)
@@ -64,19 +72,24 @@ def test_pair_matches_the_command_line_path(client: httpx.Client, images: dict[s
     assert metrics.headers["content-type"] == "application/json"
     served_metrics = metrics.json()
     assert served_metrics == job["metrics"]
-    np.testing.assert_allclose(served_metrics["similarity_after"]["ncc"],
-                               expected["similarity_after"]["ncc"], rtol=1e-5)
+    np.testing.assert_allclose(
+        served_metrics["similarity_after"]["ncc"], expected["similarity_after"]["ncc"], rtol=1e-5
+    )
     preview = client.get(job["artifacts"]["preview"])
     assert preview.headers["content-type"] == "image/png"
     assert preview.content.startswith(b"\x89PNG")
 
 
 def test_labels_are_warped_and_scored(client: httpx.Client, images: dict[str, Path]) -> None:
-    files = files_of(fixed=images["fixed2"], moving=images["moving2"],
-                     fixed_labels=images["fixed2_labels"],
-                     moving_labels=images["moving2_labels"])
-    job_id = client.post("/register", files=files,
-                         data={"model": "tiny-2d", "steps": "2"}).json()["job_id"]
+    files = files_of(
+        fixed=images["fixed2"],
+        moving=images["moving2"],
+        fixed_labels=images["fixed2_labels"],
+        moving_labels=images["moving2_labels"],
+    )
+    job_id = client.post("/register", files=files, data={"model": "tiny-2d", "steps": "2"}).json()[
+        "job_id"
+    ]
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded", job
     assert "labels" in job["artifacts"]
@@ -85,10 +98,14 @@ def test_labels_are_warped_and_scored(client: httpx.Client, images: dict[str, Pa
     assert labels.status_code == 200
 
 
-def test_series_gives_one_field_per_frame(client: httpx.Client, images: dict[str, Path],
-                                          tmp_path: Path) -> None:
-    response = client.post("/register-series", files=files_of(series=images["series2"]),
-                           data={"model": "tiny-2d", "steps": "2", "template": "-1"})
+def test_series_gives_one_field_per_frame(
+    client: httpx.Client, images: dict[str, Path], tmp_path: Path
+) -> None:
+    response = client.post(
+        "/register-series",
+        files=files_of(series=images["series2"]),
+        data={"model": "tiny-2d", "steps": "2", "template": "-1"},
+    )
     assert response.status_code == 202, response.text
     job = wait_for(client, response.json()["job_id"])
     assert job["status"] == "succeeded", job
@@ -97,26 +114,31 @@ def test_series_gives_one_field_per_frame(client: httpx.Client, images: dict[str
     assert frames == ["displacements/0", "displacements/1", "displacements/2"]
     assert {"warped", "metrics", "preview"} <= set(job["artifacts"])
 
-    register_series_file(images["series2"], tmp_path / "local",
-                         SeriesOptions(model="tiny-2d", steps=2), device="cpu")
+    register_series_file(
+        images["series2"], tmp_path / "local", SeriesOptions(model="tiny-2d", steps=2), device="cpu"
+    )
     served = _download(client, job["artifacts"]["displacements/0"], tmp_path / "frame0.nii.gz")
     local = artifacts.frame_path(tmp_path / "local", 0)
     np.testing.assert_allclose(_voxels(served), _voxels(local), rtol=1e-5, atol=1e-6)
-    template = _voxels(_download(client, job["artifacts"]["displacements/2"],
-                                 tmp_path / "frame2.nii.gz"))
+    template = _voxels(
+        _download(client, job["artifacts"]["displacements/2"], tmp_path / "frame2.nii.gz")
+    )
     assert np.all(template == 0)  # the template frame stays where it is
     assert "pca_after" in json.loads(client.get(job["artifacts"]["metrics"]).text)
     missing = client.get(f"/jobs/{job['job_id']}/artifacts/displacements/7")
     assert missing.status_code == 404
 
 
-def test_default_model_is_chosen_from_the_image(client: httpx.Client,
-                                                images: dict[str, Path]) -> None:
+def test_default_model_is_chosen_from_the_image(
+    client: httpx.Client, images: dict[str, Path]
+) -> None:
     """No model named: the preferred default (cardiac-2d) is not installed, so the catalog
     falls back to the installed model of the image's dimension."""
-    response = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                       moving=images["moving2"]),
-                           data={"steps": "1"})
+    response = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"steps": "1"},
+    )
     assert response.status_code == 202, response.text
     assert response.json()["params"]["model"] is None
     job = wait_for(client, response.json()["job_id"])
@@ -124,17 +146,22 @@ def test_default_model_is_chosen_from_the_image(client: httpx.Client,
     assert job["metrics"]["model"]["name"] == "tiny-2d"
 
 
-def test_no_model_for_the_images_is_refused(settings: Settings, images: dict[str, Path],
-                                            models_dir: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_model_for_the_images_is_refused(
+    settings: Settings,
+    images: dict[str, Path],
+    models_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     only_3d = tmp_path / "models"
     only_3d.mkdir()
     for suffix in (".pt", ".json"):
         shutil.copy(models_dir / f"tiny-3d{suffix}", only_3d)
     monkeypatch.setenv("RIIR_MODELS_DIR", str(only_3d))
     client = TestClient(create_app(settings))
-    response = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                       moving=images["moving2"]))
+    response = client.post(
+        "/register", files=files_of(fixed=images["fixed2"], moving=images["moving2"])
+    )
     assert response.status_code == 422
     assert "no model for 2-D images" in response.json()["detail"]
 
@@ -161,9 +188,11 @@ def test_models_lists_the_shipped_models(client: httpx.Client) -> None:
 
 
 def test_ready_and_metrics(client: httpx.Client, images: dict[str, Path]) -> None:
-    job_id = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                     moving=images["moving2"]),
-                         data={"model": "tiny-2d", "steps": "1"}).json()["job_id"]
+    job_id = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "1"},
+    ).json()["job_id"]
     assert wait_for(client, job_id)["status"] == "succeeded"
     ready = client.get("/ready")
     assert ready.status_code == 200

@@ -44,8 +44,11 @@ def test_state_machine(store: JobStore, job: Job) -> None:
     assert not store.start(job.id, "w3")  # a duplicate delivery does not run it again
     record = store.get(job.id)
     assert record is not None
-    assert (record.status, record.metrics, record.artifacts) == ("succeeded", {"ncc": 0.9},
-                                                                 ["warped"])
+    assert (record.status, record.metrics, record.artifacts) == (
+        "succeeded",
+        {"ncc": 0.9},
+        ["warped"],
+    )
 
 
 def test_cancel_wins_over_a_late_worker(store: JobStore, job: Job) -> None:
@@ -61,6 +64,7 @@ def test_cancel_wins_over_a_late_worker(store: JobStore, job: Job) -> None:
 def _compute(effect: Any) -> Any:
     def compute(job: Job, inputs: Path, out: Path, progress: Any, settings: Settings) -> Any:
         return effect(job, out, progress)
+
     return compute
 
 
@@ -87,13 +91,13 @@ def test_runner_records_success(store: JobStore, settings: Settings, job: Job) -
     assert store.get(job.id).attempts == 1  # type: ignore[union-attr]
 
 
-def test_runner_fails_bad_input_with_its_message(store: JobStore, settings: Settings,
-                                                 job: Job) -> None:
+def test_runner_fails_bad_input_with_its_message(
+    store: JobStore, settings: Settings, job: Job
+) -> None:
     def effect(job: Job, out: Path, progress: Any) -> None:
         raise InputError("moving image 'x.nii': the file is truncated")
 
-    status = run_job(job.id, _compute(effect), store, Storage(settings.storage_dir), settings,
-                     "w")
+    status = run_job(job.id, _compute(effect), store, Storage(settings.storage_dir), settings, "w")
     record = store.get(job.id)
     assert status == "failed" and record is not None
     assert record.error == "moving image 'x.nii': the file is truncated"
@@ -111,18 +115,19 @@ def test_runner_stops_a_cancelled_job(store: JobStore, settings: Settings, job: 
     assert not storage.folder(job.id).exists()
 
 
-def test_runner_gives_up_after_max_attempts(store: JobStore, settings: Settings,
-                                            job: Job) -> None:
+def test_runner_gives_up_after_max_attempts(store: JobStore, settings: Settings, job: Job) -> None:
     for _ in range(settings.max_attempts):
         store.start(job.id, "crashed")
-    status = run_job(job.id, _compute(lambda *a: None), store, Storage(settings.storage_dir),
-                     settings, "w")
+    status = run_job(
+        job.id, _compute(lambda *a: None), store, Storage(settings.storage_dir), settings, "w"
+    )
     record = store.get(job.id)
     assert status == "failed" and record is not None and "worker was lost" in record.error
 
 
-def test_internal_errors_fail_the_job_and_propagate(store: JobStore, settings: Settings,
-                                                    job: Job) -> None:
+def test_internal_errors_fail_the_job_and_propagate(
+    store: JobStore, settings: Settings, job: Job
+) -> None:
     def effect(job: Job, out: Path, progress: Any) -> None:
         raise RuntimeError("CUDA out of memory")
 
@@ -156,7 +161,8 @@ def test_cleanup_removes_expired_jobs_and_orphans(store: JobStore, settings: Set
 
 
 def test_runner_drops_results_of_a_job_cancelled_after_its_last_step(
-        store: JobStore, settings: Settings, job: Job) -> None:
+    store: JobStore, settings: Settings, job: Job
+) -> None:
     storage = Storage(settings.storage_dir)
 
     def effect(job: Job, out: Path, progress: Any) -> None:
@@ -168,20 +174,22 @@ def test_runner_drops_results_of_a_job_cancelled_after_its_last_step(
     assert not storage.folder(job.id).exists()
 
 
-def test_runner_ignores_write_errors_of_a_cancelled_job(store: JobStore, settings: Settings,
-                                                        job: Job) -> None:
+def test_runner_ignores_write_errors_of_a_cancelled_job(
+    store: JobStore, settings: Settings, job: Job
+) -> None:
     """DELETE removed the folder under the writer: not an internal error."""
+
     def effect(job: Job, out: Path, progress: Any) -> None:
         store.cancel(job.id)
         raise FileNotFoundError(out / "warped.nii.gz")
 
-    status = run_job(job.id, _compute(effect), store, Storage(settings.storage_dir), settings,
-                     "w")
+    status = run_job(job.id, _compute(effect), store, Storage(settings.storage_dir), settings, "w")
     assert status == "discarded"
 
 
 def test_a_published_answer_is_recorded_without_computing_again(
-        store: JobStore, settings: Settings, job: Job) -> None:
+    store: JobStore, settings: Settings, job: Job
+) -> None:
     """The worker was killed after publishing and before recording: the next delivery
     records the published artifacts instead of computing different ones."""
     storage = Storage(settings.storage_dir)

@@ -18,8 +18,14 @@ EXPECTED = {
     ("get", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
     ("delete", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
     ("get", "/jobs/{job_id}/artifacts/{name}"): {"200", "401", "404", "409", "422", "503"},
-    ("get", "/jobs/{job_id}/artifacts/displacements/{frame}"):
-        {"200", "401", "404", "409", "422", "503"},
+    ("get", "/jobs/{job_id}/artifacts/displacements/{frame}"): {
+        "200",
+        "401",
+        "404",
+        "409",
+        "422",
+        "503",
+    },
     ("get", "/models"): {"200", "401"},
     ("get", "/health"): {"200"},
     ("get", "/ready"): {"200", "401", "503"},
@@ -33,8 +39,9 @@ def spec(settings: Settings) -> dict[str, Any]:
 
 
 def test_every_route_documents_its_status_codes(spec: dict[str, Any]) -> None:
-    operations = {(method, path): op for path, item in spec["paths"].items()
-                  for method, op in item.items()}
+    operations = {
+        (method, path): op for path, item in spec["paths"].items() for method, op in item.items()
+    }
     assert set(operations) == set(EXPECTED)
     for key, codes in EXPECTED.items():
         responses = operations[key]["responses"]
@@ -56,14 +63,20 @@ def test_upload_bodies_are_documented_as_multipart(spec: dict[str, Any]) -> None
 
 def test_api_key_is_a_documented_security_scheme(spec: dict[str, Any]) -> None:
     scheme = spec["components"]["securitySchemes"]["APIKeyHeader"]
-    assert scheme == {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                      "description": scheme["description"]}
+    assert scheme == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": scheme["description"],
+    }
     assert "security" not in spec["paths"]["/health"]["get"]
     assert spec["paths"]["/models"]["get"]["security"] == [{"APIKeyHeader": []}]
 
 
-DOCUMENTED = [Path(__file__).parents[2] / "README.md",
-              *sorted((Path(__file__).parents[2] / "docs").glob("*.md"))]
+DOCUMENTED = [
+    Path(__file__).parents[2] / "README.md",
+    *sorted((Path(__file__).parents[2] / "docs").glob("*.md")),
+]
 
 
 def _resolve_ref(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -81,12 +94,19 @@ def test_the_documented_example_requests_name_real_routes(spec: dict[str, Any]) 
     documented curl line gets the file, not a 422."""
     templates = []
     for path, item in spec["paths"].items():
-        params = {p["name"]: _resolve_ref(spec, p["schema"]) for op in item.values()
-                  for p in op.get("parameters", []) if p["in"] == "path"}
+        params = {
+            p["name"]: _resolve_ref(spec, p["schema"])
+            for op in item.values()
+            for p in op.get("parameters", [])
+            if p["in"] == "path"
+        }
         pattern = re.sub(r"\\{(\w+)\\}", r"(?P<\1>[^/]+)", re.escape(path))
         templates.append((re.compile(pattern + "$"), params))
-    urls = [(doc.name, url) for doc in DOCUMENTED
-            for url in re.findall(r"http://127\.0\.0\.1:8000(/[^\s\"'`)]*)", doc.read_text())]
+    urls = [
+        (doc.name, url)
+        for doc in DOCUMENTED
+        for url in re.findall(r"http://127\.0\.0\.1:8000(/[^\s\"'`)]*)", doc.read_text())
+    ]
     assert len(urls) >= 3
     for doc, url in urls:
         path = url.split("?")[0].rstrip("/") or "/"

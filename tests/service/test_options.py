@@ -33,9 +33,16 @@ def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
     assert options.check(options.SeriesOptions, asked.model_dump()) == asked
 
 
-@pytest.mark.parametrize("values", [{"steps": 0}, {"steps": options.MAX_STEPS + 1},
-                                    {"init": "affine?"}, {"similarity": "ssd"},
-                                    {"unknown": 1}])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"steps": 0},
+        {"steps": options.MAX_STEPS + 1},
+        {"init": "affine?"},
+        {"similarity": "ssd"},
+        {"unknown": 1},
+    ],
+)
 def test_bad_options_are_refused_with_the_reason(values: dict[str, object]) -> None:
     with pytest.raises(InputError, match=next(iter(values))):
         options.check(options.RegistrationOptions, values)

@@ -20,13 +20,29 @@ pytestmark = pytest.mark.slow
 
 def _start(tmp_path: Path, models_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "RIIR_REDIS_URL")}
-    env.update(RIIR_MODELS_DIR=str(models_dir), RIIR_DEVICE="cpu", RIIR_LOG_LEVEL="warning",
-               OMP_NUM_THREADS="1")  # spinning OpenMP threads crawl on a busy 2-core box
+    env.update(
+        RIIR_MODELS_DIR=str(models_dir),
+        RIIR_DEVICE="cpu",
+        RIIR_LOG_LEVEL="warning",
+        OMP_NUM_THREADS="1",
+    )  # spinning OpenMP threads crawl on a busy 2-core box
     with open(tmp_path / "serve.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "riir.cli", "serve", "--port", str(port),
-             "--storage", str(tmp_path / "storage")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "riir.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--storage",
+                str(tmp_path / "storage"),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def _wait_ready(serve: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -48,8 +64,9 @@ def _stop(serve: subprocess.Popen[bytes]) -> None:
     serve.wait()
 
 
-def test_serve_runs_a_job_and_stops_cleanly(tmp_path: Path, models_dir: Path,
-                                            images: dict[str, Path]) -> None:
+def test_serve_runs_a_job_and_stops_cleanly(
+    tmp_path: Path, models_dir: Path, images: dict[str, Path]
+) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve = _start(tmp_path, models_dir, port)
@@ -61,9 +78,11 @@ def test_serve_runs_a_job_and_stops_cleanly(tmp_path: Path, models_dir: Path,
         assert "redis-server" in names and "celery" in names and "uvicorn" in names
 
         with httpx.Client(base_url=url, timeout=30) as client:
-            response = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                               moving=images["moving2"]),
-                                   data={"model": "tiny-2d", "steps": "2"})
+            response = client.post(
+                "/register",
+                files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+                data={"model": "tiny-2d", "steps": "2"},
+            )
             assert response.status_code == 202, response.text
             job = wait_for(client, response.json()["job_id"], timeout=180)  # cold worker
             assert job["status"] == "succeeded", job

@@ -28,29 +28,42 @@ def test_job_ids_carry_128_random_bits() -> None:
 
 @pytest.fixture(scope="module")
 def finished(client: httpx.Client, images: dict[str, Path]) -> str:
-    job_id = client.post("/register", files=files_of(fixed=images["fixed2"],
-                                                     moving=images["moving2"]),
-                         data={"model": "tiny-2d", "steps": "1"}).json()["job_id"]
+    job_id = client.post(
+        "/register",
+        files=files_of(fixed=images["fixed2"], moving=images["moving2"]),
+        data={"model": "tiny-2d", "steps": "1"},
+    ).json()["job_id"]
     assert wait_for(client, job_id)["status"] == "succeeded"
     return job_id
 
 
-@pytest.mark.parametrize("path", [
-    "/jobs/{id}/artifacts/fixed", "/jobs/{id}/artifacts/inputs", "/jobs/{id}/inputs/fixed.nii.gz",
-    "/jobs/{id}/artifacts/..%2Finputs%2Ffixed.nii.gz", "/jobs/{id}/artifacts/%2e%2e",
-    "/jobs/{id}/artifacts/displacements/-1", "/jobs/{id}/artifacts/displacements/..%2F..",
-    "/jobs/{id}/out/warped.nii.gz", "/storage/jobs/{id}/out/warped.nii.gz",
-    "/jobs/{id}%2F..%2F{id}/artifacts/warped", "/jobs/..%2F{id}/artifacts/warped",
-])
-def test_only_published_artifacts_are_served(client: httpx.Client, finished: str,
-                                             path: str) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/jobs/{id}/artifacts/fixed",
+        "/jobs/{id}/artifacts/inputs",
+        "/jobs/{id}/inputs/fixed.nii.gz",
+        "/jobs/{id}/artifacts/..%2Finputs%2Ffixed.nii.gz",
+        "/jobs/{id}/artifacts/%2e%2e",
+        "/jobs/{id}/artifacts/displacements/-1",
+        "/jobs/{id}/artifacts/displacements/..%2F..",
+        "/jobs/{id}/out/warped.nii.gz",
+        "/storage/jobs/{id}/out/warped.nii.gz",
+        "/jobs/{id}%2F..%2F{id}/artifacts/warped",
+        "/jobs/..%2F{id}/artifacts/warped",
+    ],
+)
+def test_only_published_artifacts_are_served(
+    client: httpx.Client, finished: str, path: str
+) -> None:
     response = client.get(path.format(id=finished))
     assert response.status_code in (404, 422), response.text
     assert response.headers["content-type"] == "application/problem+json"
 
 
-def test_an_unfinished_job_serves_nothing(client: httpx.Client, store: object,
-                                          settings: Settings) -> None:
+def test_an_unfinished_job_serves_nothing(
+    client: httpx.Client, store: object, settings: Settings
+) -> None:
     from jobs.storage import Storage
     from jobs.store import Job, JobStore
 
@@ -67,16 +80,17 @@ def test_an_unfinished_job_serves_nothing(client: httpx.Client, store: object,
 
 
 @pytest.mark.parametrize("origins", [[], ["https://viewer.example.org"]])
-def test_cors_answers_only_configured_origins(settings: Settings,
-                                              origins: list[str]) -> None:
+def test_cors_answers_only_configured_origins(settings: Settings, origins: list[str]) -> None:
     client = TestClient(create_app(settings.model_copy(update={"cors_origins": origins})))
     for origin in ("https://evil.example", "null", "https://viewer.example.org.evil.example"):
         simple = client.get("/models", headers={"Origin": origin})
         assert "access-control-allow-origin" not in simple.headers
-        preflight = client.options("/jobs/x", headers={
-            "Origin": origin, "Access-Control-Request-Method": "DELETE"})
+        preflight = client.options(
+            "/jobs/x", headers={"Origin": origin, "Access-Control-Request-Method": "DELETE"}
+        )
         assert "access-control-allow-origin" not in preflight.headers
     allowed = client.get("/models", headers={"Origin": "https://viewer.example.org"})
-    assert (allowed.headers.get("access-control-allow-origin")
-            == ("https://viewer.example.org" if origins else None))
+    assert allowed.headers.get("access-control-allow-origin") == (
+        "https://viewer.example.org" if origins else None
+    )
     assert "access-control-allow-credentials" not in allowed.headers

@@ -54,9 +54,12 @@ class Engine:
         return dict(self.meta.get("preprocessing", {}))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.meta.get("name", self.path.stem),
-                "version": self.meta.get("version", "unversioned"),
-                "arch": self.meta.get("arch"), "file": self.path.name}
+        return {
+            "name": self.meta.get("name", self.path.stem),
+            "version": self.meta.get("version", "unversioned"),
+            "arch": self.meta.get("arch"),
+            "file": self.path.name,
+        }
 
 
 @lru_cache(maxsize=8)
@@ -66,15 +69,18 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
     return Engine(model, meta, Path(path), torch.device(device))
 
 
-def load_engine(spec: str | None, spatial_dims: int, voxels: int,
-                device: torch.device, series: bool = False) -> Engine:
+def load_engine(
+    spec: str | None, spatial_dims: int, voxels: int, device: torch.device, series: bool = False
+) -> Engine:
     """The model named by ``spec`` (name, path, or None for the default, which depends on
     whether it registers a ``series``), loaded once per process and device."""
     path = catalog.resolve(spec, spatial_dims, voxels, series)
     engine = _load(str(path.resolve()), path.stat().st_mtime_ns, str(device))
     if engine.spatial_dims != spatial_dims:
-        raise InputError(f"model '{engine.describe()['name']}' registers "
-                         f"{engine.spatial_dims}-D images; these are {spatial_dims}-D")
+        raise InputError(
+            f"model '{engine.describe()['name']}' registers "
+            f"{engine.spatial_dims}-D images; these are {spatial_dims}-D"
+        )
     return engine
 
 
@@ -90,8 +96,9 @@ class Registration:
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
 
-def resample_through(field: sitk.Image, image: sitk.Image,
-                     interpolator: int = sitk.sitkLinear) -> sitk.Image:
+def resample_through(
+    field: sitk.Image, image: sitk.Image, interpolator: int = sitk.sitkLinear
+) -> sitk.Image:
     """``image`` resampled onto the field's grid through the displacement field.
 
     Exactly what a client does with ``sitk.Resample`` (zero outside the moving image), so
@@ -107,9 +114,14 @@ def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].to(device)
 
 
-def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image,
-                    options: RegistrationOptions = RegistrationOptions(), *,
-                    progress: Progress | None = None) -> Registration:
+def register_images(
+    engine: Engine,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    options: RegistrationOptions = RegistrationOptions(),
+    *,
+    progress: Progress | None = None,
+) -> Registration:
     """Register ``moving`` to ``fixed``: images of the model's dimension (2-D slices as 2-D
     images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
     ``options.model`` is the caller's to load (``engine``); the rest apply here."""
@@ -117,8 +129,9 @@ def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image,
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pre = engine.preprocessing
-    grid = model_grid(fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1),
-                      pre.get("max_voxels"))
+    grid = model_grid(
+        fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1), pre.get("max_voxels")
+    )
     offset = center_offset(fixed, moving) if init == "center" else np.zeros(fixed.GetDimension())
     init_transform = translation(offset) if init == "center" else None
     fixed_t = _model_input(grid.resample(fixed), engine.device)
@@ -128,8 +141,9 @@ def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image,
     start = time.perf_counter()
     kwargs = {"inner_loss": similarity} if similarity is not None else {}
     with torch.no_grad():
-        phi = engine.model(moving_t, fixed_t, steps=steps, progress=progress,
-                           return_all=False, **kwargs)[-1]
+        phi = engine.model(
+            moving_t, fixed_t, steps=steps, progress=progress, return_all=False, **kwargs
+        )[-1]
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     timings["model"] = time.perf_counter() - start
@@ -139,8 +153,9 @@ def register_images(engine: Engine, fixed: sitk.Image, moving: sitk.Image,
     fixed_grid = Grid.of(fixed)
     # float32 precision (the model's): the stored file compresses twice as well, and the
     # warped image is computed from exactly the values the file holds.
-    displacement = sitk.Cast(sitk.Cast(fixed_grid.resample(field_model), sitk.sitkVectorFloat32),
-                             sitk.sitkVectorFloat64)
+    displacement = sitk.Cast(
+        sitk.Cast(fixed_grid.resample(field_model), sitk.sitkVectorFloat32), sitk.sitkVectorFloat64
+    )
     warped = resample_through(displacement, moving)
     initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
     timings["postprocess"] = time.perf_counter() - start

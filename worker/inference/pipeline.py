@@ -1,7 +1,7 @@
 """Registering files into a job folder: the code path of ``riir register`` and of the worker.
 
 Reads and validates the inputs, runs the engine, measures the result and writes the
-artifacts of the contract (``riir/artifacts.py``). Bad input raises ``InputError`` before any
+artifacts of the contract (``conventions/artifacts.py``). Bad input raises ``InputError`` before any
 compute; nothing here catches it, so the caller decides how to report it.
 
 A 2-D slice stored as (H, W, 1) is registered as the 2-D image it is; its artifacts are put
@@ -48,8 +48,11 @@ def _numpy_spacing(image: sitk.Image) -> tuple[float, ...]:
 
 
 def similarity_report(fixed: np.ndarray, moved: np.ndarray) -> dict[str, float]:
-    return {"ncc": metrics.ncc(fixed, moved), "mse": metrics.mse(fixed, moved),
-            "nmi": metrics.nmi(fixed, moved)}
+    return {
+        "ncc": metrics.ncc(fixed, moved),
+        "mse": metrics.mse(fixed, moved),
+        "nmi": metrics.nmi(fixed, moved),
+    }
 
 
 def _jacobian_image(det: np.ndarray, field: sitk.Image) -> sitk.Image:
@@ -66,49 +69,68 @@ class _Inputs:
     labels: tuple[sitk.Image, sitk.Image] | None
 
 
-def _read_inputs(fixed_path: Path, moving_path: Path, fixed_labels: Path | None,
-                 moving_labels: Path | None, limits: Limits) -> _Inputs:
+def _read_inputs(
+    fixed_path: Path,
+    moving_path: Path,
+    fixed_labels: Path | None,
+    moving_labels: Path | None,
+    limits: Limits,
+) -> _Inputs:
     fixed = imageio.read_image(fixed_path, "fixed image", limits)
     moving = imageio.read_image(moving_path, "moving image", limits)
     dims = imageio.spatial_dims(fixed), imageio.spatial_dims(moving)
     if dims[0] != dims[1]:
-        raise InputError(f"mismatched dimensionality: the fixed image is {dims[0]}-D "
-                         f"{fixed.GetSize()}, the moving image {dims[1]}-D {moving.GetSize()}")
+        raise InputError(
+            f"mismatched dimensionality: the fixed image is {dims[0]}-D "
+            f"{fixed.GetSize()}, the moving image {dims[1]}-D {moving.GetSize()}"
+        )
     if (fixed_labels is None) != (moving_labels is None):
         raise InputError("give both fixed and moving labels, or neither")
     labels = None
     if fixed_labels is not None and moving_labels is not None:
-        labels = (imageio.slice_as_2d(imageio.read_labels(fixed_labels, "fixed labels", fixed,
-                                                          limits)),
-                  imageio.slice_as_2d(imageio.read_labels(moving_labels, "moving labels", moving,
-                                                          limits)))
+        labels = (
+            imageio.slice_as_2d(imageio.read_labels(fixed_labels, "fixed labels", fixed, limits)),
+            imageio.slice_as_2d(
+                imageio.read_labels(moving_labels, "moving labels", moving, limits)
+            ),
+        )
     return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), labels)
 
 
-def _engine(options: RegistrationOptions, device: str, fixed: sitk.Image,
-            series: bool = False) -> Engine:
+def _engine(
+    options: RegistrationOptions, device: str, fixed: sitk.Image, series: bool = False
+) -> Engine:
     voxels = int(np.prod(fixed.GetSize()))
-    return load_engine(options.model, fixed.GetDimension(), voxels, select_device(device),
-                       series)
+    return load_engine(options.model, fixed.GetDimension(), voxels, select_device(device), series)
 
 
 def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> dict[str, Any]:
-    return {"model": engine.describe(), "device": str(engine.device),
-            "steps": options.steps or engine.steps, "init": options.init,
-            "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
-            "fixed_shape": list(fixed.GetSize())}
+    return {
+        "model": engine.describe(),
+        "device": str(engine.device),
+        "steps": options.steps or engine.steps,
+        "init": options.init,
+        "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
+        "fixed_shape": list(fixed.GetSize()),
+    }
 
 
-def register_files(fixed_path: Path, moving_path: Path, out_dir: Path,
-                   options: RegistrationOptions = RegistrationOptions(), *,
-                   device: str = "auto", fixed_labels: Path | None = None,
-                   moving_labels: Path | None = None, progress: Progress | None = None,
-                   limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def register_files(
+    fixed_path: Path,
+    moving_path: Path,
+    out_dir: Path,
+    options: RegistrationOptions = RegistrationOptions(),
+    *,
+    device: str = "auto",
+    fixed_labels: Path | None = None,
+    moving_labels: Path | None = None,
+    progress: Progress | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     """Register two NIfTI files and write every artifact into ``out_dir``; return the metrics.
     ``device``: auto | cpu | cuda (where the model runs, not the request's to choose)."""
     start = time.perf_counter()
-    inputs = _read_inputs(Path(fixed_path), Path(moving_path), fixed_labels, moving_labels,
-                          limits)
+    inputs = _read_inputs(Path(fixed_path), Path(moving_path), fixed_labels, moving_labels, limits)
     fixed = inputs.fixed_2d
     engine = _engine(options, device, fixed)
     out_dir = Path(out_dir)
@@ -125,25 +147,31 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path,
     report["jacobian"] = metrics.jacobian_stats(det)
 
     def write(image: sitk.Image, name: str) -> None:
-        imageio.write_image(imageio.restore_layout(image, inputs.fixed),
-                            out_dir / artifacts.filename(name))
+        imageio.write_image(
+            imageio.restore_layout(image, inputs.fixed), out_dir / artifacts.filename(name)
+        )
 
-    imageio.write_displacement(imageio.restore_layout(reg.field, inputs.fixed),
-                               out_dir / artifacts.filename("displacement"))
+    imageio.write_displacement(
+        imageio.restore_layout(reg.field, inputs.fixed),
+        out_dir / artifacts.filename("displacement"),
+    )
     write(reg.warped, "warped")
     write(_jacobian_image(det, reg.field), "jacobian")
     if inputs.labels is not None:
         report["labels"], warped_labels = _label_report(reg, inputs.labels)
         write(warped_labels, "labels")
     write_preview(out_dir / artifacts.filename("preview"), fixed_n, initial_n, warped_n, phi)
-    report["seconds"] = {**{k: round(v, 4) for k, v in reg.seconds.items()},
-                         "total": round(time.perf_counter() - start, 4)}
+    report["seconds"] = {
+        **{k: round(v, 4) for k, v in reg.seconds.items()},
+        "total": round(time.perf_counter() - start, 4),
+    }
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
     return report
 
 
-def _label_report(reg: Registration, labels: tuple[sitk.Image, sitk.Image]
-                  ) -> tuple[dict[str, Any], sitk.Image]:
+def _label_report(
+    reg: Registration, labels: tuple[sitk.Image, sitk.Image]
+) -> tuple[dict[str, Any], sitk.Image]:
     """Dice/HD95 before and after, and the moving labels warped by nearest neighbour."""
     fixed_labels, moving_labels = labels
     nearest = sitk.sitkNearestNeighbor
@@ -152,15 +180,22 @@ def _label_report(reg: Registration, labels: tuple[sitk.Image, sitk.Image]
     after = sitk.Cast(resample_through(reg.field, moving_labels, nearest), sitk.sitkInt32)
     spacing = _numpy_spacing(reg.field)
     reference = _array(fixed_labels)
-    report = {"before": metrics.label_overlap_report(reference, _array(before), spacing),
-              "after": metrics.label_overlap_report(reference, _array(after), spacing)}
+    report = {
+        "before": metrics.label_overlap_report(reference, _array(before), spacing),
+        "after": metrics.label_overlap_report(reference, _array(after), spacing),
+    }
     return report, after
 
 
-def register_series_file(series_path: Path, out_dir: Path,
-                         options: SeriesOptions = SeriesOptions(), *, device: str = "auto",
-                         progress: Progress | None = None,
-                         limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def register_series_file(
+    series_path: Path,
+    out_dir: Path,
+    options: SeriesOptions = SeriesOptions(),
+    *,
+    device: str = "auto",
+    progress: Progress | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     """Register every frame of a 4-D series to its template frame (``options.template``,
     default: the last)."""
     start = time.perf_counter()
@@ -181,6 +216,7 @@ def register_series_file(series_path: Path, out_dir: Path,
 
     warped_frames, before, after, jacobians, phis = [], [], [], [], []
     for i, frame in enumerate(frames):
+
         def frame_progress(t: int, total: int, i: int = i) -> None:
             if progress is not None:
                 progress(i * steps + t, n * steps)
@@ -192,8 +228,10 @@ def register_series_file(series_path: Path, out_dir: Path,
         else:
             reg = register_images(engine, fixed, frame, options, progress=frame_progress)
             field, moved, initial = reg.field, reg.warped, reg.initial
-        imageio.write_displacement(imageio.restore_layout(field, frames_as_read[template]),
-                                   artifacts.frame_path(out_dir, i))
+        imageio.write_displacement(
+            imageio.restore_layout(field, frames_as_read[template]),
+            artifacts.frame_path(out_dir, i),
+        )
         phis.append(grid.field_to_voxel(field, np.float32))
         jacobians.append(metrics.jacobian_determinant(phis[-1]))
         warped_frames.append(imageio.restore_layout(moved, frames_as_read[template]))
@@ -205,13 +243,23 @@ def register_series_file(series_path: Path, out_dir: Path,
     series_warped.CopyInformation(original)
     imageio.write_image(series_warped, out_dir / artifacts.filename("warped"))
     report: dict[str, Any] = _header(engine, options, frames_as_read[template])
-    report.update({"frames": n, "template": template,
-                   "pca_before": metrics.pca_groupwise(np.stack(before)),
-                   "pca_after": metrics.pca_groupwise(np.stack(after)),
-                   "jacobian": metrics.jacobian_stats(np.stack(jacobians))})
+    report.update(
+        {
+            "frames": n,
+            "template": template,
+            "pca_before": metrics.pca_groupwise(np.stack(before)),
+            "pca_after": metrics.pca_groupwise(np.stack(after)),
+            "jacobian": metrics.jacobian_stats(np.stack(jacobians)),
+        }
+    )
     shown = (template + 1) % n  # a frame that was registered
-    write_preview(out_dir / artifacts.filename("preview"), normalize(before[template]),
-                  normalize(before[shown]), normalize(after[shown]), phis[shown])
+    write_preview(
+        out_dir / artifacts.filename("preview"),
+        normalize(before[template]),
+        normalize(before[shown]),
+        normalize(after[shown]),
+        phis[shown],
+    )
     report["seconds"] = {"total": round(time.perf_counter() - start, 4)}
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
     return report

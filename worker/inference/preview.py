@@ -39,8 +39,9 @@ def _draw_grid(ax: plt.Axes, phi: np.ndarray) -> None:
     ax.set_aspect("equal")
 
 
-def write_preview(path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray,
-                  phi: np.ndarray) -> Path:
+def write_preview(
+    path: Path, fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, phi: np.ndarray
+) -> Path:
     """Arrays squeezed to 2-D or 3-D in numpy order on the fixed grid, intensities in [0, 1];
     ``phi`` (D, *shape) the voxel displacement on that grid."""
     views = _middle_slices(fixed)
