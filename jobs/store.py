@@ -15,6 +15,7 @@ reporting progress can never overwrite each other)::
 
 Keys: ``riir:job:{id}`` (hash), ``riir:jobs:{status}`` (set of ids, for counting),
 ``riir:jobs:expiry`` (sorted set id -> time after which cleanup removes the job),
+``riir:jobs:created`` (sorted set id -> creation time, for listing recent jobs),
 ``riir:lease:{id}`` (the running job's holder, see ``jobs.lease``),
 ``riir:stats:{metric}:{kind}:{status}`` (histogram counters for /metrics).
 
@@ -171,8 +172,18 @@ class JobStore:
             pipe.hset(self.key(job.id), mapping=record)
             pipe.sadd(f"{PREFIX}:jobs:{job.status}", job.id)
             pipe.zadd(f"{PREFIX}:jobs:expiry", {job.id: job.created_at + self.retention_s})
+            pipe.zadd(f"{PREFIX}:jobs:created", {job.id: job.created_at})
             pipe.execute()
         return job
+
+    def recent(self, limit: int) -> list[Job]:
+        """The newest ``limit`` jobs, newest first (a record removed meanwhile is skipped)."""
+        ids: list[str] = self.redis.zrevrange(f"{PREFIX}:jobs:created", 0, limit - 1)  # type: ignore[assignment]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(self.key(job_id))
+            records = pipe.execute()
+        return [Job.from_hash(data) for data in records if data]
 
     def get(self, job_id: str) -> Job | None:
         data = self.redis.hgetall(self.key(job_id))
@@ -200,6 +211,7 @@ class JobStore:
             for status in STATUSES:
                 pipe.srem(f"{PREFIX}:jobs:{status}", job_id)
             pipe.zrem(f"{PREFIX}:jobs:expiry", job_id)
+            pipe.zrem(f"{PREFIX}:jobs:created", job_id)
             pipe.execute()
 
     def expired(self, now: float | None = None, limit: int = 500) -> list[str]:

@@ -4,7 +4,7 @@ The one place that maps domain errors to HTTP status codes:
 
 - ``conventions.errors.InputError`` (a bad image, label map or parameter) -> 422
 - ``conventions.errors.ModelNotFoundError`` (a model name that is not shipped) -> 422
-- ``ServiceError`` subclasses below -> their own status (400, 401, 404, 409, 413, 415, 503;
+- ``ServiceError`` subclasses below -> their own status (400, 401, 403, 404, 409, 413, 415, 503;
   a 503 always carries Retry-After, the full queue's included)
 - request validation (FastAPI) -> 422 with the list of offending fields
 - Redis or the broker unreachable -> 503; anything else -> 500 without internals.
@@ -61,6 +61,10 @@ class MalformedRequest(ServiceError):
 
 class Unauthorized(ServiceError):
     status, title, type = 401, "Missing or wrong API key", "urn:riir:problem:unauthorized"
+
+
+class Forbidden(ServiceError):
+    status, title, type = 403, "Not allowed on this server", "urn:riir:problem:forbidden"
 
 
 class NotFound(ServiceError):

@@ -25,7 +25,7 @@ from jobs.store import JobStore
 from service import errors
 from service.deps import require_api_key
 from service.metrics import RequestMetrics, make_registry
-from service.routes import health, jobs, metrics, models, registrations
+from service.routes import health, inputs, jobs, metrics, models, page, registrations
 
 log = logging.getLogger("service")
 
@@ -82,8 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         openapi_url=None if locked else "/openapi.json",
-        docs_url=None if locked else "/docs",
-        redoc_url=None if locked else "/redoc",
+        docs_url=None,  # served by service.routes.page from vendored files (offline)
+        redoc_url=None,
         description="Medical image registration by a Recurrent Inference Image "
         "Registration network: upload, poll, download. Errors are RFC "
         "7807 problem details.",
@@ -102,8 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     errors.install(app)
     app.include_router(health.router)  # /health is open; /ready checks the key itself
-    for module in (registrations, jobs, models, metrics):
+    for module in (registrations, jobs, inputs, models, metrics):
         app.include_router(module.router, dependencies=[Depends(require_api_key)])
+    page.install(app, docs=not locked)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -40,7 +40,14 @@ class JobOut(BaseModel):
     error: str | None = Field(None, description="why the job failed or was cancelled")
     metrics: dict[str, Any] | None = Field(None, description="metrics.json once succeeded")
     artifacts: dict[str, str] = Field(description="artifact name -> download URL")
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="uploaded file role -> download URL (until deleted)"
+    )
     links: dict[str, str]
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
 
 
 class ModelCard(BaseModel):
@@ -93,5 +100,6 @@ def job_out(job: Job, root: str = "") -> JobOut:
         error=job.error,
         metrics=job.metrics,
         artifacts=links,
+        inputs={} if job.files_deleted else {role: f"{base}/inputs/{role}" for role in job.inputs},
         links={"self": base},
     )

@@ -6,16 +6,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
 from conventions import artifacts
 from jobs import broker
 from jobs.store import ACTIVE, Job, JobStore, is_job_id
-from service.deps import CeleryDep, RootDep, StorageDep, StoreDep
-from service.errors import Conflict, NotFound, problem_responses
-from service.schemas import JobOut, job_out
+from service.deps import CeleryDep, RootDep, SettingsDep, StorageDep, StoreDep
+from service.errors import Conflict, Forbidden, NotFound, problem_responses
+from service.schemas import JobList, JobOut, job_out
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -46,6 +46,27 @@ def _downloadable(job: Job) -> None:
 
 def _file(path: Path, media_type: str) -> FileResponse:
     return FileResponse(path, media_type=media_type, filename=path.name)
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    responses=problem_responses(401, 403, 422, 503),
+    summary="The most recent jobs, newest first (only on a server with an API key)",
+)
+def list_jobs(
+    store: StoreDep,
+    settings: SettingsDep,
+    root: RootDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="how many jobs")] = 50,
+) -> JobList:
+    # Without a key a job id is the only credential to its images: no listing then.
+    if settings.api_key is None:
+        raise Forbidden(
+            "listing jobs needs the server to set RIIR_API_KEY (without a key, a job id is "
+            "the only credential to its images); ask for a job by its id instead"
+        )
+    return JobList(jobs=[job_out(job, root) for job in store.recent(limit)])
 
 
 # 422 is listed because FastAPI would otherwise document its own (non-problem) 422 schema.

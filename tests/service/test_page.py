@@ -1,0 +1,174 @@
+"""The web page in a real browser (headless Chromium): it loads, a job submitted from its form
+completes, the viewer draws and redraws when the slice changes, and no request leaves the host."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from browser import is_local, requested_urls, start
+from helpers import blobs
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+from support import free_port, gateway_healthy, write_nifti
+
+from riir.serve import Child, gateway_argv, spawn
+
+KEY = "browser-key"
+# Set RIIR_SCREENSHOTS=DIR to keep the viewer's screenshots (to look at them).
+SHOTS = os.environ.get("RIIR_SCREENSHOTS")
+SCREENSHOTS = Path(SHOTS) if SHOTS else None
+
+
+@pytest.fixture(scope="module")
+def locked_url(stack_env: dict[str, str], service_dir: Path, worker: Child) -> Iterator[str]:
+    """A second gateway on the same Redis, storage and worker, with an API key (so it lists
+    jobs, and the page's key field is exercised)."""
+    port = free_port()
+    with open(service_dir / "gateway-locked.log", "wb") as log:
+        child = spawn(
+            "gateway",
+            gateway_argv("127.0.0.1", port, "warning"),
+            {**stack_env, "RIIR_API_KEY": KEY},
+            output=log,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while not gateway_healthy(url):
+            assert time.monotonic() < deadline and child.process.poll() is None
+            time.sleep(0.2)
+        yield url
+    finally:
+        child.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
+    driver = start(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("page-images")
+    fixed, moving = blobs((20, 24, 16), seed=2), blobs((20, 24, 16), seed=3)
+    spacing = (1.0, 1.5, 2.0)
+    return {
+        "fixed": write_nifti(folder / "fixed.nii.gz", fixed, spacing),
+        "moving": write_nifti(folder / "moving.nii.gz", moving, spacing),
+        "fixed_labels": write_nifti(
+            folder / "fixed_labels.nii.gz", (fixed > 0.5).astype(np.int16), spacing, np.int16
+        ),
+        "moving_labels": write_nifti(
+            folder / "moving_labels.nii.gz", (moving > 0.5).astype(np.int16), spacing, np.int16
+        ),
+    }
+
+
+Until = Callable[[webdriver.Chrome], object]
+
+
+def wait(driver: webdriver.Chrome, until: Until, s: float = 60) -> None:
+    WebDriverWait(driver, s, poll_frequency=0.2).until(until)
+
+
+def canvas_png(driver: webdriver.Chrome, name: str) -> np.ndarray:
+    time.sleep(0.5)  # NiiVue draws on the next animation frame
+    png = driver.find_element(By.ID, "viewer").screenshot_as_png
+    if SCREENSHOTS is not None:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / f"{name}.png").write_bytes(png)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def assert_all_local(driver: webdriver.Chrome, seen: list[str]) -> None:
+    seen += requested_urls(driver)
+    seen += driver.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert seen, "the browser's network log is empty: the check would prove nothing"
+    assert [url for url in seen if not is_local(url)] == []
+
+
+def test_docs_render_offline(browser: webdriver.Chrome, gateway_url: str) -> None:
+    seen: list[str] = []
+    browser.get(f"{gateway_url}/docs")
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .opblock"))
+    assert_all_local(browser, seen)
+    browser.get(f"{gateway_url}/redoc")
+    wait(browser, lambda d: "RIIR registration service" in d.find_element(By.TAG_NAME, "body").text)
+    assert_all_local(browser, seen)
+
+
+def test_a_job_from_the_form_is_shown_in_the_viewer(
+    browser: webdriver.Chrome, locked_url: str, volumes: dict[str, Path]
+) -> None:
+    seen: list[str] = []
+    browser.get(f"{locked_url}/")
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    # The form is built from the server's OpenAPI schema, which needs the key.
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form input[name=fixed]"))
+    form = browser.find_element(By.ID, "submit-form")
+    for role, path in volumes.items():
+        form.find_element(By.NAME, role).send_keys(str(path))
+    Select(form.find_element(By.NAME, "model")).select_by_value("tiny-3d")
+    form.find_element(By.NAME, "steps").send_keys("2")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda d: "queued job" in d.find_element(By.ID, "submit-state").text)
+    job_id = browser.find_element(By.ID, "submit-state").text.split()[-1]
+
+    # The list (GET /jobs with the key) shows it; its row opens the job page.
+    row = f"#jobs tr[data-job='{job_id}']"
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, row))
+    browser.find_element(By.CSS_SELECTOR, row).click()
+    wait(
+        browser,
+        lambda d: (
+            d.find_element(By.TAG_NAME, "body").get_attribute("data-job-status") == "succeeded"
+        ),
+        120,
+    )
+    wait(
+        browser,
+        lambda d: (
+            d.find_element(By.TAG_NAME, "body").get_attribute("data-viewer") in ("ready", "error")
+        ),
+    )
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-viewer") == "ready", (
+        browser.find_element(By.ID, "viewer-state").text
+    )
+
+    first = canvas_png(browser, "viewer-jacobian")
+    # Not blank: many distinct colours, not one flat fill.
+    assert len(np.unique(first.reshape(-1, 3), axis=0)) > 50
+    assert first.std() > 10
+    browser.execute_script(
+        "const s = document.getElementById('slice-2'); s.value = 0.15;"
+        "s.dispatchEvent(new Event('input'))"
+    )
+    moved = canvas_png(browser, "viewer-slice")
+    assert np.abs(moved - first).mean() > 0.5  # another slice was drawn
+    Select(browser.find_element(By.ID, "overlay")).select_by_value("checker")
+    checker = canvas_png(browser, "viewer-checker")
+    assert np.abs(checker - moved).mean() > 0.5, browser.execute_script(
+        "return [document.getElementById('overlay').value, riirViewer.nv.volumes.map(v => v.name)]"
+    )
+
+    metrics = browser.find_element(By.ID, "metrics").text
+    assert "similarity_after.ncc" in metrics and "jacobian" in metrics
+    downloads = browser.find_element(By.ID, "downloads").text.split()
+    assert {"displacement", "warped", "jacobian", "labels", "metrics", "preview"} <= set(downloads)
+    assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 100
+    assert_all_local(browser, seen)
