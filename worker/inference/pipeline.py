@@ -157,10 +157,22 @@ def register_files(
     )
     write(reg.warped, "warped")
     write(_jacobian_image(det, reg.field), "jacobian")
+    shown_labels = None
     if inputs.labels is not None:
         report["labels"], warped_labels = _label_report(reg, inputs.labels)
         write(warped_labels, "labels")
-    write_preview(out_dir / artifacts.filename("preview"), fixed_n, initial_n, warped_n, phi)
+        shown_labels = (_array(inputs.labels[0]), _array(warped_labels))
+    write_preview(
+        out_dir / artifacts.filename("preview"),
+        fixed_n,
+        initial_n,
+        warped_n,
+        phi,
+        spacing=_numpy_spacing(fixed),
+        direction=fixed.GetDirection(),
+        det=det,
+        labels=shown_labels,
+    )
     report["seconds"] = {
         **{k: round(v, 4) for k, v in reg.seconds.items()},
         "total": round(time.perf_counter() - start, 4),
@@ -259,6 +271,9 @@ def register_series_file(
         normalize(before[shown]),
         normalize(after[shown]),
         phis[shown],
+        spacing=_numpy_spacing(fixed),
+        direction=fixed.GetDirection(),
+        det=jacobians[shown],
     )
     report["seconds"] = {"total": round(time.perf_counter() - start, 4)}
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
