@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -73,7 +74,7 @@ def _contours(ax: plt.Axes, labels: np.ndarray, color: str) -> None:
 
 def _orient(ax: plt.Axes, rows: tuple[str, str], cols: tuple[str, str], flip: bool) -> None:
     top, bottom = rows[::-1] if flip else rows
-    style = {
+    style: dict[str, Any] = {
         "transform": ax.transAxes,
         "color": "yellow",
         "fontsize": 8,
@@ -105,7 +106,8 @@ def write_preview(
     and the warped label maps."""
     ndim = fixed.ndim
     spacing = tuple(spacing) if spacing is not None else (1.0,) * ndim
-    letters = axis_letters(direction if direction is not None else np.eye(ndim).ravel(), ndim)
+    identity = tuple(np.eye(ndim).ravel().tolist())
+    letters = axis_letters(direction if direction is not None else identity, ndim)
     det = det if det is not None else np.ones_like(fixed)
     views = _middle_slices(fixed)
     fig, axes = plt.subplots(

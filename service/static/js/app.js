@@ -100,7 +100,7 @@ async function showViewer(job) {
   for (const id of ["base", "overlay", "opacity", "contours"]) $(id).oninput = $(id).onchange = redraw;
   for (const axis of [0, 1, 2])
     $(`slice-${axis}`).oninput = (event) => viewer.setSlice(axis, Number(event.target.value));
-  $("slice-0").parentElement.hidden = $("slice-1").parentElement.hidden = viewer.is2d;
+  $("slice-controls").hidden = viewer.is2d; // one plane: nothing to scroll
   redraw();
   window.riirViewer = viewer; // for the browser tests and the console
   document.body.dataset.viewer = "ready";
