@@ -20,7 +20,15 @@ from jobs.settings import Settings
 from service.main import create_app
 from worker.inference.pipeline import register_files, register_series_file
 
-PAIR_ARTIFACTS = {"displacement", "warped", "jacobian", "metrics", "preview"}
+PAIR_ARTIFACTS = {
+    "displacement",
+    "transform",
+    "inverse_displacement",
+    "warped",
+    "jacobian",
+    "metrics",
+    "preview",
+}
 
 
 def _download(client: httpx.Client, url: str, path: Path) -> Path:
@@ -63,7 +71,7 @@ def test_pair_matches_the_command_line_path(
         RegistrationOptions(model=f"tiny-{dims}d", steps=2),
         device="cpu",
     )
-    for name in ("displacement", "warped", "jacobian"):
+    for name in ("displacement", "inverse_displacement", "warped", "jacobian"):
         served = _download(client, job["artifacts"][name], tmp_path / artifacts.filename(name))
         local = tmp_path / "local" / artifacts.filename(name)
         assert _voxels(served).shape == _voxels(local).shape
