@@ -40,6 +40,11 @@ class JobOut(BaseModel):
     error: str | None = Field(None, description="why the job failed or was cancelled")
     metrics: dict[str, Any] | None = Field(None, description="metrics.json once succeeded")
     artifacts: dict[str, str] = Field(description="artifact name -> download URL")
+    files_deleted: bool = Field(
+        False,
+        description="DELETE removed the job's files: it keeps its final status, and "
+        "has no artifacts any more",
+    )
     inputs: dict[str, str] = Field(
         default_factory=dict, description="uploaded file role -> download URL (until deleted)"
     )
@@ -101,5 +106,6 @@ def job_out(job: Job, root: str = "") -> JobOut:
         metrics=job.metrics,
         artifacts=links,
         inputs={} if job.files_deleted else {role: f"{base}/inputs/{role}" for role in job.inputs},
+        files_deleted=job.files_deleted,
         links={"self": base},
     )
