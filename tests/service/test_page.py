@@ -120,6 +120,14 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
     # The form is built from the server's OpenAPI schema, which needs the key.
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form input[name=fixed]"))
+    # The series form has its own fields (from the same schema); then back to a pair.
+    browser.find_element(By.CSS_SELECTOR, ".tabs button[data-kind=series]").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form [name=template]"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "#submit-form [name=fixed]")
+    browser.find_element(By.CSS_SELECTOR, ".tabs button[data-kind=pair]").click()
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form [name=fixed]"))
+    init = Select(browser.find_element(By.CSS_SELECTOR, "#submit-form [name=init]"))
+    assert [o.text for o in init.options] == ["physical", "center"]  # the schema's enum
     form = browser.find_element(By.ID, "submit-form")
     for role, path in volumes.items():
         form.find_element(By.NAME, role).send_keys(str(path))
@@ -164,6 +172,8 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     checker = canvas_png(browser, "viewer-checker")
     assert np.abs(checker - moved).mean() > 0.5
 
+    if SCREENSHOTS is not None:
+        browser.save_screenshot(str(SCREENSHOTS / "job-page.png"))
     metrics = browser.find_element(By.ID, "metrics").text
     assert "similarity_after.ncc" in metrics and "jacobian" in metrics
     downloads = browser.find_element(By.ID, "downloads").text.split()
@@ -177,3 +187,52 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
         if entry["level"] == "SEVERE" and "status of 401" not in entry["message"]
     ]
     assert errors == []
+
+
+DERIVE_CHECKS = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  const d = await import("./static/js/derive.js");
+  const n = await import("./static/js/nifti.js");
+  const out = {};
+  // log|J| and folding: J <= 0 is marked, J > 0 is not; log 1 = 0
+  const jac = d.jacobianLayers(Float32Array.from([1, 0, -0.5, 2]));
+  out.folding = Array.from(jac.folding);
+  out.log = Array.from(jac.log, (v) => +v.toFixed(3));
+  // |u| of a 2-voxel, 3-component field stored component-slowest
+  out.magnitude = Array.from(d.magnitude(Float32Array.from([3, 0, 4, 0, 0, 2]), 2));
+  // a 4 x 4 x 1 checkerboard of tiles of 2 between a (0) and b (1)
+  out.checker = Array.from(d.checkerboard(new Float32Array(16), new Float32Array(16).fill(1),
+                                          [4, 4, 1]));
+  // contours of a 4 x 4 x 1 square of label 1 in a 6 x 6 x 1 image: its ring of 12 voxels
+  const labels = new Float32Array(36);
+  for (let y = 1; y < 5; y++) for (let x = 1; x < 5; x++) labels[x + 6 * y] = 1;
+  out.contour = d.contours(labels, [6, 6, 1]).reduce((a, b) => a + b, 0);
+  // a derived image written on a template's grid reads back as written
+  const header = new ArrayBuffer(352);
+  const view = new DataView(header);
+  view.setInt32(0, 348, true);
+  [3, 2, 3, 1, 1, 1, 1, 1].forEach((v, i) => view.setInt16(40 + 2 * i, v, true));
+  view.setInt16(70, 16, true);
+  view.setFloat32(108, 352, true);
+  const template = { header: header.slice(0, 348), spatial: [2, 3, 1] };
+  const back = await n.readNifti(n.writeLike(template, Float32Array.from([1, 2, 3, 4, 5, 6])));
+  out.roundtrip = [Array.from(back.data), back.spatial];
+  return out;
+})().then(done, (error) => done({ error: String(error) }));
+"""
+
+
+def test_derived_images_are_computed_right_in_the_browser(
+    browser: webdriver.Chrome, gateway_url: str
+) -> None:
+    browser.get(f"{gateway_url}/")
+    browser.set_script_timeout(30)
+    out = browser.execute_async_script(DERIVE_CHECKS)
+    assert "error" not in out, out
+    assert out["folding"] == [0, 1, 1, 0]
+    assert out["log"] == [0, 0, 0, 0.693]
+    assert out["magnitude"] == [5, 2]  # (3, 4, 0) and (0, 0, 2)
+    assert out["checker"] == [0, 0, 1, 1] * 2 + [1, 1, 0, 0] * 2
+    assert out["contour"] == 12
+    assert out["roundtrip"] == [[1, 2, 3, 4, 5, 6], [2, 3, 1]]

@@ -45,7 +45,11 @@ export function magnitude(field, n) {
 export function jacobianLayers(det) {
   const log = det.map((j) => (j > 0 ? Math.log(j) : 0));
   const folding = det.map((j) => (j <= 0 ? 1 : 0));
-  return { log, folding, folded: folding.reduce((a, b) => a + b, 0) };
+  const folded = folding.reduce((a, b) => a + b, 0);
+  // reduce, not Math.min(...det): spreading millions of voxels overflows the call stack
+  const min = det.reduce((a, b) => Math.min(a, b), Infinity);
+  const max = det.reduce((a, b) => Math.max(a, b), -Infinity);
+  return { log, folding, folded, min, max };
 }
 
 // 1 on the voxels of a label that touch another label (6-neighbourhood): drawn thin, they

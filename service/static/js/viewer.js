@@ -16,7 +16,8 @@ const STYLE = {
   "diff-after": { colormap: "hot", range: [0.05, 0.5] },
   "diff-before": { colormap: "hot", range: [0.05, 0.5] },
   displacement: { colormap: "viridis" },
-  jacobian: { colormap: "warm", negative: "winter", range: [0.02, 0.7] },
+  // |log J| from 0.05 (a 5 % change of volume) to 1 (x 2.7): smaller changes stay clear
+  jacobian: { colormap: "warm", negative: "winter", range: [0.05, 1] },
   folding: { colormap: "red", range: [0.5, 1], opaque: true },
   fixedContour: { colormap: "green", range: [0.5, 1], opaque: true },
   warpedContour: { colormap: "violet", range: [0.5, 1], opaque: true },
@@ -90,6 +91,9 @@ export class Viewer {
     this.nv = new Niivue({
       backColor: [0, 0, 0, 1],
       crosshairColor: [0.3, 0.8, 1, 0.5], // not red: red marks folding
+      // 0.6 % of the field of view: the default (one voxel wide) hides small images
+      crosshairWidthUnit: "percent",
+      crosshairWidth: 0.6,
       isNearestInterpolation: true, // voxels as they are: labels and folding stay crisp
       multiplanarShowRender: 0, // three planes, no 3-D render tile
       dragAndDropEnabled: false,
@@ -99,7 +103,8 @@ export class Viewer {
     await this.nv.attachToCanvas(this.canvas);
     this.nv.setSliceType(this.is2d ? this.nv.sliceTypeAxial : this.nv.sliceTypeMultiplanar);
     this.state.textContent =
-      `${fixed.spatial.join(" × ")} voxels; ${jac.folded} folded voxel(s) (|J| ≤ 0)` +
+      `${fixed.spatial.join(" × ")} voxels; |J| from ${jac.min.toFixed(3)} to ` +
+      `${jac.max.toFixed(3)}, ${jac.folded} folded voxel(s) (|J| ≤ 0)` +
       (m ? "" : "; moving is on another grid, so the 'before' overlays are off");
     return { hasBefore: Boolean(m), hasLabels: Boolean(derived.fixedContour) };
   }
