@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from browser import is_local, requested_urls, start
@@ -127,7 +128,10 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     browser.find_element(By.CSS_SELECTOR, ".tabs button[data-kind=pair]").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form [name=fixed]"))
     init = Select(browser.find_element(By.CSS_SELECTOR, "#submit-form [name=init]"))
-    assert [o.text for o in init.options] == ["physical", "center"]  # the schema's enum
+    schema = httpx.get(f"{locked_url}/openapi.json", headers={"X-API-Key": KEY}).json()
+    body = schema["paths"]["/register"]["post"]["requestBody"]["content"]
+    enum = body["multipart/form-data"]["schema"]["properties"]["init"]["enum"]
+    assert [o.text for o in init.options] == enum  # the choices are the schema's
     form = browser.find_element(By.ID, "submit-form")
     for role, path in volumes.items():
         form.find_element(By.NAME, role).send_keys(str(path))
@@ -179,7 +183,11 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     downloads = browser.find_element(By.ID, "downloads").text.split()
     assert {"displacement", "warped", "jacobian", "labels", "metrics", "preview"} <= set(downloads)
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 100
+    # A download is fetched with the key (the viewer itself never loads the transform).
+    browser.find_element(By.XPATH, "//ul[@id='downloads']//button[text()='transform']").click()
+    time.sleep(1)
     assert_all_local(browser, seen)
+    assert any(url.endswith(f"/jobs/{job_id}/artifacts/transform") for url in seen)
     # No script error; the only failed loads are the 401s before the key was entered.
     errors = [
         entry["message"]

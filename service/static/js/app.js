@@ -57,8 +57,12 @@ async function refreshJobs() {
   schedule(refreshJobs);
 }
 
-async function download(url, name) {
-  const blob = await (await request(url)).blob();
+// Fetched with the key (a plain link could not send it), saved under the server's file name.
+async function download(url, fallback) {
+  const response = await request(url);
+  const disposition = response.headers.get("content-disposition") || "";
+  const name = disposition.match(/filename="?([^";]+)"?/)?.[1] || fallback;
+  const blob = await response.blob();
   const link = Object.assign(document.createElement("a"), {
     href: URL.createObjectURL(blob),
     download: name,
