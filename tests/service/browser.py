@@ -56,9 +56,10 @@ def start(profile: Path) -> webdriver.Chrome:
     return driver
 
 
-def requested_urls(driver: webdriver.Chrome) -> list[str]:
-    """Every URL the browser asked for since the last call (DevTools network events)."""
-    urls = []
+def requested_urls(driver: webdriver.Chrome, into: list[str] | None = None) -> list[str]:
+    """Every URL the browser asked for since the last call (DevTools network events); kept
+    in ``into`` too, as reading the log empties it."""
+    urls = [] if into is None else into
     for entry in driver.get_log("performance"):
         message: dict[str, Any] = json.loads(entry["message"])["message"]
         if message["method"] == "Network.requestWillBeSent":

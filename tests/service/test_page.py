@@ -93,6 +93,15 @@ def canvas_png(driver: webdriver.Chrome, name: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 
+def redrawn(driver: webdriver.Chrome, before: np.ndarray, name: str) -> float:
+    """How much the canvas changed from ``before``: polled, as NiiVue redraws on a later frame."""
+    deadline = time.monotonic() + 10
+    while True:
+        change = float(np.abs(canvas_png(driver, name) - before).mean())
+        if change > 0.5 or time.monotonic() > deadline:
+            return change
+
+
 def assert_all_local(driver: webdriver.Chrome, seen: list[str]) -> None:
     seen += requested_urls(driver)
     seen += driver.execute_script(
@@ -130,8 +139,10 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     init = Select(browser.find_element(By.CSS_SELECTOR, "#submit-form [name=init]"))
     schema = httpx.get(f"{locked_url}/openapi.json", headers={"X-API-Key": KEY}).json()
     body = schema["paths"]["/register"]["post"]["requestBody"]["content"]
-    enum = body["multipart/form-data"]["schema"]["properties"]["init"]["enum"]
-    assert [o.text for o in init.options] == enum  # the choices are the schema's
+    prop = body["multipart/form-data"]["schema"]["properties"]["init"]
+    enum = next(s["enum"] for s in [prop, *prop.get("anyOf", [])] if "enum" in s)
+    values = [o.get_attribute("value") for o in init.options]
+    assert [v for v in values if v] == enum  # the choices are the schema's ("": its default)
     form = browser.find_element(By.ID, "submit-form")
     for role, path in volumes.items():
         form.find_element(By.NAME, role).send_keys(str(path))
@@ -170,11 +181,10 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
         "const s = document.getElementById('slice-2'); s.value = 0.15;"
         "s.dispatchEvent(new Event('input'))"
     )
+    assert redrawn(browser, first, "viewer-slice") > 0.5  # another slice was drawn
     moved = canvas_png(browser, "viewer-slice")
-    assert np.abs(moved - first).mean() > 0.5  # another slice was drawn
     Select(browser.find_element(By.ID, "overlay")).select_by_value("checker")
-    checker = canvas_png(browser, "viewer-checker")
-    assert np.abs(checker - moved).mean() > 0.5
+    assert redrawn(browser, moved, "viewer-checker") > 0.5
 
     if SCREENSHOTS is not None:
         browser.save_screenshot(str(SCREENSHOTS / "job-page.png"))
@@ -185,9 +195,9 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     assert browser.execute_script("return document.getElementById('preview').naturalWidth") > 100
     # A download is fetched with the key (the viewer itself never loads the transform).
     browser.find_element(By.XPATH, "//ul[@id='downloads']//button[text()='transform']").click()
-    time.sleep(1)
+    transform = f"/jobs/{job_id}/artifacts/transform"
+    wait(browser, lambda d: any(url.endswith(transform) for url in requested_urls(d, seen)), 10)
     assert_all_local(browser, seen)
-    assert any(url.endswith(f"/jobs/{job_id}/artifacts/transform") for url in seen)
     # No script error; the only failed loads are the 401s before the key was entered.
     errors = [
         entry["message"]
