@@ -174,7 +174,9 @@ def _read(path: Path, who: str, k: int) -> Dataset:
         # defer_size: pixel data stays on disk until the series is known to be good
         return pydicom.dcmread(path, defer_size="256 KB")
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError) as exc:
-        raise InputError(f"{who}: file #{k + 1} is not a DICOM file ({type(exc).__name__})") from None
+        raise InputError(
+            f"{who}: file #{k + 1} is not a DICOM file ({type(exc).__name__})"
+        ) from None
 
 
 def read_instances(paths: list[Path], who: str) -> list[Dataset]:
@@ -193,15 +195,13 @@ def choose_series(
     counts = Counter(str(ds.SeriesInstanceUID) for ds in instances)
     if series_uid is not None:
         if series_uid not in counts:
-            raise InputError(
-                f"{who}: no series {series_uid} in it (it holds {', '.join(counts)})"
-            )
+            raise InputError(f"{who}: no series {series_uid} in it (it holds {', '.join(counts)})")
     elif len(counts) > 1:
         modality = {str(ds.SeriesInstanceUID): ds.get("Modality", "?") for ds in instances}
         listed = "; ".join(f"{uid} ({modality[uid]}, {n} files)" for uid, n in counts.items())
         raise InputError(
             f"{who}: it holds {len(counts)} series: {listed}; send one series, or choose one "
-            f"with the form field '{choose_with}'"
+            f"with {choose_with}"
         )
     else:
         series_uid = next(iter(counts))
@@ -231,13 +231,13 @@ def _check_image(ds: Dataset, who: str, k: int) -> None:
             "decoded here; send it uncompressed or in a JPEG/JPEG 2000/RLE syntax"
         )
     for keyword, count in GEOMETRY_ATTRIBUTES.items():
-        if keyword not in ds or ds[keyword].VM != count:
+        if keyword not in ds or count != ds[keyword].VM:
             raise InputError(f"{who}: file #{k + 1} has no usable {keyword}")
 
 
-def geometry(instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS) -> tuple[
-    list[Dataset], Geometry
-]:
+def geometry(
+    instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Dataset], Geometry]:
     """The instances in slice order and the series' grid; InputError when they do not make
     one regular grid (mixed orientations or sizes, missing, duplicated or uneven slices)."""
     first = instances[0]
@@ -306,9 +306,7 @@ def geometry(instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS
     return instances, grid
 
 
-def check_series(
-    instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS
-) -> Series:
+def check_series(instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS) -> Series:
     for k, ds in enumerate(instances):
         _check_image(ds, who, k)
     ordered, grid = geometry(instances, who, limits)
@@ -357,7 +355,7 @@ def prepare(
     who: str,
     *,
     series_uid: str | None = None,
-    choose_with: str = "series_uid",
+    choose_with: str = "its Series Instance UID",
     limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, str]:
     """Check DICOM ``files`` and write into ``folder``: ``{role}.nii.gz`` (what is
@@ -391,9 +389,7 @@ def prepare_source(source: Path, folder: Path, role: str, **kwargs: object) -> d
     """A folder of DICOM files (searched recursively) or a zip of them, into ``folder``."""
     who = f"{role} '{source.name}'"
     if source.is_dir():
-        files = sorted(
-            p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES
-        )
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES)
         if not files:
             raise InputError(f"{who}: the folder holds no files")
         return prepare(files, folder, role, who, **kwargs)  # type: ignore[arg-type]

@@ -181,8 +181,9 @@ def field_from_registration(ds: Dataset) -> sitk.Image:
     x, y, z = (int(n) for n in grid.GridDimensions)
     vectors = np.frombuffer(grid.VectorGridData, dtype="<f4").reshape(z, y, x, 3)
     field = sitk.GetImageFromArray(vectors.astype(np.float64), isVector=True)
-    row, col = np.asarray(grid.ImageOrientationPatient[:3]), np.asarray(
-        grid.ImageOrientationPatient[3:]
+    row, col = (
+        np.asarray(grid.ImageOrientationPatient[:3]),
+        np.asarray(grid.ImageOrientationPatient[3:]),
     )
     field.SetDirection(np.stack([row, col, np.cross(row, col)], axis=1).ravel().tolist())
     field.SetOrigin([float(v) for v in grid.ImagePositionPatient])
@@ -272,7 +273,9 @@ def warped_values(series: list[Dataset]) -> np.ndarray:
 # -- the segmentation ------------------------------------------------------------------------
 
 
-def segmentation(labels: sitk.Image, source: list[Dataset], description: str) -> hd.seg.Segmentation:
+def segmentation(
+    labels: sitk.Image, source: list[Dataset], description: str
+) -> hd.seg.Segmentation:
     """The warped labels as a binary SEG, one segment per label value, on ``source``."""
     array = sitk.GetArrayFromImage(labels).reshape(
         len(source), int(source[0].Rows), int(source[0].Columns)
@@ -349,7 +352,9 @@ def _write_zip(series: list[Dataset], path: Path) -> Path:
 def write_dicom_artifacts(out_dir: Path, fixed: list[Dataset], moving: list[Dataset]) -> None:
     """Write the DICOM artifacts of a finished registration in ``out_dir`` (its NIfTI
     artifacts are read back from there, so the DICOM says exactly what they say)."""
-    field = sitk.ReadImage(str(out_dir / artifacts.filename("displacement")), sitk.sitkVectorFloat64)
+    field = sitk.ReadImage(
+        str(out_dir / artifacts.filename("displacement")), sitk.sitkVectorFloat64
+    )
     warped = sitk.ReadImage(str(out_dir / artifacts.filename("warped")))
     fixed_name = fixed[0].get("SeriesDescription", "") or "fixed series"
     _write(
@@ -368,3 +373,16 @@ def read_zip(path: Path) -> list[Dataset]:
     """The instances of a zip written by ``_write_zip``, in order."""
     with zipfile.ZipFile(path) as zf:
         return [pydicom.dcmread(io.BytesIO(zf.read(name))) for name in sorted(zf.namelist())]
+
+
+def read_results(out_dir: Path) -> list[Dataset]:
+    """Every DICOM artifact in ``out_dir`` as datasets (what is stored in a PACS)."""
+    found: list[Dataset] = []
+    for name in ("dicom_registration", "dicom_seg"):
+        path = out_dir / artifacts.filename(name)
+        if path.is_file():
+            found.append(pydicom.dcmread(path))
+    warped = out_dir / artifacts.filename("dicom_warped")
+    if warped.is_file():
+        found.extend(read_zip(warped))
+    return found
