@@ -109,13 +109,14 @@ async def _submit(
 
 
 SUBMIT_ERRORS = problem_responses(400, 401, 413, 415, 422, 503)
+PAIR_ERRORS = problem_responses(400, 401, 413, 415, 422, 502, 503)  # 502: the PACS failed
 
 
 @router.post(
     "/register",
     status_code=202,
     response_model=JobOut,
-    responses=SUBMIT_ERRORS,
+    responses=PAIR_ERRORS,
     openapi_extra=multipart_body(
         {"fixed": False, "moving": False, "fixed_labels": False, "moving_labels": False}, PairParams
     ),
