@@ -155,17 +155,15 @@ def validate_pair(
         for role, (study_uid, series_uid) in referenced.items():
             _in_pacs(connection, role, study_uid, series_uid)
     inputs: dict[str, str] = {}
+    info: dict[str, HeaderInfo] = {}
     for role, path in files.items():
         if role in ("fixed", "moving"):
             inputs.update(_receive_image(path, role, request, limits))
         else:
             inputs[role] = name_by_content(path, role).name
-    folder = next(iter(files.values())).parent if files else None
-    info = {
-        role: inspect(folder / inputs[role], role, limits, whole_numbers=role.endswith("_labels"))
-        for role in files
-        if folder is not None
-    }
+        # A converted DICOM series is checked as the NIfTI upload it became.
+        received = path.with_name(inputs[role])
+        info[role] = inspect(received, role, limits, whole_numbers=role.endswith("_labels"))
     for image in ("fixed", "moving"):
         labels = info.get(f"{image}_labels")
         if labels is not None and image in info and labels.shape != info[image].shape:

@@ -263,3 +263,37 @@ def test_registration_grid_reproduces_the_warped_series(registered: dict[str, Pa
     assert np.abs(sitk.GetArrayFromImage(resampled) - warped).max() <= 0.51
     displacement = sitk.GetArrayFromImage(field)
     assert np.abs(displacement).max() > 0.05  # a real deformation, not the identity
+
+
+def test_riir_register_takes_a_folder_and_a_zip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-D case too: one slice per series gives a 2-D registration, and its DSRO a grid of
+    one plane whose vectors have no through-plane component."""
+    import sys
+
+    from riir.cli import main
+
+    sys.path.insert(0, str(Path(__file__).parent / "service"))
+    from support import make_models
+
+    models = make_models(tmp_path / "models")
+    fixed = ct_series(np.round(blobs((48, 40, 1), seed=4) * 800), tmp_path / "fixed")
+    moving = ct_series(np.round(blobs((48, 40, 1), seed=5) * 800), tmp_path / "moving")
+    archive = zip_files(moving, tmp_path / "moving.zip")
+    out = tmp_path / "out"
+    argv = ["register", str(tmp_path / "fixed"), str(archive), "--out", str(out)]
+    argv += ["--model", str(models / "tiny-2d.pt"), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    reg = pydicom.dcmread(out / artifacts.filename("dicom_registration"))
+    grid = reg.DeformableRegistrationSequence[0].DeformableRegistrationGridSequence[0]
+    assert list(grid.GridDimensions) == [48, 40, 1]
+    vectors = np.frombuffer(grid.VectorGridData, "<f4").reshape(-1, 3)
+    assert np.all(vectors[:, 2] == 0) and np.abs(vectors[:, :2]).max() > 0
+    assert dciodvfy_errors(out / artifacts.filename("dicom_registration")) == []
+    warped = dicom_export.read_zip(out / artifacts.filename("dicom_warped"))
+    assert len(warped) == 1 and warped[0].SOPInstanceUID != pydicom.dcmread(fixed[0]).SOPInstanceUID
+    both = zip_files(fixed + moving, tmp_path / "both.zip", names=["a.dcm", "b.dcm"])
+    argv[2] = str(both)
+    assert main(argv) == 1
+    assert "--moving-series-uid" in capsys.readouterr().err
