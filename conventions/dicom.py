@@ -235,15 +235,15 @@ def _check_image(ds: Dataset, who: str, k: int) -> None:
             raise InputError(f"{who}: file #{k + 1} has no usable {keyword}")
 
 
-def geometry(
-    instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS
-) -> tuple[list[Dataset], Geometry]:
-    """The instances in slice order and the series' grid; InputError when they do not make
-    one regular grid (mixed orientations or sizes, missing, duplicated or uneven slices)."""
+def _plane(
+    instances: list[Dataset], who: str
+) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
+    """The plane every instance shares: row and column directions, rows, columns, and Pixel
+    Spacing (row spacing, column spacing); InputError when they differ."""
     first = instances[0]
     orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     rows, cols = int(first.Rows), int(first.Columns)
-    spacing = np.asarray(first.PixelSpacing, dtype=np.float64)  # (row spacing, column spacing)
+    spacing = np.asarray(first.PixelSpacing, dtype=np.float64)
     for ds in instances[1:]:
         if np.abs(np.asarray(ds.ImageOrientationPatient, float) - orientation).max() > (
             ORIENTATION_TOLERANCE
@@ -265,6 +265,19 @@ def geometry(
         and abs(row_dir @ col_dir) < 1e-3
     ):
         raise InputError(f"{who}: Image Orientation (Patient) is not two orthonormal directions")
+    return row_dir, col_dir, rows, cols, spacing
+
+
+def _thickness(ds: Dataset) -> float:
+    return float(ds.get("SliceThickness") or 1.0)
+
+
+def geometry(
+    instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Dataset], Geometry]:
+    """The instances in slice order and the series' grid; InputError when they do not make
+    one regular grid (mixed orientations or sizes, missing, duplicated or uneven slices)."""
+    row_dir, col_dir, rows, cols, spacing = _plane(instances, who)
     normal = np.cross(row_dir, col_dir)
     positions = np.asarray([ds.ImagePositionPatient for ds in instances], dtype=np.float64)
     order = np.argsort(positions @ normal, kind="stable")
@@ -291,8 +304,8 @@ def geometry(
                 f"{who}: the slices are sheared (gantry tilt): successive positions do not "
                 "follow the slice normal"
             )
-    elif "SliceThickness" in instances[0] and instances[0].SliceThickness:
-        slice_spacing = float(instances[0].SliceThickness)
+    else:
+        slice_spacing = _thickness(instances[0])
     size = (cols, rows, len(instances))
     voxels = cols * rows * len(instances)
     if voxels > limits.max_voxels:
@@ -345,6 +358,52 @@ def write_nifti(series: Series, path: Path, who: str) -> Path:
     return path
 
 
+def frames(instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS) -> Series:
+    """A series of 2-D frames of one plane (a time series, e.g. MOLLI), in Instance Number
+    order; its geometry is one frame's."""
+    for k, ds in enumerate(instances):
+        _check_image(ds, who, k)
+    row_dir, col_dir, rows, cols, spacing = _plane(instances, who)
+    positions = np.asarray([ds.ImagePositionPatient for ds in instances], dtype=np.float64)
+    if np.abs(positions - positions[0]).max() > 1e-3:
+        raise InputError(
+            f"{who}: register-series takes 2-D frames of one plane; these images lie at "
+            f"{len(np.unique(positions.round(3), axis=0))} positions"
+        )
+    if not 2 <= len(instances) <= limits.max_frames:
+        raise InputError(f"{who}: a series needs 2 to {limits.max_frames} frames")
+    if rows * cols > limits.max_voxels:
+        raise InputError(f"{who}: frames of {cols} x {rows} are larger than the limit")
+    ordered = sorted(instances, key=lambda ds: int(ds.get("InstanceNumber") or 0))
+    grid = Geometry(
+        size=(cols, rows, 1),
+        spacing=(float(spacing[1]), float(spacing[0]), _thickness(instances[0])),
+        origin=tuple(float(v) for v in positions[0]),  # type: ignore[arg-type]
+        direction=np.stack([row_dir, col_dir, np.cross(row_dir, col_dir)], axis=1),
+    )
+    return Series(ordered, grid)
+
+
+def prepare_frames(
+    source: Path, folder: Path, who: str, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, str]:
+    """A zip or folder of one series of 2-D frames as the 4-D NIfTI (X, Y, 1, N) that
+    register-series takes."""
+    scratch = folder / ".series_unpacked"
+    try:
+        instances = read_instances(_source_files(source, scratch, who), who)
+        series = frames(choose_series(instances, who, None, "one series per zip"), who, limits)
+        values = voxels(series, who)  # (x, y, N): one frame per "slice"
+        affine = LPS_TO_RAS @ series.geometry.affine_lps()
+        image = nib.Nifti1Image(values[:, :, None, :], affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        nib.save(image, str(folder / "series.nii.gz"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return {"series": "series.nii.gz"}
+
+
 # -- a series into a job folder --------------------------------------------------------------
 
 
@@ -373,27 +432,33 @@ def prepare(
     return {role: nifti.name, f"{role}_dicom": kept.name}
 
 
+def _source_files(source: Path, scratch: Path, who: str) -> list[Path]:
+    """The files of a DICOM folder (searched recursively) or of a zip (unpacked to
+    ``scratch``)."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES)
+        if not files:
+            raise InputError(f"{who}: the folder holds no files")
+        return files
+    return extract_zip(source, scratch, who)
+
+
 def prepare_zip(
     archive: Path, folder: Path, role: str, who: str, **kwargs: object
 ) -> dict[str, str]:
-    """``prepare`` on the files of a zip (unpacked to a scratch folder, removed after)."""
+    """``prepare`` on the files of a zip or a folder (a zip is unpacked to a scratch folder,
+    removed after)."""
     scratch = folder / f".{role}_unpacked"
     try:
-        files = extract_zip(archive, scratch, who)
+        files = _source_files(archive, scratch, who)
         return prepare(files, folder, role, who, **kwargs)  # type: ignore[arg-type]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def prepare_source(source: Path, folder: Path, role: str, **kwargs: object) -> dict[str, str]:
-    """A folder of DICOM files (searched recursively) or a zip of them, into ``folder``."""
-    who = f"{role} '{source.name}'"
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.is_file() and p.name not in SKIPPED_NAMES)
-        if not files:
-            raise InputError(f"{who}: the folder holds no files")
-        return prepare(files, folder, role, who, **kwargs)  # type: ignore[arg-type]
-    return prepare_zip(source, folder, role, who, **kwargs)
+    """A folder of DICOM files or a zip of them, into ``folder`` (the command line's way)."""
+    return prepare_zip(source, folder, role, f"{role} '{source.name}'", **kwargs)
 
 
 def load_kept(folder: Path) -> list[Dataset]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
         "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.",
     )
-    p.add_argument("series", type=Path, help="4-D series (X, Y, Z, frames)")
+    p.add_argument(
+        "series",
+        type=Path,
+        help="4-D series (X, Y, Z, frames), or a DICOM series of 2-D frames (folder or .zip)",
+    )
     p.add_argument("--template", type=int, default=-1, metavar="N", help=HELP["template"])
     _add_model_options(p)
     p.set_defaults(run=run_register_series)
@@ -171,8 +176,6 @@ def _is_dicom(path: Path) -> bool:
 
 
 def run_register(args: argparse.Namespace) -> int:
-    import tempfile
-
     from conventions import dicom
     from worker.inference.pipeline import register_files
 
@@ -214,15 +217,23 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def run_register_series(args: argparse.Namespace) -> int:
+    from conventions import dicom
     from worker.inference.pipeline import register_series_file
 
     bar = _Bar("registering series", args.quiet)
-    try:
-        report = register_series_file(
-            args.series, args.out, _options(args, SeriesOptions), device=args.device, progress=bar
-        )
-    finally:
-        bar.close()
+    with tempfile.TemporaryDirectory(prefix="riir-dicom-") as scratch:
+        series = args.series
+        if _is_dicom(series):  # a DICOM series of 2-D frames, as a folder or a zip
+            series = (
+                Path(scratch)
+                / dicom.prepare_frames(series, Path(scratch), f"series '{series.name}'")["series"]
+            )
+        try:
+            report = register_series_file(
+                series, args.out, _options(args, SeriesOptions), device=args.device, progress=bar
+            )
+        finally:
+            bar.close()
     print(_summary(report, args.out))
     return 0
 

@@ -188,8 +188,19 @@ def validate_series(
     files: dict[str, Path], limits: Limits, model: str | None, template: int
 ) -> dict[str, str]:
     if "series" not in files:
-        raise InputError("the series is missing: send the 4-D NIfTI as the form field 'series'")
-    path = name_by_content(files["series"], "series")
+        raise InputError(
+            "the series is missing: send the 4-D NIfTI, or a zip of one DICOM series of 2-D "
+            "frames, as the form field 'series'"
+        )
+    received = files["series"]
+    if dicom.is_zip(received):  # a DICOM series of 2-D frames
+        try:
+            dicom.prepare_frames(received, received.parent, "series (DICOM zip)", limits)
+        finally:
+            received.unlink()
+        path = received.with_name("series.nii.gz")
+    else:
+        path = name_by_content(received, "series")
     info = inspect(path, "series", limits, series=True)
     frames = info.shape[3]
     if not -frames <= template < frames:

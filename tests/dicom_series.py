@@ -28,9 +28,11 @@ def ct_series(
     series_uid: str | None = None,
     description: str = "synthetic",
     series_number: int = 1,
+    frames: bool = False,
 ) -> list[Path]:
     """Write ``volume`` (ITK order: x = columns, y = rows, z = slices; values in HU) as one CT
-    slice per file, returning the paths in a shuffled order (as a PACS export would)."""
+    slice per file, returning the paths in a shuffled order (as a PACS export would).
+    ``frames``: every slice at the same position (a time series of one plane)."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = series_uid or generate_uid()
@@ -62,7 +64,7 @@ def ct_series(
         ds.InstanceNumber = k + 1
         ds.ContentDate, ds.ContentTime = "20260101", "120000"
         ds.PatientOrientation = ""
-        position = np.asarray(origin, float) + k * spacing[2] * normal
+        position = np.asarray(origin, float) + (0 if frames else k) * spacing[2] * normal
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
         ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # row spacing, column spacing

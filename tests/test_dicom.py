@@ -297,3 +297,19 @@ def test_riir_register_takes_a_folder_and_a_zip(
     argv[2] = str(both)
     assert main(argv) == 1
     assert "--moving-series-uid" in capsys.readouterr().err
+
+
+def test_frames_of_one_plane_make_a_series(tmp_path: Path) -> None:
+    """register-series' DICOM input: 2-D frames at one position, ordered by Instance Number."""
+    import nibabel as nib
+
+    movie = np.round(np.stack([blobs((32, 28), seed=s) * 500 for s in range(4)], axis=-1))
+    files = ct_series(movie, tmp_path / "frames", frames=True)
+    archive = zip_files(files, tmp_path / "frames.zip")
+    assert dicom.prepare_frames(archive, tmp_path, "series") == {"series": "series.nii.gz"}
+    image = nib.load(tmp_path / "series.nii.gz")
+    assert image.shape == (32, 28, 1, 4)
+    np.testing.assert_array_equal(np.asarray(image.dataobj)[:, :, 0, :], movie)
+    stack = ct_series(_volume(0), tmp_path / "stack")
+    with pytest.raises(InputError, match="2-D frames of one plane"):
+        dicom.prepare_frames(zip_files(stack, tmp_path / "stack.zip"), tmp_path, "series")

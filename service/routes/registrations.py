@@ -30,7 +30,8 @@ FILE_DOCS = {
     "optional when named by moving_study_uid and moving_series_uid",
     "fixed_labels": "optional label map on the fixed grid (integers, 0 = background)",
     "moving_labels": "optional label map on the moving grid; warped by nearest neighbour",
-    "series": "4-D NIfTI series (X, Y, Z, frames), Z = 1 for 2-D frames",
+    "series": "4-D NIfTI series (X, Y, Z, frames), Z = 1 for 2-D frames; or a .zip of one "
+    "DICOM series of 2-D frames of one plane (ordered by Instance Number)",
 }
 
 

@@ -115,6 +115,23 @@ def test_bad_zip_is_refused(
     assert_problem(_post(client, {}, fixed=series["fixed_zip"], moving=archive), 422, *words)
 
 
+def test_register_series_takes_a_dicom_zip_of_frames(
+    client: httpx.Client, service_dir: Path
+) -> None:
+    movie = np.round(np.stack([blobs((32, 32), seed=s) * 500 for s in (4, 5, 6)], axis=-1))
+    folder = service_dir / "dicom" / "frames"
+    archive = zip_files(ct_series(movie, folder, frames=True), folder.with_suffix(".zip"))
+    response = client.post(
+        "/register-series",
+        files={"series": ("frames.zip", archive.read_bytes(), "application/zip")},
+        data={"model": "tiny-2d"},
+    )
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["job_id"], timeout=JOB_TIMEOUT_S)
+    assert job["status"] == "succeeded", job
+    assert job["metrics"]["frames"] == 3
+
+
 def test_register_series_named_in_the_pacs(
     client: httpx.Client, series: dict, orthanc: Orthanc
 ) -> None:
