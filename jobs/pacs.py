@@ -39,7 +39,9 @@ class Pacs:
     client: DICOMwebClient
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pacs:
+    def from_settings(cls, settings: Settings, attempts: int = 3) -> Pacs:
+        """``attempts``: tries per request (exponential back-off from 0.5 s); the gateway
+        asks once, so a client waits seconds, not the client library's default half minute."""
         if settings.pacs_url is None:
             raise PacsNotConfigured(
                 "series named by UID need a PACS, and this server has none configured "
@@ -52,6 +54,9 @@ class Pacs:
         else:
             session = create_session()
         client = DICOMwebClient(settings.pacs_url, session=session, timeout=settings.pacs_timeout_s)
+        client.set_http_retry_params(
+            retry=attempts > 1, max_attempts=attempts, wait_exponential_multiplier=250
+        )
         return cls(settings.pacs_url, client)
 
     def _failed(self, what: str, exc: Exception) -> PacsError:

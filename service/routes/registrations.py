@@ -137,7 +137,11 @@ async def register(
 
     def validate(files: dict[str, Path], params: PairParams) -> dict[str, str]:
         return uploads.validate_pair(
-            files, settings.limits, params.model, params, lambda: Pacs.from_settings(settings)
+            files,
+            settings.limits,
+            params.model,
+            params,
+            lambda: Pacs.from_settings(settings, attempts=1),
         )
 
     return await _submit(
