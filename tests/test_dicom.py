@@ -254,6 +254,9 @@ def test_registration_grid_reproduces_the_warped_series(registered: dict[str, Pa
     nifti_field = sitk.ReadImage(str(out / artifacts.filename("displacement")))
     np.testing.assert_allclose(field.GetOrigin(), nifti_field.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(field.GetDirection(), nifti_field.GetDirection(), atol=1e-6)
+    np.testing.assert_allclose(  # the same vectors: displacement.nii.gz's, as float32
+        sitk.GetArrayFromImage(field), sitk.GetArrayFromImage(nifti_field), atol=1e-5
+    )
     moving = sitk.Cast(_gdcm(registered["moving"]), sitk.sitkFloat32)
     transform = sitk.DisplacementFieldTransform(sitk.Image(field))
     resampled = sitk.Resample(moving, field, transform, sitk.sitkLinear, 0.0)
@@ -313,3 +316,50 @@ def test_frames_of_one_plane_make_a_series(tmp_path: Path) -> None:
     stack = ct_series(_volume(0), tmp_path / "stack")
     with pytest.raises(InputError, match="2-D frames of one plane"):
         dicom.prepare_frames(zip_files(stack, tmp_path / "stack.zip"), tmp_path, "series")
+
+
+def test_registration_grid_by_the_standards_equation(registered: dict[str, Path]) -> None:
+    """Without ITK: PS3.3 C.20.3.1.1's equation on the DSRO's own attributes (grid point of the
+    Registered RCS + vector = point of the Source RCS), the moving series' own Image Position /
+    Orientation (Patient) to find that point's voxel, trilinear sampling of its pixel data:
+    the warped series' value at that grid point."""
+    from scipy.ndimage import map_coordinates
+
+    out = registered["out"]
+    reg = pydicom.dcmread(out / artifacts.filename("dicom_registration"))
+    grid = reg.DeformableRegistrationSequence[0].DeformableRegistrationGridSequence[0]
+    x_n, y_n, z_n = (int(v) for v in grid.GridDimensions)
+    vectors = np.frombuffer(grid.VectorGridData, "<f4").reshape(z_n, y_n, x_n, 3)
+    row, col = (
+        np.asarray(grid.ImageOrientationPatient[:3]),
+        np.asarray(grid.ImageOrientationPatient[3:]),
+    )
+    axes = np.stack([row, col, np.cross(row, col)], axis=1) * np.asarray(grid.GridResolution)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in (z_n, y_n, x_n)), indexing="ij")
+    index = np.stack([i, j, k], axis=-1).reshape(-1, 3)
+    source = np.asarray(grid.ImagePositionPatient) + index @ axes.T + vectors.reshape(-1, 3)
+
+    moving = sorted(
+        (pydicom.dcmread(p) for p in registered["moving"].glob("*.dcm")),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    m_row = np.asarray(moving[0].ImageOrientationPatient[:3], float)
+    m_col = np.asarray(moving[0].ImageOrientationPatient[3:], float)
+    m_normal = np.cross(m_row, m_col)
+    gap = float(
+        np.subtract(moving[1].ImagePositionPatient, moving[0].ImagePositionPatient) @ m_normal
+    )
+    r_spacing, c_spacing = (float(v) for v in moving[0].PixelSpacing)
+    m_axes = np.stack([m_row * c_spacing, m_col * r_spacing, m_normal * gap], axis=1)
+    voxel = np.linalg.solve(m_axes, (source - np.asarray(moving[0].ImagePositionPatient, float)).T)
+    values = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in moving]
+    )
+    sampled = map_coordinates(values, voxel[::-1], order=1, mode="constant", cval=0.0)
+
+    warped = dicom_export.warped_values(
+        dicom_export.read_zip(out / artifacts.filename("dicom_warped"))
+    ).reshape(-1)
+    inside = np.all((voxel >= 0) & (voxel <= np.asarray(values.shape[::-1])[:, None] - 1), axis=0)
+    assert inside.mean() > 0.5
+    assert np.abs(sampled[inside] - warped[inside]).max() <= 0.51
