@@ -43,6 +43,7 @@ MAX_MEMBERS = 4096  # files in one zip: a series of a few hundred slices, with r
 MAX_ZIP_BYTES = 2 << 30  # uncompressed, all members together
 ORIENTATION_TOLERANCE = 1e-4  # direction cosines that differ by less are the same orientation
 SPACING_TOLERANCE = 0.01  # relative: slice gaps within 1 % of each other are uniform
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # DICOM/ITK patient axes -> NIfTI's
 SKIPPED_NAMES = {"DICOMDIR"}  # a media directory file that exports put beside the images
 CHUNK = 1 << 20
 # The geometry every slice must carry, with its number of values.
@@ -346,16 +347,20 @@ def voxels(series: Series, who: str) -> np.ndarray:
     return np.ascontiguousarray(stack.transpose(2, 1, 0))
 
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+def _save_nifti(values: np.ndarray, grid: Geometry, path: Path) -> Path:
+    """``values`` in ITK order on ``grid``, as a NIfTI whose affine is the DICOM grid (RAS,
+    as NIfTI stores it; SimpleITK reads back the LPS grid)."""
+    affine = LPS_TO_RAS @ grid.affine_lps()
+    image = nib.Nifti1Image(values, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+    return path
 
 
 def write_nifti(series: Series, path: Path, who: str) -> Path:
-    """The series as a float32 NIfTI whose affine is the DICOM grid (RAS, as NIfTI wants)."""
-    image = nib.Nifti1Image(voxels(series, who), LPS_TO_RAS @ series.geometry.affine_lps())
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    nib.save(image, str(path))
-    return path
+    """The series as the float32 NIfTI volume the pipeline registers."""
+    return _save_nifti(voxels(series, who), series.geometry, path)
 
 
 def frames(instances: list[Dataset], who: str, limits: Limits = DEFAULT_LIMITS) -> Series:
@@ -394,11 +399,7 @@ def prepare_frames(
         instances = read_instances(_source_files(source, scratch, who), who)
         series = frames(choose_series(instances, who, None, "one series per zip"), who, limits)
         values = voxels(series, who)  # (x, y, N): one frame per "slice"
-        affine = LPS_TO_RAS @ series.geometry.affine_lps()
-        image = nib.Nifti1Image(values[:, :, None, :], affine)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        nib.save(image, str(folder / "series.nii.gz"))
+        _save_nifti(values[:, :, None, :], series.geometry, folder / "series.nii.gz")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return {"series": "series.nii.gz"}
@@ -443,22 +444,27 @@ def _source_files(source: Path, scratch: Path, who: str) -> list[Path]:
     return extract_zip(source, scratch, who)
 
 
-def prepare_zip(
-    archive: Path, folder: Path, role: str, who: str, **kwargs: object
+def prepare_source(
+    source: Path,
+    folder: Path,
+    role: str,
+    who: str | None = None,
+    *,
+    series_uid: str | None = None,
+    choose_with: str = "its Series Instance UID",
+    limits: Limits = DEFAULT_LIMITS,
 ) -> dict[str, str]:
-    """``prepare`` on the files of a zip or a folder (a zip is unpacked to a scratch folder,
-    removed after)."""
+    """``prepare`` on a folder of DICOM files or a zip of them (unpacked to a scratch folder
+    in ``folder``, removed after)."""
+    who = who or f"{role} '{source.name}'"
     scratch = folder / f".{role}_unpacked"
     try:
-        files = _source_files(archive, scratch, who)
-        return prepare(files, folder, role, who, **kwargs)  # type: ignore[arg-type]
+        files = _source_files(source, scratch, who)
+        return prepare(
+            files, folder, role, who, series_uid=series_uid, choose_with=choose_with, limits=limits
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-
-def prepare_source(source: Path, folder: Path, role: str, **kwargs: object) -> dict[str, str]:
-    """A folder of DICOM files or a zip of them, into ``folder`` (the command line's way)."""
-    return prepare_zip(source, folder, role, f"{role} '{source.name}'", **kwargs)
 
 
 def load_kept(folder: Path) -> list[Dataset]:

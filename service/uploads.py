@@ -106,7 +106,7 @@ def _receive_image(path: Path, role: str, request: DicomRequest, limits: Limits)
     if not dicom.is_zip(path):
         return {role: name_by_content(path, role).name}
     try:
-        return dicom.prepare_zip(
+        return dicom.prepare_source(
             path,
             path.parent,
             role,

@@ -151,7 +151,7 @@ def test_zip_of_a_series(tmp_path: Path) -> None:
     archive = zip_files(files, tmp_path / "series.zip", names=names)
     with zipfile.ZipFile(archive, "a") as zf:
         zf.writestr("DICOMDIR", b"not a series member")
-    prepared = dicom.prepare_zip(archive, tmp_path, "moving", "moving")
+    prepared = dicom.prepare_source(archive, tmp_path, "moving")
     assert prepared == {"moving": "moving.nii.gz", "moving_dicom": "moving_dicom"}
     assert not (tmp_path / ".moving_unpacked").exists()
 
