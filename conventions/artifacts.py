@@ -16,6 +16,11 @@ from typing import Any
 # name -> (file name, media type)
 ARTIFACTS: dict[str, tuple[str, str]] = {
     "displacement": ("displacement.nii.gz", "application/gzip"),
+    # The same field as an ITK transform file (HDF5) in the fixed image's dimension as ITK
+    # reads it: sitk.ReadTransform, antsApplyTransforms and 3D Slicer load it as a grid.
+    "transform": ("transform.h5", "application/x-hdf5"),
+    # moving point -> fixed point, on the moving image's grid
+    "inverse_displacement": ("inverse_displacement.nii.gz", "application/gzip"),
     "warped": ("warped.nii.gz", "application/gzip"),
     "jacobian": ("jacobian.nii.gz", "application/gzip"),
     "labels": ("warped_labels.nii.gz", "application/gzip"),

@@ -170,11 +170,43 @@ def write_displacement(field: sitk.Image, path: str | os.PathLike) -> Path:
     return write_image(field, path)
 
 
+def write_transform(field: sitk.Image, path: str | os.PathLike) -> Path:
+    """Write a displacement field as an ITK transform file (``.h5``), atomically.
+
+    ITK writes the field uncompressed (165 MB for a 160×192×224 brain); the datasets are
+    rewritten gzip-compressed, which HDF5 readers (ITK's among them) undo transparently.
+    """
+    import h5py  # only here: the gateway never writes transforms
+
+    path = Path(path)
+    raw, tmp = atomic_path(path), atomic_path(path)
+    try:
+        field = sitk.Cast(field, sitk.sitkVectorFloat64)
+        sitk.WriteTransform(sitk.DisplacementFieldTransform(field), str(raw))
+        with h5py.File(raw, "r") as src, h5py.File(tmp, "w") as dst:
+
+            def copy(name: str, node: object) -> None:
+                if isinstance(node, h5py.Dataset):
+                    compress = (
+                        {"compression": "gzip", "compression_opts": 1} if node.size > 64 else {}
+                    )
+                    dst.create_dataset(name, data=node[()], **compress)
+                elif isinstance(node, h5py.Group):
+                    dst.require_group(name)
+
+            src.visititems(copy)
+        os.replace(tmp, path)
+    finally:
+        raw.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def slice_as_2d(image: sitk.Image) -> sitk.Image:
     """A 2-D slice stored as a (H, W, 1) volume, as the 2-D image it is; others unchanged.
 
     Registration of a slice is a 2-D problem with a 2-component field. ``restore_layout``
-    puts results back into the input's (H, W, 1) header.
+    puts results back into the input's (H, W, 1) layout and header.
     """
     if image.GetDimension() == 3 and spatial_dims(image) == 2:
         size = list(image.GetSize())
@@ -191,11 +223,19 @@ def slice_as_2d(image: sitk.Image) -> sitk.Image:
 def restore_layout(image: sitk.Image, like: sitk.Image) -> sitk.Image:
     """``image`` (computed on ``slice_as_2d(like)``) in ``like``'s layout and header.
 
-    A 2-component field of a (H, W, 1) input becomes a (X, Y, 1, 1, 2) NIfTI with the input's
-    affine, which SimpleITK reads back as the 2-D field of the 2-D image it reads the slice as.
+    A displacement field of a (H, W, 1) input becomes a 3-component field on the input's 3-D
+    grid, the slice normal's component 0: the field of the image as ITK reads it, so
+    ``sitk.DisplacementFieldTransform`` and ``antsApplyTransforms -d 3`` apply it to the files
+    as they are. (The in-plane components stay in the first two physical axes, as
+    ``slice_as_2d`` takes the direction's in-plane block.)
     """
     if image.GetDimension() == like.GetDimension():
         return image
-    volume = sitk.JoinSeries(image)
+    if image.GetNumberOfComponentsPerPixel() == image.GetDimension() > 1:  # a field
+        vectors = sitk.GetArrayFromImage(image)  # (H, W, 2)
+        padded = np.concatenate([vectors, np.zeros_like(vectors[..., :1])], axis=-1)
+        volume = sitk.GetImageFromArray(padded[None], isVector=True)  # (1, H, W, 3)
+    else:
+        volume = sitk.JoinSeries(image)
     volume.CopyInformation(like)
     return volume

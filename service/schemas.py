@@ -40,6 +40,11 @@ class JobOut(BaseModel):
     error: str | None = Field(None, description="why the job failed or was cancelled")
     metrics: dict[str, Any] | None = Field(None, description="metrics.json once succeeded")
     artifacts: dict[str, str] = Field(description="artifact name -> download URL")
+    files_deleted: bool = Field(
+        False,
+        description="DELETE removed the job's files: it keeps its final status, and "
+        "has no artifacts any more",
+    )
     links: dict[str, str]
 
 
@@ -93,5 +98,6 @@ def job_out(job: Job, root: str = "") -> JobOut:
         error=job.error,
         metrics=job.metrics,
         artifacts=links,
+        files_deleted=job.files_deleted,
         links={"self": base},
     )

@@ -115,19 +115,36 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _sitk_reproduces_warped(out, moving_path, fixed_path) -> float:
-    """What an independent client does: SimpleITK reads the field and resamples the moving.
-
-    SimpleITK reads a (H, W, 1) slice as 3-D but its 2-component field as 2-D (ITK drops the
-    singleton axes of vector NIfTIs), so a client takes the slice as a 2-D image: ``[:, :, 0]``.
-    """
+    """What an independent client does with the files as they are: SimpleITK reads the
+    transform file, and the displacement field where ITK reads it in the image's dimension
+    (all but a (H, W, 1) slice: ITK's NIfTI reader drops the singleton axis of vector
+    images), and resamples the moving image. The worst correlation with warped.nii.gz."""
+    fixed, moving, warped = (
+        sitk.ReadImage(str(p)) for p in (fixed_path, moving_path, out / "warped.nii.gz")
+    )
+    transforms = [sitk.ReadTransform(str(out / "transform.h5"))]
     field = sitk.ReadImage(str(out / "displacement.nii.gz"))
-    transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-    images = [sitk.ReadImage(str(p)) for p in (fixed_path, moving_path, out / "warped.nii.gz")]
-    if field.GetDimension() == 2 and images[0].GetDimension() == 3:
-        images = [image[:, :, 0] for image in images]
-    fixed, moving, warped = images
-    resampled = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0)
-    return _correlation(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(warped))
+    if field.GetDimension() == fixed.GetDimension():
+        transforms.append(sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64)))
+    return min(
+        _correlation(
+            sitk.GetArrayFromImage(sitk.Resample(moving, fixed, t, sitk.sitkLinear, 0.0)),
+            sitk.GetArrayFromImage(warped),
+        )
+        for t in transforms
+    )
+
+
+def _ants_reproduces_warped(out, moving_path, fixed_path) -> float:
+    """antsApplyTransforms (antspyx) with displacement.nii.gz, in the fixed image's
+    dimension as ANTs reads it (3 for a (H, W, 1) slice)."""
+    import ants
+
+    fixed, moving = ants.image_read(str(fixed_path)), ants.image_read(str(moving_path))
+    warped = ants.apply_transforms(
+        fixed, moving, [str(out / "displacement.nii.gz")], interpolator="linear"
+    )
+    return _correlation(warped.numpy(), nib.load(out / "warped.nii.gz").get_fdata())
 
 
 @pytest.mark.parametrize("kind", ["2d", "3d"])
@@ -168,6 +185,14 @@ def test_known_physical_shift_is_recovered_in_lps_millimetres(tmp_path, checkpoi
     assert report["similarity_after"]["ncc"] > report["similarity_before"]["ncc"] + 0.05
     assert report["similarity_after"]["ncc"] > 0.99
 
+    # The inverse lives on the moving grid and carries moving points back: -shift.
+    inverse = sitk.ReadImage(str(out / "inverse_displacement.nii.gz"))
+    assert inverse.GetSize() == sitk.ReadImage(moving_path).GetSize()
+    back = sitk.GetArrayFromImage(inverse)[centre].reshape(-1, d).mean(0)
+    np.testing.assert_allclose(back, -vectors[centre].reshape(-1, d).mean(0), atol=0.05)
+    consistency = report["inverse_consistency"]
+    assert consistency["mean_mm"] < 0.05 and consistency["scored_percent"] > 50
+
 
 @pytest.mark.parametrize("layout", ["(H,W)", "(H,W,1)", "3d"])
 def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, layout):
@@ -197,7 +222,8 @@ def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, lay
     )
     field = nib.load(out / "displacement.nii.gz")
     spatial = (tuple(shape) + (1,) * 3)[:3]
-    assert field.shape == (*spatial, 1, d)  # a slice, (H,W) or (H,W,1), has a 2-D field
+    components = 3 if layout == "(H,W,1)" else d  # the dimension ITK reads the fixed image in
+    assert field.shape == (*spatial, 1, components)
     assert field.header["intent_code"] == 1007  # NIFTI_INTENT_VECTOR
     fixed_itk = sitk.ReadImage(str(tmp_path / "fixed.nii.gz"))
     field_itk = sitk.ReadImage(str(out / "displacement.nii.gz"))
@@ -209,7 +235,10 @@ def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, lay
         assert field_itk.GetSize() == fixed_itk.GetSize()
         np.testing.assert_allclose(field_itk.GetOrigin(), fixed_itk.GetOrigin(), atol=1e-6)
         np.testing.assert_allclose(field_itk.GetSpacing(), fixed_itk.GetSpacing(), atol=1e-6)
-    assert field_itk.GetNumberOfComponentsPerPixel() == field_itk.GetDimension() == d
+    # One component per axis of the fixed image as ITK reads it (3 for a (H, W, 1) slice,
+    # whose singleton axis ITK's reader drops from vector images: transform.h5 keeps it).
+    assert field_itk.GetNumberOfComponentsPerPixel() == fixed_itk.GetDimension()
+    assert sitk.ReadTransform(str(out / "transform.h5")).GetDimension() == fixed_itk.GetDimension()
     assert np.abs(field.get_fdata()).max() > 0.01  # the random model did move something
     assert (
         _sitk_reproduces_warped(
@@ -217,6 +246,8 @@ def test_displacement_file_is_the_itk_5d_vector_nifti(tmp_path, checkpoints, lay
         )
         > 0.999
     )
+    pair = (out, tmp_path / "moving.nii.gz", tmp_path / "fixed.nii.gz")
+    assert _ants_reproduces_warped(*pair) > 0.999
     for name in ("warped.nii.gz", "jacobian.nii.gz"):  # in the fixed image's own layout
         np.testing.assert_allclose(nib.load(out / name).affine, field.affine, atol=1e-5)
         assert nib.load(out / name).shape == tuple(shape)

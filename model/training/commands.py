@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from conventions.errors import InputError
-from conventions.options import MAX_STEPS
+from conventions.options import HELP, INITS, MAX_STEPS
 from model.networks import architectures
 from model.training import flags
 from model.training.config import TrainConfig, normalized
@@ -93,6 +93,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", action="store_true", help="add the no-registration row")
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
+    p.add_argument("--init", choices=INITS, default="physical", help=HELP["init"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--title", default="", help="title of the table and plot")
@@ -227,7 +228,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     methods = []
     for spec in args.model:
         label, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
-        methods.append(ev.model_method(path, label or None, args.device, args.steps))
+        methods.append(ev.model_method(path, label or None, args.device, args.steps, args.init))
     if args.identity:
         methods.append(ev.identity_method())
     if args.ants:

@@ -51,9 +51,14 @@ class Method:
 
 
 def model_method(
-    spec: str, label: str | None = None, device: str = "auto", steps: int | None = None
+    spec: str,
+    label: str | None = None,
+    device: str = "auto",
+    steps: int | None = None,
+    init: str = "physical",
 ) -> Method:
-    """A shipped model (name) or checkpoint (path), run through the inference engine."""
+    """A shipped model (name) or checkpoint (path), run through the inference engine, after
+    the initial alignment ``init`` (its time counted in the model's)."""
 
     from conventions import catalog
     from conventions.options import RegistrationOptions, check
@@ -65,7 +70,7 @@ def model_method(
     torch_device = select_device(device)
     model, meta = load_checkpoint(path, torch_device)
     engine = Engine(model, meta, Path(path), torch_device)
-    options = check(RegistrationOptions, {"steps": steps})
+    options = check(RegistrationOptions, {"steps": steps, "init": init})
 
     def register(pair: SubjectPair) -> Registered:
         reg = register_images(engine, pair.fixed.image, pair.moving.image, options)

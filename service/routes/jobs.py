@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 
 from conventions import artifacts
 from jobs import broker
-from jobs.store import ACTIVE, Job, JobStore, is_job_id
+from jobs.store import ACTIVE, JOB_ID, Job, JobStore
 from service.deps import CeleryDep, RootDep, StorageDep, StoreDep
 from service.errors import Conflict, NotFound, problem_responses
 from service.schemas import JobOut, job_out
@@ -24,12 +24,17 @@ ArtifactName = Enum(  # type: ignore[misc]
     {name: name for name in artifacts.ARTIFACTS},
     type=str,
 )
-JobId = Annotated[str, PathParam(description="the job id returned by POST /register")]
+# A malformed id is refused by its form (422, as the schema says); a well-formed unknown
+# one is looked up and not found (404).
+JobId = Annotated[
+    str,
+    PathParam(description="the job id returned by POST /register", pattern=JOB_ID.pattern),
+]
 NIFTI_GZ = "application/gzip"
 
 
 def _job(store: JobStore, job_id: str) -> Job:
-    job = store.get(job_id) if is_job_id(job_id) else None
+    job = store.get(job_id)
     if job is None:
         raise NotFound(f"no job '{job_id[:40]}' (unknown, or removed after the retention period)")
     return job
@@ -69,8 +74,8 @@ def delete_job(
     job_id: JobId, store: StoreDep, storage: StorageDep, celery: CeleryDep, root: RootDep
 ) -> JobOut:
     """A queued job is dropped; a running job stops at its next step. The record stays (as
-    ``cancelled``, or its final state if it had ended) until the retention period ends, so
-    pollers learn what happened; the files are removed now."""
+    ``cancelled``, or its final state if it had ended, with ``files_deleted``) until the
+    retention period ends, so pollers learn what happened; the files are removed now."""
     job = _job(store, job_id)
     if job.status in ACTIVE and store.cancel(job_id):
         broker.revoke(celery, job_id)
@@ -116,7 +121,8 @@ def get_frame_displacement(
 def get_artifact(
     job_id: JobId, name: ArtifactName, store: StoreDep, storage: StorageDep
 ) -> FileResponse:
-    """Names: displacement (ITK/ANTs field on the fixed grid, LPS mm), warped, jacobian,
+    """Names: displacement (ITK/ANTs field on the fixed grid, LPS mm), transform (the same as
+    an ITK .h5 transform), inverse_displacement (on the moving grid), warped, jacobian,
     labels (warped labels), metrics (JSON), preview (PNG)."""
     job = _job(store, job_id)
     _downloadable(job)

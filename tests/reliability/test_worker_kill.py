@@ -157,6 +157,8 @@ def test_sigkill_a_real_registration(
     out = stack.settings.storage_dir / "jobs" / job.id / "out"
     assert set(artifacts.present(out)) == {
         "displacement",
+        "transform",
+        "inverse_displacement",
         "warped",
         "jacobian",
         "metrics",

@@ -90,6 +90,8 @@ def test_delete_a_finished_job_removes_its_files(
     assert response.status_code == 200
     assert response.json()["status"] == "succeeded"
     assert response.json()["artifacts"] == {}
+    assert response.json()["files_deleted"] is True  # why a succeeded job has no artifacts
+    assert client.get(f"/jobs/{job_id}").json()["files_deleted"] is True
     assert not (settings.storage_dir / "jobs" / job_id).exists()
     assert client.get(f"/jobs/{job_id}/artifacts/displacement").status_code == 404
     assert client.delete(f"/jobs/{job_id}").status_code == 200  # idempotent

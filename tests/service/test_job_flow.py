@@ -20,7 +20,15 @@ from jobs.settings import Settings
 from service.main import create_app
 from worker.inference.pipeline import register_files, register_series_file
 
-PAIR_ARTIFACTS = {"displacement", "warped", "jacobian", "metrics", "preview"}
+PAIR_ARTIFACTS = {
+    "displacement",
+    "transform",
+    "inverse_displacement",
+    "warped",
+    "jacobian",
+    "metrics",
+    "preview",
+}
 
 
 def _download(client: httpx.Client, url: str, path: Path) -> Path:
@@ -63,7 +71,7 @@ def test_pair_matches_the_command_line_path(
         RegistrationOptions(model=f"tiny-{dims}d", steps=2),
         device="cpu",
     )
-    for name in ("displacement", "warped", "jacobian"):
+    for name in ("displacement", "inverse_displacement", "warped", "jacobian"):
         served = _download(client, job["artifacts"][name], tmp_path / artifacts.filename(name))
         local = tmp_path / "local" / artifacts.filename(name)
         assert _voxels(served).shape == _voxels(local).shape
@@ -166,14 +174,18 @@ def test_no_model_for_the_images_is_refused(
     assert "no model for 2-D images" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("job_id", ["nope", "A" * 22, "../../etc/passwd"])
-def test_unknown_job_is_404(client: httpx.Client, job_id: str) -> None:
+@pytest.mark.parametrize(
+    ("job_id", "status"), [("A" * 22, 404), ("nope", 422), ("A" * 23, 422), ("A" * 21 + "~", 422)]
+)
+def test_an_unknown_job_is_404_and_a_malformed_id_422(
+    client: httpx.Client, job_id: str, status: int
+) -> None:
     for url in (f"/jobs/{job_id}", f"/jobs/{job_id}/artifacts/warped"):
         response = client.get(url)
-        assert response.status_code == 404
+        assert response.status_code == status
         assert response.headers["content-type"] == "application/problem+json"
-        assert response.json()["status"] == 404
-    assert client.delete(f"/jobs/{job_id}").status_code == 404
+        assert response.json()["status"] == status
+    assert client.delete(f"/jobs/{job_id}").status_code == status
 
 
 def test_unknown_artifact_name_is_refused(client: httpx.Client) -> None:

@@ -95,6 +95,11 @@ def test_serve_runs_a_job_and_stops_cleanly(
         time.sleep(0.2)
         alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
         assert not alive, [p.cmdline() for p in alive]
+        # A healthy start looks healthy: no Redis or Celery warnings on the console (Redis
+        # writes its notes to its own log file).
+        printed = (tmp_path / "serve.log").read_text()
+        assert "WARNING" not in printed and "SecurityWarning" not in printed, printed
+        assert (tmp_path / "storage" / "redis" / "redis.log").is_file()
     finally:
         _stop(serve)
 

@@ -23,10 +23,11 @@ from torch import nn
 
 from conventions import catalog
 from conventions.errors import InputError
-from conventions.grid import Grid, center_offset, model_grid, translation
+from conventions.grid import Grid, model_grid
 from conventions.intensity import normalize
 from conventions.options import RegistrationOptions
 from model.networks.checkpoint import load_checkpoint
+from worker.inference.prealign import initial_transform
 
 Progress = Callable[[int, int], None]
 
@@ -114,6 +115,19 @@ def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].to(device)
 
 
+def _composed(grid: Grid, phi: np.ndarray, init: sitk.Transform | None) -> sitk.Image:
+    """The displacement x -> T(x + u(x)) - x on ``grid``: the network's voxel field u after
+    the initial alignment T (fixed point -> moving point)."""
+    if init is None or isinstance(init, sitk.TranslationTransform):  # exact, and cheap
+        offset = np.asarray(init.GetOffset()) if init is not None else None
+        return grid.voxel_to_field(phi, offset_mm=offset)
+    field = sitk.DisplacementFieldTransform(grid.voxel_to_field(phi))
+    both = sitk.CompositeTransform([init, field])  # applies field first, then init
+    return sitk.TransformToDisplacementField(
+        both, sitk.sitkVectorFloat64, grid.size, grid.origin, grid.spacing, grid.direction
+    )
+
+
 def register_images(
     engine: Engine,
     fixed: sitk.Image,
@@ -132,8 +146,7 @@ def register_images(
     grid = model_grid(
         fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1), pre.get("max_voxels")
     )
-    offset = center_offset(fixed, moving) if init == "center" else np.zeros(fixed.GetDimension())
-    init_transform = translation(offset) if init == "center" else None
+    init_transform = initial_transform(fixed, moving, init)
     fixed_t = _model_input(grid.resample(fixed), engine.device)
     moving_t = _model_input(grid.resample(moving, init_transform), engine.device)
     timings["preprocess"] = time.perf_counter() - start
@@ -149,7 +162,7 @@ def register_images(
     timings["model"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    field_model = grid.voxel_to_field(phi[0].float().cpu().numpy(), offset_mm=offset)
+    field_model = _composed(grid, phi[0].float().cpu().numpy(), init_transform)
     fixed_grid = Grid.of(fixed)
     # float32 precision (the model's): the stored file compresses twice as well, and the
     # warped image is computed from exactly the values the file holds.

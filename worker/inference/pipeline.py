@@ -34,6 +34,7 @@ from worker.inference.engine import (
     register_images,
     resample_through,
 )
+from worker.inference.inverse import invert
 from worker.inference.preview import write_preview
 
 Progress = Callable[[int, int], None]
@@ -65,7 +66,8 @@ def _jacobian_image(det: np.ndarray, field: sitk.Image) -> sitk.Image:
 class _Inputs:
     fixed: sitk.Image  # as read: the layout artifacts are written in
     fixed_2d: sitk.Image  # in the model's dimension
-    moving: sitk.Image
+    moving: sitk.Image  # in the model's dimension
+    moving_as_read: sitk.Image  # the layout of the inverse field
     labels: tuple[sitk.Image, sitk.Image] | None
 
 
@@ -94,7 +96,7 @@ def _read_inputs(
                 imageio.read_labels(moving_labels, "moving labels", moving, limits)
             ),
         )
-    return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), labels)
+    return _Inputs(fixed, imageio.slice_as_2d(fixed), imageio.slice_as_2d(moving), moving, labels)
 
 
 def _engine(
@@ -155,10 +157,17 @@ def register_files(
             imageio.restore_layout(image, inputs.fixed), out_dir / artifacts.filename(name)
         )
 
+    field = imageio.restore_layout(reg.field, inputs.fixed)  # the dimension ITK reads it in
+    imageio.write_displacement(field, out_dir / artifacts.filename("displacement"))
+    imageio.write_transform(field, out_dir / artifacts.filename("transform"))
+    started = time.perf_counter()
+    inverse = invert(reg.field, inputs.moving)
+    reg.seconds["inverse"] = time.perf_counter() - started
     imageio.write_displacement(
-        imageio.restore_layout(reg.field, inputs.fixed),
-        out_dir / artifacts.filename("displacement"),
+        imageio.restore_layout(inverse.field, inputs.moving_as_read),
+        out_dir / artifacts.filename("inverse_displacement"),
     )
+    report["inverse_consistency"] = inverse.consistency
     write(reg.warped, "warped")
     write(_jacobian_image(det, reg.field), "jacobian")
     if inputs.labels is not None:
