@@ -104,11 +104,14 @@ def _equipment(ds: Dataset) -> None:
 
 
 def grid_vectors(field: sitk.Image) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A displacement field's vectors as DICOM stores them: (N, 3) float32, x fastest; a
-    2-D field (a single slice) gets a zero third component."""
+    """A displacement field's vectors as DICOM stores them: (N, 3) float32, x fastest. A
+    single slice's field may read as a 2-D image (SimpleITK drops the singleton axis) with 3
+    components (LPS vectors of an oblique slice) or 2 (in-plane only: a zero third one)."""
     array = sitk.GetArrayFromImage(field).astype(np.float32)  # (z, y, x, D) or (y, x, D)
     if field.GetDimension() == 2:
-        array = np.concatenate([array, np.zeros_like(array[..., :1])], axis=-1)[None]
+        array = array[None]
+    if array.shape[-1] == 2:
+        array = np.concatenate([array, np.zeros_like(array[..., :1])], axis=-1)
     z, y, x = array.shape[:3]
     return array.reshape(-1, 3), (x, y, z)
 
