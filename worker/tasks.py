@@ -65,7 +65,8 @@ class JobTask(Task):  # type: ignore[misc]
 
 def _options(job: Job, kind: type[Options]) -> Options:
     """The request's options as the gateway validated them (``check`` refuses a record that
-    was altered since, as bad input)."""
+    was altered since, as bad input). A pair's params also hold the DICOM request, which
+    ``DicomRequest.of`` reads."""
     options = check(kind, {k: v for k, v in job.params.items() if k in kind.model_fields})
     # Only shipped names reach here (the gateway checks); a path in a record is refused anyway.
     if options.model is not None and options.model not in catalog.names():
@@ -74,7 +75,7 @@ def _options(job: Job, kind: type[Options]) -> Options:
 
 
 def _retrieve(
-    job: Job, request: DicomRequest, inputs: Path, pacs: Pacs, settings: Settings
+    request: DicomRequest, inputs: Path, pacs: Pacs, settings: Settings
 ) -> dict[str, str]:
     """Fetch the series the request names by UID (WADO-RS) and prepare them as uploads are
     prepared; a rerun after a crash fetches again into a clean folder."""
@@ -120,7 +121,7 @@ def register_pair(
     pacs = None
     if request.reference("fixed") or request.reference("moving"):
         pacs = Pacs.from_settings(settings)
-        names.update(_retrieve(job, request, inputs, pacs, settings))
+        names.update(_retrieve(request, inputs, pacs, settings))
     labels = {
         role: inputs / names[role] for role in ("fixed_labels", "moving_labels") if role in names
     }
@@ -139,6 +140,8 @@ def register_pair(
         **labels,
     )
     if request.store and pacs is not None:
+        # Before publishing: a job that says "succeeded" has its results in the PACS. (A rerun
+        # after a crash past this point stores a second set, under new UIDs.)
         _store_results(out, pacs)
     return report
 
