@@ -55,10 +55,10 @@ class RegistrationOptions(BaseModel):
     # A shipped name, or (command line and Python only) a checkpoint path; None: by input.
     model: str | None = Field(default=None, max_length=1024, description=HELP["model"])
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS, description=HELP["steps"])
-    init: Init = Field(default="physical", description=HELP["init"])
+    init: Init | None = Field(default=None, description=HELP["init"])  # None: the model's
     similarity: Similarity | None = Field(default=None, description=HELP["similarity"])
 
-    @field_validator("model", "steps", "similarity", mode="before")
+    @field_validator("model", "steps", "init", "similarity", mode="before")
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         """An empty form field (an HTML form's untouched input) means "the default"."""

@@ -128,7 +128,7 @@ def register(
     spacing: Sequence[float] | None = None,
     model: str | None = None,
     steps: int | None = None,
-    init: Init = "physical",
+    init: Init | None = None,
     similarity: Similarity | None = None,
     device: str = "auto",
     out: str | Path | None = None,

@@ -47,7 +47,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="where the model runs; auto uses CUDA when present (default: auto)",
     )
     p.add_argument("--steps", type=_positive, metavar="T", help=HELP["steps"])
-    p.add_argument("--init", choices=INITS, default="physical", help=HELP["init"])
+    p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

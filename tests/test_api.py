@@ -134,3 +134,17 @@ def test_affine_initial_alignment_recovers_a_scaling_and_composes_with_the_netwo
     np.testing.assert_allclose(
         sitk.GetArrayFromImage(result.displacement), sitk.GetArrayFromImage(expected), atol=1e-3
     )
+
+
+def test_the_initial_alignment_defaults_to_the_models_own(tmp_path, descent):
+    """A model card may name the alignment it was measured best with (brain-3d: affine); a
+    request that names one wins."""
+    chosen = tmp_path / "affine-first.pt"
+    model = Descent(DescentConfig(spatial_dims=2, iterations=10, step=1.0, sigma=3.0))
+    meta = {"name": "affine-first", "version": "test", "preprocessing": {"init": "affine"}}
+    save_checkpoint(chosen, model, "descent", meta)
+    fixed, moving = _pair()
+    assert riir.register(fixed, moving, model=str(chosen)).metrics["init"] == "affine"
+    asked = riir.register(fixed, moving, model=str(chosen), init="center")
+    assert asked.metrics["init"] == "center"
+    assert riir.register(fixed, moving, model=descent).metrics["init"] == "physical"

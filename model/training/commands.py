@@ -93,7 +93,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", action="store_true", help="add the no-registration row")
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
-    p.add_argument("--init", choices=INITS, default="physical", help=HELP["init"])
+    p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--title", default="", help="title of the table and plot")

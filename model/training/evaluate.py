@@ -55,7 +55,7 @@ def model_method(
     label: str | None = None,
     device: str = "auto",
     steps: int | None = None,
-    init: str = "physical",
+    init: str | None = None,
 ) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine, after
     the initial alignment ``init`` (its time counted in the model's)."""

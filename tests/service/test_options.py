@@ -19,7 +19,8 @@ def test_every_entry_point_reads_the_same_options() -> None:
     assert PairParams is options.PairRequest and SeriesParams is options.SeriesOptions
     assert issubclass(PairParams, options.RegistrationOptions)  # + the DICOM request
     fields = PairParams.model_fields
-    assert typing.get_args(fields["init"].annotation) == options.INITS
+    init = typing.get_args(fields["init"].annotation)  # Init | None
+    assert typing.get_args(init[0]) == options.INITS and init[1] is type(None)
     steps = {type(m).__name__: m for m in fields["steps"].metadata}
     assert steps["Le"].le == options.MAX_STEPS
     # The CLI offers the same choices and every option by its own name.

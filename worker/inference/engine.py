@@ -54,6 +54,11 @@ class Engine:
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.meta.get("preprocessing", {}))
 
+    def init(self, options: RegistrationOptions) -> str:
+        """The initial alignment: the request's, else the one the model's card measured best
+        (``meta.preprocessing.init``), else the headers' (physical)."""
+        return options.init or str(self.preprocessing.get("init") or "physical")
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.meta.get("name", self.path.stem),
@@ -139,7 +144,7 @@ def register_images(
     """Register ``moving`` to ``fixed``: images of the model's dimension (2-D slices as 2-D
     images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
     ``options.model`` is the caller's to load (``engine``); the rest apply here."""
-    steps, init, similarity = options.steps, options.init, options.similarity
+    steps, init, similarity = options.steps, engine.init(options), options.similarity
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pre = engine.preprocessing

@@ -111,7 +111,7 @@ def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> 
         "model": engine.describe(),
         "device": str(engine.device),
         "steps": options.steps or engine.steps,
-        "init": options.init,
+        "init": engine.init(options),
         "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
         "fixed_shape": list(fixed.GetSize()),
     }
