@@ -26,6 +26,10 @@ ARTIFACTS: dict[str, tuple[str, str]] = {
     "labels": ("warped_labels.nii.gz", "application/gzip"),
     "metrics": ("metrics.json", "application/json"),
     "preview": ("preview.png", "image/png"),
+    # When the inputs were DICOM series (conventions.dicom_export):
+    "dicom_registration": ("registration.dcm", "application/dicom"),  # Deformable Spatial Reg.
+    "dicom_warped": ("warped_dicom.zip", "application/zip"),  # the derived series
+    "dicom_seg": ("warped_labels_seg.dcm", "application/dicom"),  # the warped labels as SEG
 }
 SERIES_DISPLACEMENTS = "displacements"  # folder of per-frame fields in a series job
 

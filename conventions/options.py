@@ -8,9 +8,16 @@ option enters (the form, the command line, the Python call). Torch-free.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from conventions.errors import InputError
 
@@ -62,6 +69,69 @@ class SeriesOptions(RegistrationOptions):
     """What a user may choose for a series registration."""
 
     template: int = Field(default=-1, description=HELP["template"])
+
+
+# A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.
+UID = Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)]
+DICOM_HELP = {
+    "series_uid": "Series Instance UID of the {role} series: chooses it in a zip that holds "
+    "several, or (with {role}_study_uid and no upload) names it in the configured PACS",
+    "study_uid": "Study Instance UID of the {role} series in the configured PACS (send it "
+    "with {role}_series_uid instead of uploading the {role} image)",
+    "store": "store the DICOM results (registration, warped series, SEG) back in the "
+    "configured PACS (STOW-RS); only for series named by UID",
+}
+
+
+class DicomRequest(BaseModel):
+    """Which DICOM series a pairwise request means, and whether the results go to the PACS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fixed_series_uid: UID | None = Field(
+        default=None, description=DICOM_HELP["series_uid"].format(role="fixed")
+    )
+    moving_series_uid: UID | None = Field(
+        default=None, description=DICOM_HELP["series_uid"].format(role="moving")
+    )
+    fixed_study_uid: UID | None = Field(
+        default=None, description=DICOM_HELP["study_uid"].format(role="fixed")
+    )
+    moving_study_uid: UID | None = Field(
+        default=None, description=DICOM_HELP["study_uid"].format(role="moving")
+    )
+    store: bool = Field(default=False, description=DICOM_HELP["store"])
+
+    @field_validator(
+        "fixed_series_uid",
+        "moving_series_uid",
+        "fixed_study_uid",
+        "moving_study_uid",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def series_uid(self, role: str) -> str | None:
+        return getattr(self, f"{role}_series_uid")  # type: ignore[no-any-return]
+
+    def reference(self, role: str) -> tuple[str, str] | None:
+        """(study, series) of a series named in the PACS, or None."""
+        study, series = getattr(self, f"{role}_study_uid"), self.series_uid(role)
+        return (study, series) if study is not None and series is not None else None
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> DicomRequest:
+        """The DICOM part of a job record's params (which hold the registration options too)."""
+        try:
+            return cls.model_validate({k: v for k, v in params.items() if k in cls.model_fields})
+        except ValidationError as exc:
+            raise InputError(describe_errors(exc)) from None
+
+
+class PairRequest(RegistrationOptions, DicomRequest):
+    """The form of ``POST /register``: the registration options and the DICOM request."""
 
 
 def describe_errors(exc: ValidationError) -> str:

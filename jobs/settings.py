@@ -61,6 +61,13 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(default=1.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # The PACS (DICOMweb: QIDO-RS, WADO-RS, STOW-RS) that series named by UID come from and
+    # results go to; unset: DICOM only by upload. The password is never logged.
+    pacs_url: str | None = None  # e.g. http://orthanc:8042/dicom-web
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_timeout_s: float = Field(default=30, gt=0)
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -69,7 +76,9 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", "redis_url", mode="before")
+    @field_validator(
+        "api_key", "redis_url", "pacs_url", "pacs_username", "pacs_password", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +60,26 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "(H,W,1)) and write into DIR: displacement.nii.gz (ITK/ANTs displacement "
         "field on the fixed grid, LPS mm, fixed point -> moving point), "
         "warped.nii.gz, jacobian.nii.gz, metrics.json, preview.png, and with "
-        "labels warped_labels.nii.gz plus Dice/HD95 in metrics.json.",
+        "labels warped_labels.nii.gz plus Dice/HD95 in metrics.json. DICOM inputs also "
+        "give registration.dcm (Deformable Spatial Registration), warped_dicom.zip (the "
+        "warped series) and with labels warped_labels_seg.dcm (DICOM SEG).",
     )
-    p.add_argument("fixed", type=Path, help="fixed (reference) image")
-    p.add_argument("moving", type=Path, help="moving image, resampled onto the fixed grid")
+    p.add_argument(
+        "fixed",
+        type=Path,
+        help="fixed (reference) image: NIfTI, or a DICOM series (folder or .zip)",
+    )
+    p.add_argument(
+        "moving",
+        type=Path,
+        help="moving image (NIfTI or DICOM folder/.zip), resampled onto the fixed grid",
+    )
+    for role in ("fixed", "moving"):
+        p.add_argument(
+            f"--{role}-series-uid",
+            metavar="UID",
+            help=f"the Series Instance UID to take when the {role} DICOM holds several series",
+        )
     p.add_argument(
         "--fixed-labels",
         type=Path,
@@ -86,7 +103,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "shape), displacements/frame_NNN.nii.gz (one ITK field per frame), "
         "metrics.json with the groupwise D_PCA1/D_PCA2 before and after, preview.png.",
     )
-    p.add_argument("series", type=Path, help="4-D series (X, Y, Z, frames)")
+    p.add_argument(
+        "series",
+        type=Path,
+        help="4-D series (X, Y, Z, frames), or a DICOM series of 2-D frames (folder or .zip)",
+    )
     p.add_argument("--template", type=int, default=-1, metavar="N", help=HELP["template"])
     _add_model_options(p)
     p.set_defaults(run=run_register_series)
@@ -148,37 +169,71 @@ def _summary(report: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
+def _is_dicom(path: Path) -> bool:
+    from conventions import dicom
+
+    return path.is_dir() or (path.is_file() and dicom.is_zip(path))
+
+
 def run_register(args: argparse.Namespace) -> int:
+    from conventions import dicom
     from worker.inference.pipeline import register_files
 
     bar = _Bar("registering", args.quiet)
-    try:
-        report = register_files(
-            args.fixed,
-            args.moving,
-            args.out,
-            _options(args, RegistrationOptions),
-            device=args.device,
-            fixed_labels=args.fixed_labels,
-            moving_labels=args.moving_labels,
-            progress=bar,
-        )
-    finally:
-        bar.close()
+    with tempfile.TemporaryDirectory(prefix="riir-dicom-") as scratch:
+        images, kept = {}, {}
+        for role in ("fixed", "moving"):
+            source: Path = getattr(args, role)
+            if _is_dicom(source):
+                names = dicom.prepare_source(
+                    source,
+                    Path(scratch),
+                    role,
+                    series_uid=getattr(args, f"{role}_series_uid"),
+                    choose_with=f"--{role}-series-uid",
+                )
+                images[role], kept[role] = (
+                    Path(scratch) / names[role],
+                    Path(scratch) / names[f"{role}_dicom"],
+                )
+            else:
+                images[role] = source
+        try:
+            report = register_files(
+                images["fixed"],
+                images["moving"],
+                args.out,
+                _options(args, RegistrationOptions),
+                device=args.device,
+                fixed_labels=args.fixed_labels,
+                moving_labels=args.moving_labels,
+                progress=bar,
+                dicom_series=(kept["fixed"], kept["moving"]) if len(kept) == 2 else None,
+            )
+        finally:
+            bar.close()
     print(_summary(report, args.out))
     return 0
 
 
 def run_register_series(args: argparse.Namespace) -> int:
+    from conventions import dicom
     from worker.inference.pipeline import register_series_file
 
     bar = _Bar("registering series", args.quiet)
-    try:
-        report = register_series_file(
-            args.series, args.out, _options(args, SeriesOptions), device=args.device, progress=bar
-        )
-    finally:
-        bar.close()
+    with tempfile.TemporaryDirectory(prefix="riir-dicom-") as scratch:
+        series = args.series
+        if _is_dicom(series):  # a DICOM series of 2-D frames, as a folder or a zip
+            series = (
+                Path(scratch)
+                / dicom.prepare_frames(series, Path(scratch), f"series '{series.name}'")["series"]
+            )
+        try:
+            report = register_series_file(
+                series, args.out, _options(args, SeriesOptions), device=args.device, progress=bar
+            )
+        finally:
+            bar.close()
     print(_summary(report, args.out))
     return 0
 

@@ -4,6 +4,7 @@ The one place that maps domain errors to HTTP status codes:
 
 - ``conventions.errors.InputError`` (a bad image, label map or parameter) -> 422
 - ``conventions.errors.ModelNotFoundError`` (a model name that is not shipped) -> 422
+- ``jobs.pacs.PacsError`` (the configured PACS failed a request) -> 502
 - ``ServiceError`` subclasses below -> their own status (400, 401, 403, 404, 409, 413, 415, 503;
   a 503 always carries Retry-After, the full queue's included)
 - request validation (FastAPI) -> 422 with the list of offending fields
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conventions.errors import InputError, ModelNotFoundError
+from jobs.pacs import PacsError
 
 log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
@@ -147,6 +149,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ModelNotFoundError)
     async def model_error(request: Request, exc: ModelNotFoundError) -> JSONResponse:
         return problem(422, "Unknown model", str(exc), request, "urn:riir:problem:unknown-model")
+
+    @app.exception_handler(PacsError)
+    async def pacs_error(request: Request, exc: PacsError) -> JSONResponse:
+        return problem(502, "PACS error", str(exc), request, "urn:riir:problem:pacs")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

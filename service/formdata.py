@@ -13,6 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import parse_qsl
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -137,6 +138,29 @@ class _Receiver:
         }
 
 
+async def _receive_fields(request: Request, text_fields: Collection[str]) -> Form:
+    limit = MAX_TEXT_BYTES * max(len(text_fields), 1)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"a form without files is at most {limit} bytes")
+    form = Form()
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise InvalidParameters("the form is not UTF-8 text") from None
+    for name, value in pairs:
+        if name not in text_fields:
+            raise InvalidParameters(
+                f"unexpected form field '{name[:40]}' (files need multipart/form-data)"
+            )
+        if name in form.fields:
+            raise InvalidParameters(f"form field '{name[:40]}' was sent twice")
+        form.fields[name] = value
+    return form
+
+
 async def receive(
     request: Request,
     folder: Path,
@@ -145,8 +169,11 @@ async def receive(
     text_fields: Collection[str],
     max_bytes: int,
 ) -> Form:
-    """Stream a ``multipart/form-data`` body into ``folder``; files keep our names."""
+    """Stream a ``multipart/form-data`` body into ``folder``; files keep our names. A form
+    without files (series named by UID in the PACS) may also come URL-encoded."""
     media_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if media_type == b"application/x-www-form-urlencoded":
+        return await _receive_fields(request, text_fields)
     if media_type != b"multipart/form-data":
         raise UnsupportedMediaType(
             "send the images as multipart/form-data (e.g. curl -F "

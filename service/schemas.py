@@ -7,12 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from conventions.options import RegistrationOptions, SeriesOptions
+from conventions.options import PairRequest, SeriesOptions
 from jobs.store import Job, Kind, Status
 
 # The form fields of POST /register and /register-series (besides the files) are the
 # request options themselves: the gateway refuses exactly what the worker would.
-PairParams = RegistrationOptions
+PairParams = PairRequest  # RegistrationOptions and the DICOM request (conventions.options)
 SeriesParams = SeriesOptions
 
 

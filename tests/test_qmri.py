@@ -179,11 +179,12 @@ def test_register_series_output_is_comparable_with_the_truth(tmp_path):
     truth = series.displacement_mm()
     body = series.tissue_map > 0
     moved = int(np.argmax(np.abs(truth).max(axis=(1, 2, 3))))
-    field = sitk.GetArrayFromImage(
+    # A (H, W, 1) frame's field has the slice normal's (zero) component too.
+    stored = sitk.GetArrayFromImage(
         sitk.ReadImage(str(out / "displacements" / f"frame_{moved:03d}.nii.gz"))
     )
-    # A (H, W, 1) frame's field has 3 components (x, y, and z = 0): the truth is in-plane.
-    found = field[..., :2].reshape(truth[moved].shape)
+    assert stored.shape[-1] == 3 and np.all(stored[..., 2] == 0)
+    found = stored[..., :2].reshape(truth[moved].shape)
     before = np.linalg.norm(truth[moved], axis=-1)[body].mean()
     after = np.linalg.norm(found - truth[moved], axis=-1)[body].mean()
     assert before > 2.0

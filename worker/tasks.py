@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -21,10 +22,11 @@ import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from conventions import artifacts, catalog
+from conventions import artifacts, catalog, dicom
 from conventions.errors import ModelNotFoundError, RiirError
-from conventions.options import Options, RegistrationOptions, SeriesOptions, check
+from conventions.options import DicomRequest, Options, RegistrationOptions, SeriesOptions, check
 from jobs.lease import Lease
+from jobs.pacs import Pacs
 from jobs.settings import Settings, get_settings
 from jobs.storage import Storage
 from jobs.store import ACTIVE, Job, JobStore
@@ -63,12 +65,50 @@ class JobTask(Task):  # type: ignore[misc]
 
 def _options(job: Job, kind: type[Options]) -> Options:
     """The request's options as the gateway validated them (``check`` refuses a record that
-    was altered since, as bad input)."""
-    options = check(kind, job.params)
+    was altered since, as bad input). A pair's params also hold the DICOM request, which
+    ``DicomRequest.of`` reads."""
+    options = check(kind, {k: v for k, v in job.params.items() if k in kind.model_fields})
     # Only shipped names reach here (the gateway checks); a path in a record is refused anyway.
     if options.model is not None and options.model not in catalog.names():
         raise ModelNotFoundError(f"unknown model '{options.model}'")
     return options
+
+
+def _retrieve(
+    request: DicomRequest, inputs: Path, pacs: Pacs, settings: Settings
+) -> dict[str, str]:
+    """Fetch the series the request names by UID (WADO-RS) and prepare them as uploads are
+    prepared; a rerun after a crash fetches again into a clean folder."""
+    names: dict[str, str] = {}
+    for role in ("fixed", "moving"):
+        reference = request.reference(role)
+        if reference is None:
+            continue
+        study_uid, series_uid = reference
+        fetched = inputs / f".{role}_retrieved"
+        shutil.rmtree(fetched, ignore_errors=True)
+        shutil.rmtree(inputs / f"{role}_dicom", ignore_errors=True)
+        try:
+            files = pacs.retrieve(study_uid, series_uid, fetched)
+            names.update(
+                dicom.prepare(
+                    files,
+                    inputs,
+                    role,
+                    f"the {role} series {series_uid}",
+                    series_uid=series_uid,
+                    limits=settings.limits,
+                )
+            )
+        finally:
+            shutil.rmtree(fetched, ignore_errors=True)
+    return names
+
+
+def _store_results(out: Path, pacs: Pacs) -> None:
+    from conventions.dicom_export import read_results
+
+    pacs.store(read_results(out))
 
 
 def register_pair(
@@ -76,21 +116,34 @@ def register_pair(
 ) -> dict[str, Any]:
     from worker.inference.pipeline import register_files
 
+    request = DicomRequest.of(job.params)
+    names = dict(job.inputs)
+    pacs = None
+    if request.reference("fixed") or request.reference("moving"):
+        pacs = Pacs.from_settings(settings)
+        names.update(_retrieve(request, inputs, pacs, settings))
     labels = {
-        role: inputs / job.inputs[role]
-        for role in ("fixed_labels", "moving_labels")
-        if role in job.inputs
+        role: inputs / names[role] for role in ("fixed_labels", "moving_labels") if role in names
     }
-    return register_files(
-        inputs / job.inputs["fixed"],
-        inputs / job.inputs["moving"],
+    dicom_series = None
+    if "fixed_dicom" in names and "moving_dicom" in names:
+        dicom_series = (inputs / names["fixed_dicom"], inputs / names["moving_dicom"])
+    report = register_files(
+        inputs / names["fixed"],
+        inputs / names["moving"],
         out,
         _options(job, RegistrationOptions),
         device=settings.device,
         progress=progress,
         limits=settings.limits,
+        dicom_series=dicom_series,
         **labels,
     )
+    if request.store and pacs is not None:
+        # Before publishing: a job that says "succeeded" has its results in the PACS. (A rerun
+        # after a crash past this point stores a second set, under new UIDs.)
+        _store_results(out, pacs)
+    return report
 
 
 def register_series(

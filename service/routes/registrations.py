@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from conventions.options import describe_errors
 from jobs import broker
+from jobs.pacs import Pacs
 from jobs.store import Job, Kind, new_job_id
 from service import formdata, uploads
 from service.deps import CeleryDep, RootDep, SettingsDep, StorageDep, StoreDep
@@ -22,11 +23,15 @@ router = APIRouter(tags=["registration"])
 QUEUE_FULL_RETRY_S = 30
 
 FILE_DOCS = {
-    "fixed": "fixed (reference) image, NIfTI .nii or .nii.gz; 2-D as (H, W) or (H, W, 1)",
-    "moving": "moving image, resampled onto the fixed grid",
+    "fixed": "fixed (reference) image, NIfTI .nii or .nii.gz (2-D as (H, W) or (H, W, 1)), "
+    "or a .zip of one DICOM series; optional when fixed_study_uid and fixed_series_uid "
+    "name it in the configured PACS",
+    "moving": "moving image (NIfTI or a DICOM series .zip), resampled onto the fixed grid; "
+    "optional when named by moving_study_uid and moving_series_uid",
     "fixed_labels": "optional label map on the fixed grid (integers, 0 = background)",
     "moving_labels": "optional label map on the moving grid; warped by nearest neighbour",
-    "series": "4-D NIfTI series (X, Y, Z, frames), Z = 1 for 2-D frames",
+    "series": "4-D NIfTI series (X, Y, Z, frames), Z = 1 for 2-D frames; or a .zip of one "
+    "DICOM series of 2-D frames of one plane (ordered by Instance Number)",
 }
 
 
@@ -58,7 +63,7 @@ async def _submit(
     request: Request,
     response: Response,
     kind: Kind,
-    params_model: type[PairParams],
+    params_model: type[BaseModel],
     file_fields: tuple[str, ...],
     validate: Callable[[dict[str, Path], Any], dict[str, str]],
     settings: SettingsDep,
@@ -105,15 +110,16 @@ async def _submit(
 
 
 SUBMIT_ERRORS = problem_responses(400, 401, 413, 415, 422, 503)
+PAIR_ERRORS = problem_responses(400, 401, 413, 415, 422, 502, 503)  # 502: the PACS failed
 
 
 @router.post(
     "/register",
     status_code=202,
     response_model=JobOut,
-    responses=SUBMIT_ERRORS,
+    responses=PAIR_ERRORS,
     openapi_extra=multipart_body(
-        {"fixed": True, "moving": True, "fixed_labels": False, "moving_labels": False}, PairParams
+        {"fixed": False, "moving": False, "fixed_labels": False, "moving_labels": False}, PairParams
     ),
     summary="Register a moving image to a fixed image",
 )
@@ -130,7 +136,13 @@ async def register(
     has succeeded, download displacement, warped, jacobian, metrics, preview (and labels)."""
 
     def validate(files: dict[str, Path], params: PairParams) -> dict[str, str]:
-        return uploads.validate_pair(files, settings.limits, params.model)
+        return uploads.validate_pair(
+            files,
+            settings.limits,
+            params.model,
+            params,
+            lambda: Pacs.from_settings(settings, attempts=1),
+        )
 
     return await _submit(
         request,

@@ -20,6 +20,7 @@ from riir.serve import Child, EmbeddedRedis, gateway_argv, spawn, spawn_worker
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import blobs  # noqa: E402  (tests/ is on the path: tests/conftest.py)
+from orthanc import PASSWORD, USER, Orthanc  # noqa: E402
 from support import free_port, gateway_healthy, make_models, write_nifti  # noqa: E402
 
 MAX_UPLOAD_BYTES = 4 << 20  # small, so the 413 test sends only a few MiB
@@ -53,12 +54,32 @@ def redis_server(service_dir: Path) -> Iterator[EmbeddedRedis]:
 
 
 @pytest.fixture(scope="session")
-def settings(redis_server: EmbeddedRedis, service_dir: Path, models_dir: Path) -> Settings:
+def orthanc_port() -> int:
+    """Chosen before the stack starts, so gateway and worker know the PACS's URL; Orthanc
+    itself starts only when a test asks for it (``orthanc``)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def orthanc(service_dir: Path, orthanc_port: int) -> Iterator[Orthanc]:
+    """A real PACS (Orthanc with DICOMweb) on loopback, temporary storage, a test user."""
+    server = Orthanc(service_dir / "orthanc", orthanc_port).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(
+    redis_server: EmbeddedRedis, service_dir: Path, models_dir: Path, orthanc_port: int
+) -> Settings:
     return Settings(
         redis_url=redis_server.url,
         storage_dir=service_dir / "storage",
         max_upload_bytes=MAX_UPLOAD_BYTES,
         device="cpu",
+        pacs_url=f"http://127.0.0.1:{orthanc_port}/dicom-web",
+        pacs_username=USER,
+        pacs_password=PASSWORD,
     )
 
 
@@ -72,6 +93,9 @@ def stack_env(settings: Settings, models_dir: Path) -> dict[str, str]:
         RIIR_DEVICE="cpu",
         RIIR_MAX_UPLOAD_BYTES=str(MAX_UPLOAD_BYTES),
         RIIR_LOG_LEVEL="warning",
+        RIIR_PACS_URL=str(settings.pacs_url),
+        RIIR_PACS_USERNAME=USER,
+        RIIR_PACS_PASSWORD=PASSWORD,
         OMP_NUM_THREADS="1",
     )  # spinning OpenMP threads crawl on a busy 2-core CI box
 

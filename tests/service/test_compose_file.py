@@ -55,6 +55,17 @@ def test_compose_file_has_what_the_deployment_needs() -> None:
         assert (ROOT / dockerfile).is_file()
 
 
+def test_pacs_profile_adds_orthanc_on_loopback() -> None:
+    """``--profile pacs`` adds an Orthanc with DICOMweb and authentication, on loopback."""
+    result = _compose("--profile", "pacs", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    orthanc = json.loads(result.stdout)["services"]["orthanc"]
+    assert orthanc["environment"]["ORTHANC__DICOM_WEB__ENABLE"] == "true"
+    assert orthanc["environment"]["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    assert [p["host_ip"] for p in orthanc["ports"]] == ["127.0.0.1"]
+    assert {v["source"] for v in orthanc["volumes"]} == {"orthanc-storage"}
+
+
 def test_invalid_compose_file_is_caught(tmp_path: Path) -> None:
     """The check above can fail: the binary rejects a broken file with a non-zero status."""
     broken = tmp_path / "compose.yml"

@@ -159,10 +159,11 @@ END = f"--{BOUNDARY}--\r\n".encode()
 # Whole requests that are malformed -> (status, words).
 BAD_REQUESTS: dict[str, tuple[bytes, str | None, int, str]] = {
     "JSON body": (b'{"fixed": "x"}', "application/json", 415, "multipart"),
+    # URL-encoded forms are for series named by UID (no files): files in one are refused.
     "url-encoded form": (
         b"fixed=x&moving=y",
         "application/x-www-form-urlencoded",
-        415,
+        422,
         "multipart",
     ),
     "text body": (b"hello", "text/plain", 415, "multipart"),

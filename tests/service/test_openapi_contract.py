@@ -13,7 +13,7 @@ from jobs.settings import Settings
 from service.main import create_app
 
 EXPECTED = {
-    ("post", "/register"): {"202", "400", "401", "413", "415", "422", "503"},
+    ("post", "/register"): {"202", "400", "401", "413", "415", "422", "502", "503"},
     ("post", "/register-series"): {"202", "400", "401", "413", "415", "422", "503"},
     ("get", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
     ("delete", "/jobs/{job_id}"): {"200", "401", "404", "422", "503"},
@@ -56,9 +56,10 @@ def test_every_route_documents_its_status_codes(spec: dict[str, Any]) -> None:
 def test_upload_bodies_are_documented_as_multipart(spec: dict[str, Any]) -> None:
     body = spec["paths"]["/register"]["post"]["requestBody"]["content"]["multipart/form-data"]
     schema = body["schema"]
-    assert schema["required"] == ["fixed", "moving"]
+    assert schema["required"] == []  # an image may be named by UID in the PACS instead
     assert schema["properties"]["fixed"]["format"] == "binary"
     assert {"model", "steps", "init", "similarity", "fixed_labels"} <= set(schema["properties"])
+    assert {"fixed_series_uid", "moving_study_uid", "store"} <= set(schema["properties"])
     series = spec["paths"]["/register-series"]["post"]["requestBody"]["content"]
     assert series["multipart/form-data"]["schema"]["required"] == ["series"]
 

@@ -16,7 +16,8 @@ from service.schemas import PairParams, SeriesParams
 def test_every_entry_point_reads_the_same_options() -> None:
     for name in options.SIMILARITIES:  # each named similarity exists
         assert callable(losses.similarity_loss(name))
-    assert PairParams is options.RegistrationOptions and SeriesParams is options.SeriesOptions
+    assert PairParams is options.PairRequest and SeriesParams is options.SeriesOptions
+    assert issubclass(PairParams, options.RegistrationOptions)  # + the DICOM request
     fields = PairParams.model_fields
     init = typing.get_args(fields["init"].annotation)  # Init | None
     assert typing.get_args(init[0]) == options.INITS and init[1] is type(None)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from conventions import artifacts, imageio
+from conventions import artifacts, dicom, dicom_export, imageio
 from conventions.errors import InputError
 from conventions.grid import Grid
 from conventions.header import DEFAULT_LIMITS, Limits
@@ -128,9 +128,13 @@ def register_files(
     moving_labels: Path | None = None,
     progress: Progress | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    dicom_series: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
     """Register two NIfTI files and write every artifact into ``out_dir``; return the metrics.
-    ``device``: auto | cpu | cuda (where the model runs, not the request's to choose)."""
+    ``device``: auto | cpu | cuda (where the model runs, not the request's to choose).
+    ``dicom_series``: the folders ``conventions.dicom.prepare`` kept the fixed and moving
+    instances in, when the NIfTI files were made from DICOM: the DICOM artifacts are written
+    too."""
     start = time.perf_counter()
     inputs = _read_inputs(Path(fixed_path), Path(moving_path), fixed_labels, moving_labels, limits)
     fixed = inputs.fixed_2d
@@ -186,6 +190,10 @@ def register_files(
         **{k: round(v, 4) for k, v in reg.seconds.items()},
         "total": round(time.perf_counter() - start, 4),
     }
+    if dicom_series is not None:
+        fixed_dicom, moving_dicom = (dicom.load_kept(folder) for folder in dicom_series)
+        dicom_export.write_dicom_artifacts(out_dir, fixed_dicom, moving_dicom)
+    report["seconds"]["total"] = round(time.perf_counter() - start, 4)
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
     return report
 
