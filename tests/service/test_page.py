@@ -185,6 +185,11 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     moved = canvas_png(browser, "viewer-slice")
     Select(browser.find_element(By.ID, "overlay")).select_by_value("checker")
     assert redrawn(browser, moved, "viewer-checker") > 0.5
+    checker = canvas_png(browser, "viewer-checker")
+    Select(browser.find_element(By.ID, "overlay")).select_by_value("grid-axial")
+    assert redrawn(browser, checker, "viewer-grid") > 0.5  # one plane, the grid drawn on it
+    grid = canvas_png(browser, "viewer-grid")
+    assert (grid[..., 1] > grid[..., 0] + 60).sum() > 50  # the grid's green lines
 
     if SCREENSHOTS is not None:
         browser.save_screenshot(str(SCREENSHOTS / "job-page.png"))
@@ -236,6 +241,16 @@ const done = arguments[arguments.length - 1];
   const template = { header: header.slice(0, 348), spatial: [2, 3, 1] };
   const back = await n.readNifti(n.writeLike(template, Float32Array.from([1, 2, 3, 4, 5, 6])));
   out.roundtrip = [Array.from(back.data), back.spatial];
+  // the deformation grid of an 8 x 8 x 1 image, lines every 4 voxels along x and y: no
+  // field, lines at x, y in {0, 4}; a field that moves every point 1 voxel along +x (LPS:
+  // -1 mm in x for an identity RAS grid) moves the x lines to x in {3, 7}
+  const eye = [[-1, 0, 0], [0, -1, 0], [0, 0, 1]];
+  const still = d.deformationGrid(new Float32Array(8 * 8 * 3), [8, 8, 1], eye, [0, 1]);
+  const shift = new Float32Array(8 * 8 * 3);
+  for (let v = 0; v < 64; v++) shift[v] = -1;
+  const moved = d.deformationGrid(shift, [8, 8, 1], eye, [0]);
+  out.grid = [Array.from(still.slice(8, 16)), Array.from(moved.slice(8, 16))];
+  out.toVoxel = n.lpsToVoxel(template);
   return out;
 })().then(done, (error) => done({ error: String(error) }));
 """
@@ -254,3 +269,6 @@ def test_derived_images_are_computed_right_in_the_browser(
     assert out["checker"] == [0, 0, 1, 1] * 2 + [1, 1, 0, 0] * 2
     assert out["contour"] == 12
     assert out["roundtrip"] == [[1, 2, 3, 4, 5, 6], [2, 3, 1]]
+    # row y = 1 of the grid: a line only at x = 0, 4 (still), at x = 3, 7 (moved by +1)
+    assert out["grid"] == [[1, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 1]]
+    assert out["toVoxel"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]  # pixdim 1 (0 read as 1), LPS

@@ -89,9 +89,11 @@ async function showViewer(job) {
     return;
   }
   const viewer = new Viewer($("viewer"), $("viewer-state"));
-  const { hasBefore, hasLabels } = await viewer.load(job);
+  const { hasBefore, hasLabels, grids } = await viewer.load(job);
   for (const value of ["checker-before", "diff-before"])
     $("overlay").querySelector(`option[value="${value}"]`).disabled = !hasBefore;
+  for (const option of $("overlay").querySelectorAll('option[value^="grid-"]'))
+    option.disabled = !grids.includes(option.value); // a 2-D image has only its own plane
   $("contours-control").hidden = !hasLabels;
   const redraw = () =>
     viewer.show({

@@ -71,3 +71,26 @@ export function contours(labels, [nx, ny, nz]) {
       }
   return out;
 }
+
+// The deformation grid in one plane: lines every ``every`` voxels along the plane's two axes,
+// drawn at the fixed voxels whose moving point x + u(x) lies on them, so the squares show how
+// the moving image was pulled onto the fixed grid. ``toVoxel`` takes u (LPS mm) to voxel
+// steps (nifti.lpsToVoxel); ``axes`` are the plane's axes (0 x, 1 y, 2 z).
+export function deformationGrid(field, [nx, ny, nz], toVoxel, axes, every = 4) {
+  const n = nx * ny * nz;
+  const components = field.length / n;
+  const out = new Float32Array(n);
+  const u = [0, 0, 0];
+  for (let z = 0, v = 0; z < nz; z++)
+    for (let y = 0; y < ny; y++)
+      for (let x = 0; x < nx; x++, v++) {
+        for (let c = 0; c < components; c++) u[c] = field[c * n + v];
+        const p = [x, y, z];
+        for (const a of axes) {
+          const q = p[a] + toVoxel[a][0] * u[0] + toVoxel[a][1] * u[1] + toVoxel[a][2] * u[2];
+          const r = ((q % every) + every) % every;
+          if (r < 0.5 || r >= every - 0.5) out[v] = 1;
+        }
+      }
+  return out;
+}

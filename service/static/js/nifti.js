@@ -55,3 +55,25 @@ export function writeLike(like, data) {
   new Float32Array(out, 352).set(data);
   return out;
 }
+
+// The 3 x 3 matrix taking a displacement in LPS mm (the artifact contract's) to voxel steps of
+// this image's grid: inv(M) * diag(-1, -1, 1), M the sform's voxel -> RAS mm part. Without an
+// sform, the grid is taken as axis-aligned with the voxel sizes (pixdim).
+export function lpsToVoxel(image) {
+  const view = new DataView(image.header);
+  let m;
+  if (view.getInt16(254, true) > 0) {
+    m = [0, 1, 2].map((r) => [0, 1, 2].map((c) => view.getFloat32(280 + 16 * r + 4 * c, true)));
+  } else {
+    const size = [1, 2, 3].map((i) => view.getFloat32(76 + 4 * i, true) || 1);
+    m = [0, 1, 2].map((r) => [0, 1, 2].map((c) => (r === c ? (r < 2 ? -1 : 1) * size[r] : 0)));
+  }
+  const [[a, b, c], [d, e, f], [g, h, i]] = m;
+  const det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g);
+  const inv = [
+    [(e * i - f * h) / det, (c * h - b * i) / det, (b * f - c * e) / det],
+    [(f * g - d * i) / det, (a * i - c * g) / det, (c * d - a * f) / det],
+    [(d * h - e * g) / det, (b * g - a * h) / det, (a * e - b * d) / det],
+  ];
+  return inv.map((row) => [-row[0], -row[1], row[2]]);
+}

@@ -5,7 +5,7 @@
 
 import { getBuffer } from "./api.js";
 import * as derive from "./derive.js";
-import { readNifti, writeLike } from "./nifti.js";
+import { lpsToVoxel, readNifti, writeLike } from "./nifti.js";
 
 const { Niivue, NVImage } = globalThis.niivue;
 
@@ -19,6 +19,9 @@ const STYLE = {
   // |log J| from 0.05 (a 5 % change of volume) to 1 (x 2.7): smaller changes stay clear
   jacobian: { colormap: "warm", negative: "winter", range: [0.05, 1] },
   folding: { colormap: "red", range: [0.5, 1], opaque: true },
+  "grid-axial": { colormap: "green", range: [0.5, 1] },
+  "grid-coronal": { colormap: "green", range: [0.5, 1] },
+  "grid-sagittal": { colormap: "green", range: [0.5, 1] },
   fixedContour: { colormap: "green", range: [0.5, 1], opaque: true },
   warpedContour: { colormap: "violet", range: [0.5, 1], opaque: true },
 };
@@ -70,6 +73,12 @@ export class Viewer {
       derived["checker-before"] = derive.checkerboard(f, m, fixed.spatial);
       derived["diff-before"] = derive.absDifference(f, m);
     }
+    // One grid per plane (a grid is a 2-D thing): shown, its plane is shown alone.
+    const toVoxel = lpsToVoxel(fixed);
+    const planes = { axial: [0, 1], coronal: [0, 2], sagittal: [1, 2] };
+    for (const [plane, axes] of Object.entries(planes))
+      if (axes.every((a) => fixed.spatial[a] > 1))
+        derived[`grid-${plane}`] = derive.deformationGrid(field.data, fixed.spatial, toVoxel, axes);
     const magMax = mag.reduce((a, b) => Math.max(a, b), 0);
     STYLE.displacement.range = [magMax * 0.02, Math.max(magMax, 1e-6)];
     if (job.inputs.fixed_labels && job.artifacts.labels) {
@@ -106,7 +115,8 @@ export class Viewer {
       `${fixed.spatial.join(" × ")} voxels; |J| from ${jac.min.toFixed(3)} to ` +
       `${jac.max.toFixed(3)}, ${jac.folded} folded voxel(s) (|J| ≤ 0)` +
       (m ? "" : "; moving is on another grid, so the 'before' overlays are off");
-    return { hasBefore: Boolean(m), hasLabels: Boolean(derived.fixedContour) };
+    const grids = Object.keys(derived).filter((name) => name.startsWith("grid-"));
+    return { hasBefore: Boolean(m), hasLabels: Boolean(derived.fixedContour), grids };
   }
 
   // Rebuild the stack: base image, the chosen overlay, contours on top.
@@ -121,6 +131,10 @@ export class Viewer {
       layer.opacity = i === 0 || STYLE[name]?.opaque ? 1 : opacity;
       this.nv.addVolume(layer);
     }
+    const plane = overlay.startsWith("grid-") ? overlay.slice(5) : null;
+    const types = { axial: this.nv.sliceTypeAxial, coronal: this.nv.sliceTypeCoronal,
+                    sagittal: this.nv.sliceTypeSagittal };
+    this.nv.setSliceType(plane ? types[plane] : this.is2d ? types.axial : this.nv.sliceTypeMultiplanar);
     this.nv.updateGLVolume();
   }
 
