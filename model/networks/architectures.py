@@ -17,9 +17,10 @@ _ARCHITECTURES = {  # name -> (module, model class, config class)
     "descent": ("model.networks.descent", "Descent", configs.DescentConfig),
     "voxelmorph": ("model.networks.voxelmorph", "VoxelMorph", configs.VoxelMorphConfig),
     "gradirn": ("model.networks.gradirn", "GraDIRN", configs.GraDIRNConfig),
+    "c2f": ("model.networks.c2f", "C2FRIIR", configs.C2FConfig),  # coarse-to-fine on features
 }
 # What ``riir train --arch`` offers (descent is not learned: it has nothing to train).
-TRAINABLE = ("riir", "voxelmorph", "gradirn")
+TRAINABLE = ("riir", "voxelmorph", "gradirn", "c2f")
 
 
 def names() -> tuple[str, ...]:

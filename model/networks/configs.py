@@ -117,3 +117,32 @@ class GraDIRNConfig:
     def steps(self) -> int:
         """Iterates produced: ``resolutions × iterations`` (the outer loss weighs them all)."""
         return self.resolutions * self.iterations
+
+
+@dataclass
+class C2FConfig:
+    """Coarse-to-fine RIIR on learned features (``model.networks.c2f``)."""
+
+    spatial_dims: int = setting(3, "2 or 3 (set from the data)", flags=())
+    levels: tuple[int, ...] = setting(
+        (4, 2), "c2f: strides of the pyramid's grids, coarse to fine", metavar="S"
+    )
+    level_steps: tuple[int, ...] = setting(
+        (3, 3), "c2f: cell steps at each level (T is their sum)", metavar="N"
+    )
+    hidden_channels: tuple[int, int] = setting((16, 16), "hidden channels", flags=())
+    hidden_states: tuple[bool, bool] = setting((True, True), "hidden states", flags=())
+    gru_kernel: int = setting(3, "ConvGRU kernel size", flags=())
+    encoder_channels: int = setting(8, "c2f: channels of the shared feature encoder E")
+    encoder_stride: int = setting(2, "c2f: E's features at 1/stride of the grid")
+    explicit_features: bool = setting(
+        False, "c2f: also give the cell the warped and fixed features themselves"
+    )
+    share_cell: bool = setting(True, "c2f: one cell for every level (else one per level)")
+    # Both gradients enter the cell ×scale (learned, as a log, from this start); see
+    # RIIRConfig.gradient_scale for why ~30 suits the MSE of [0, 1] images.
+    gradient_scale: float = setting(30.0, "gradient scale at the start", flags=())
+
+    @property
+    def steps(self) -> int:  # T, as the engine reads it
+        return sum(self.level_steps)

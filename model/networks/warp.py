@@ -63,12 +63,16 @@ def warp(
 def resize(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     """Values (B, C, *S) on a grid of the same field of view with ``shape`` voxels.
 
-    Linear interpolation with the voxel *cells* aligned (``align_corners=False``, edges
-    replicated): the geometry of average pooling, where one coarse voxel covers ``s`` fine
-    ones. Every move of a field between grids in the networks goes through here.
+    Down (every axis no longer): average pooling. Up: linear interpolation with the voxel
+    *cells* aligned (``align_corners=False``, edges replicated), the geometry of that pooling,
+    where one coarse voxel covers ``s`` fine ones. Every move of a field between grids in the
+    networks goes through here.
     """
     if tuple(x.shape[2:]) == tuple(shape):
         return x
+    if all(n <= m for n, m in zip(shape, x.shape[2:], strict=True)):
+        pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool3d
+        return pool(x, tuple(shape))
     mode = "bilinear" if len(shape) == 2 else "trilinear"
     return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=False)
 
@@ -86,3 +90,29 @@ def resize_displacement(displacement: torch.Tensor, shape: tuple[int, ...]) -> t
         dtype=displacement.dtype,
     )
     return resize(displacement, shape) * factors.view(1, -1, *[1] * len(shape))
+
+
+def warp_window(
+    image: torch.Tensor,
+    displacement: torch.Tensor,
+    origin: tuple[int, ...],
+    mode: str = "linear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """``warp`` on a window of ``image``'s grid: ``displacement`` (B, D, *s) covers the voxels
+    ``origin … origin + s - 1``; the result (B, C, *s) samples the whole ``image`` at
+    ``x + displacement(x)`` there (so a window can look outside itself)."""
+    shape, window = image.shape[2:], displacement.shape[2:]
+    offset = torch.tensor(origin, device=displacement.device, dtype=displacement.dtype)
+    coords = (
+        identity_grid(tuple(window), displacement.device, displacement.dtype)
+        + offset.view(1, -1, *[1] * len(window))
+        + displacement
+    )
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in shape], device=displacement.device, dtype=displacement.dtype
+    ).view(1, -1, *[1] * len(window))
+    grid = (coords * scale - 1.0).movedim(1, -1).flip(-1)
+    return F.grid_sample(
+        image, grid, mode=_MODES[mode], padding_mode=padding_mode, align_corners=True
+    )

@@ -90,6 +90,16 @@ class TrainConfig:
         "β, weight of a soft-Dice label term (0: unsupervised, the paper's setting)",
         group="outer loss",
     )
+    masked_similarity: bool = setting(
+        False,
+        "L_sim only over the real image (the fixed image's box where consecutive slices "
+        "differ): the hippocampus crops are half edge-repeat padding",
+        group="outer loss",
+    )
+    flip: bool = setting(False, "augmentation: each training pair flipped along random axes")
+    both_directions: bool = setting(
+        False, "each training pair also registered the other way in the same step"
+    )
     # optimisation
     lr: float = setting(8e-4, "Adam learning rate", group="optimisation")
     batch_size: int = setting(1, "pairs per iteration", group="optimisation")

@@ -116,6 +116,26 @@ class Batch:
     fixed_onehot: torch.Tensor | None = None
 
 
+def real_mask(fixed: torch.Tensor) -> torch.Tensor:
+    """(B, 1, *S) float mask of each fixed image's real (not padded) box."""
+    from model.networks.refine import box_mask, real_box
+
+    return torch.cat([box_mask(f[None], real_box(f[None])) for f in fixed])
+
+
+def masked(
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], mask: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``similarity`` on the mask only: the images outside it replaced by the fixed image's
+    values (zero residual). Exact for MSE up to the normalisation (mean over the mask)."""
+    share = mask.mean().clamp_min(1e-6)
+
+    def sim(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return similarity(warped * mask + fixed * (1 - mask), fixed) / share
+
+    return sim
+
+
 def outer_loss(
     phis: list[torch.Tensor],
     batch: Batch,
@@ -123,10 +143,14 @@ def outer_loss(
     similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     lam: float,
     dice_weight: float = 0.0,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Σ_t w_t (L_sim + λ L_reg + β L_dice) and the terms at the last iterate (for the log)."""
+    """Σ_t w_t (L_sim + λ L_reg + β L_dice) and the terms at the last iterate (for the log);
+    with a ``mask``, L_sim is measured on it only (``masked``)."""
     total = batch.fixed.new_zeros(())
     parts: dict[str, float] = {}
+    if mask is not None:
+        similarity = masked(similarity, mask)
     for w, phi in zip(weights, phis, strict=True):
         sim = similarity(warp(batch.moving, phi), batch.fixed)
         reg = diffusion(phi)
@@ -165,6 +189,31 @@ def to_batches(
     return batches
 
 
+def flipped(pair: Pair, rng: np.random.Generator) -> Pair:
+    """The pair flipped along each axis with probability 1/2 (images and labels alike)."""
+    axes = tuple(a for a in range(pair.fixed.ndim) if rng.random() < 0.5)
+    if not axes or pair.truth is not None:  # a true field would need its components flipped
+        return pair
+
+    def flip(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(np.flip(a, axes))
+
+    return Pair(
+        flip(pair.moving),
+        flip(pair.fixed),
+        flip(pair.moving_labels),
+        flip(pair.fixed_labels),
+        spacing=pair.spacing,
+    )
+
+
+def reversed_pair(pair: Pair) -> Pair:
+    """Moving and fixed swapped."""
+    return Pair(
+        pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels, spacing=pair.spacing
+    )
+
+
 class PairStream:
     """The training pairs of each iteration, drawn one iteration ahead in a background thread:
     preparing them (resampling on the CPU, ~25 ms a 64³ pair) then overlaps the step, which
@@ -182,7 +231,12 @@ class PairStream:
         pairs = []
         for _ in range(self.cfg.batch_size):
             pair = self.source.training_pair(rng, self.pre)
-            pairs.append(pair.crop(self.cfg.crop, rng) if self.cfg.crop else pair)
+            pair = pair.crop(self.cfg.crop, rng) if self.cfg.crop else pair
+            if self.cfg.flip:
+                pair = flipped(pair, rng)
+            pairs.append(pair)
+            if self.cfg.both_directions:
+                pairs.append(reversed_pair(pair))
         return pairs
 
     def take(self, iteration: int) -> list[Pair]:
@@ -419,6 +473,7 @@ def train(
         loss_value, parts = 0.0, {}
         for batch in to_batches(pairs, labels, device, cfg.dice_weight > 0):
             phis = model(batch.moving, batch.fixed)
+            mask = real_mask(batch.fixed) if cfg.masked_similarity else None
             loss, parts = outer_loss(
                 phis,
                 batch,
@@ -426,6 +481,7 @@ def train(
                 similarity,
                 cfg.lam,
                 cfg.dice_weight,
+                mask,
             )
             share = batch.fixed.shape[0] / len(pairs)
             (loss * share).backward()

@@ -1,0 +1,118 @@
+"""Coarse-to-fine RIIR on learned features (``--arch c2f``; measured, not yet shipped).
+
+    E_m, E_f = E(I_mov), E(I_fix)                       (shared encoder, once per image)
+    for each level s in ``levels`` (grid 1/s of the working grid), coarse to fine:
+        phi ← phi of the coarser level, upsampled (0 at the first level), hidden states too
+        repeat ``level_steps`` times:
+            x = [phi, ∇_phi MSE(I_mov∘phi, I_fix), ∇_phi MSE(E_m∘phi, E_f)]   (at level s)
+            {Δphi, h} = g_θ(x, h);  phi ← phi + Δphi
+
+Most steps run on coarse grids, where a step costs 1/s^D of a full-resolution one, and the
+first steps of a large displacement are taken where it is a few voxels long. The feature
+MSE's gradient is analytic (``model.networks.encoder.feature_gradient``), so E learns through the
+cell's input with first-order meta-gradients only. The cell is ``model.networks.riir.RIIRCell``,
+shared by the levels (``share_cell``) or one per level. phi lives in voxels of its level
+inside the loop; every returned iterate is on the working grid in its voxels, as
+``RIIR.forward`` returns them, so training, validation and the engine treat it like RIIR.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from model.networks.configs import C2FConfig, RIIRConfig
+from model.networks.encoder import FeatureEncoder, feature_gradient
+from model.networks.losses import inner_gradient
+from model.networks.riir import ProgressCallback, RIIRCell
+from model.networks.warp import resize, resize_displacement, warp
+
+
+class C2FRIIR(nn.Module):
+    def __init__(self, config: C2FConfig):
+        super().__init__()
+        if len(config.levels) != len(config.level_steps) or not config.levels:
+            raise ValueError("levels and level_steps must be as long as each other (≥ 1)")
+        self.config = config
+        d, c = config.spatial_dims, config.encoder_channels
+        self.encoder = FeatureEncoder(d, c, config.encoder_stride)
+        in_channels = 3 * d + (2 * c if config.explicit_features else 0)
+        cell_config = RIIRConfig(
+            spatial_dims=d,
+            hidden_channels=config.hidden_channels,
+            hidden_states=config.hidden_states,
+            gru_kernel=config.gru_kernel,
+        )
+        count = 1 if config.share_cell else len(config.levels)
+        self.cells = nn.ModuleList(RIIRCell(in_channels, cell_config) for _ in range(count))
+        for cell in self.cells:  # [phi, ∇ intensity MSE, ∇ feature MSE, features]
+            cell.input_blocks = [d, 2 * d, in_channels - 3 * d]
+        start = math.log(config.gradient_scale)
+        self.log_scales = nn.Parameter(torch.full((2,), start))
+
+    # The engine and training resample to a multiple of this: adaptive pooling handles any
+    # grid, so none is needed.
+    shape_multiple = 1
+
+    def _cell_input(
+        self, phi: torch.Tensor, level: dict[str, torch.Tensor], stride: int
+    ) -> torch.Tensor:
+        # Gradients per level voxel are ~stride × those per working-grid voxel: divided back,
+        # the shared cell sees inputs of one scale at every level.
+        scales = self.log_scales.exp() / stride
+        g_image = inner_gradient("mse", level["moving"], level["fixed"], phi.detach())
+        g_feat = feature_gradient(level["moving_features"], level["fixed_features"], phi)
+        parts = [phi, g_image * scales[0], g_feat * scales[1]]
+        if self.config.explicit_features:
+            parts += [warp(level["moving_features"], phi.detach()), level["fixed_features"]]
+        return torch.cat(parts, 1)
+
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        steps: int | None = None,
+        progress: ProgressCallback | None = None,
+        return_all: bool = True,
+        inner_loss: str | None = None,
+    ) -> list[torch.Tensor]:
+        """Displacements (B, D, *S) in voxels after every step (only the last if not
+        ``return_all``). ``steps`` changes the finest level's count (T = the sum);
+        ``inner_loss`` is accepted for the engine's sake: the similarity is always MSE."""
+        cfg = self.config
+        counts = list(cfg.level_steps)
+        if steps is not None:
+            counts[-1] = max(0, steps - sum(counts[:-1]))
+        total = sum(counts)
+        shape = tuple(fixed.shape[2:])
+        features = {"moving_features": self.encoder(moving), "fixed_features": self.encoder(fixed)}
+        phi: torch.Tensor | None = None
+        hidden: list[torch.Tensor | None] = [None, None]
+        out: list[torch.Tensor] = []
+        t = 0
+        for index, (stride, count) in enumerate(zip(cfg.levels, counts, strict=True)):
+            size = tuple(max(1, -(-n // stride)) for n in shape)
+            level = {
+                "moving": resize(moving, size),
+                "fixed": resize(fixed, size),
+                **{k: resize(v, size) for k, v in features.items()},
+            }
+            if phi is None:
+                phi = fixed.new_zeros(fixed.shape[0], len(shape), *size)
+            else:
+                phi = resize_displacement(phi, size)
+                hidden = [None if h is None else resize(h, size) for h in hidden]
+            cell = self.cells[0 if cfg.share_cell else index]
+            for _ in range(count):
+                delta, hidden, _ = cell(self._cell_input(phi, level, stride), hidden)
+                phi = phi + delta
+                t += 1
+                if return_all or t == total:
+                    out.append(resize_displacement(phi, shape))
+                if progress is not None:
+                    progress(t, total)
+        if not out:  # no steps at all: the identity
+            out.append(fixed.new_zeros(fixed.shape[0], len(shape), *shape))
+        return out

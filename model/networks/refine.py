@@ -1,0 +1,176 @@
+"""Test-time refinement: a few Adam steps of classical registration after the network.
+
+Given the network's displacement phi (B, D, *S, voxels, as RIIR returns it), minimise
+
+    L(phi) = L_sim(M · (I_mov ∘ phi), M · I_fix) + λ L_reg(phi)
+
+by ``steps`` Adam steps starting from it, with ``L_sim`` MSE or local NCC averaged over a
+mask M of the real image (``real_box``: the hippocampus crops are half edge-repeat padding,
+whose streaks would pull the field), and ``L_reg`` the diffusion regulariser of
+``model.networks.losses``. Starting from phi = 0 instead is plain instance optimisation.
+
+Only a window around the real image (``margin`` voxels wider) is optimised: outside it the
+similarity is not measured, so the field would move there only through the regulariser.
+Working on the window costs a quarter of the whole 64³ grid on these crops. The regulariser
+covers the window and its one-voxel rim, so the correction cannot jump at the window's edge.
+
+The correction may be a voxel field (``stride`` 1) or a coarse one upsampled linearly
+(``stride`` s > 1): fewer unknowns and an implicitly smoother field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.networks.losses import _box_mean, diffusion
+from model.networks.warp import warp_window
+
+SIMILARITIES = ("mse", "ncc")
+
+
+@dataclass
+class RefineConfig:
+    steps: int = 50
+    lr: float = 0.1  # Adam's step is ~lr per unknown: voxels per step
+    lam: float = 1.0  # λ of the diffusion regulariser
+    similarity: str = "mse"  # mse | ncc
+    ncc_window: int = 9
+    stride: int = 1  # 1: a voxel correction; s > 1: a coarse one, upsampled
+    masked: bool = True  # the similarity on the real image (``real_box``), else everywhere
+    margin: int = 4  # voxels of the window beyond the mask
+    # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
+    # which leaves the network's field as it is and adds a smooth change to it.
+    regularise: str = "field"
+
+
+def real_box(image: torch.Tensor) -> list[slice]:
+    """Bounding box of the voxels that are not edge-repeat padding, over the batch: along
+    each axis, the slices that differ from a neighbouring slice. (B, C, *S) -> slices."""
+    spatial = image.shape[2:]
+    box = []
+    for d in range(len(spatial)):
+        step = torch.diff(image, dim=2 + d).abs()
+        others = [a for a in range(step.dim()) if a != 2 + d]
+        where = torch.nonzero(step.amax(dim=others) > 1e-6).flatten()  # i differs from i + 1
+        box.append(
+            slice(0, spatial[d]) if where.numel() == 0 else slice(int(where[0]), int(where[-1]) + 2)
+        )
+    return box
+
+
+def box_mask(image: torch.Tensor, box: list[slice]) -> torch.Tensor:
+    mask = torch.zeros_like(image[:, :1])
+    mask[(..., *box)] = 1.0
+    return mask
+
+
+def masked_mse(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return ((warped - fixed).pow(2) * mask).sum() / (mask.sum() * warped.shape[1]).clamp_min(1)
+
+
+def masked_ncc(
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    mask: torch.Tensor,
+    window: int = 9,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """1 - local NCC² (``model.networks.losses.local_ncc``) averaged over the mask's voxels."""
+    eps = eps / float(window ** (warped.dim() - 2)) ** 2
+    mu_w, mu_f = _box_mean(warped, window), _box_mean(fixed, window)
+    cross = _box_mean(warped * fixed, window) - mu_w * mu_f
+    var_w = (_box_mean(warped * warped, window) - mu_w * mu_w).clamp_min(0)
+    var_f = (_box_mean(fixed * fixed, window) - mu_f * mu_f).clamp_min(0)
+    ncc2 = cross * cross / (var_w * var_f + eps)
+    return 1.0 - (ncc2 * mask).sum() / (mask.sum() * warped.shape[1]).clamp_min(1)
+
+
+def similarity(
+    name: str, warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor, ncc_window: int = 9
+) -> torch.Tensor:
+    if name == "mse":
+        return masked_mse(warped, fixed, mask)
+    if name == "ncc":
+        return masked_ncc(warped, fixed, mask, ncc_window)
+    raise ValueError(f"similarity must be one of {SIMILARITIES}, not {name!r}")
+
+
+def _window(box: list[slice], shape: torch.Size, margin: int) -> list[slice]:
+    return [
+        slice(max(0, s.start - margin), min(n, s.stop + margin))
+        for s, n in zip(box, shape, strict=True)
+    ]
+
+
+def _upsample(coarse: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    if coarse.shape[2:] == shape:
+        return coarse
+    mode = "bilinear" if coarse.dim() == 4 else "trilinear"
+    return F.interpolate(coarse, size=tuple(shape), mode=mode, align_corners=False)
+
+
+class Problem:
+    """L of one pair on its window: built once, evaluated at every Adam step."""
+
+    def __init__(
+        self, moving: torch.Tensor, fixed: torch.Tensor, start: torch.Tensor, cfg: RefineConfig
+    ):
+        shape = fixed.shape[2:]
+        box = real_box(fixed) if cfg.masked else [slice(0, n) for n in shape]
+        self.window = _window(box, shape, cfg.margin)
+        # The window and its rim (where the grid has one), for the regulariser.
+        self.rim = _window(self.window, shape, 1)
+        self.pad = [
+            p
+            for w, r in zip(reversed(self.window), reversed(self.rim), strict=True)
+            for p in (w.start - r.start, r.stop - w.stop)
+        ]
+        self.origin = tuple(w.start for w in self.window)
+        self.moving, self.cfg, self.start = moving, cfg, start
+        self.fixed = fixed[(..., *self.window)]
+        self.mask = box_mask(fixed, box)[(..., *self.window)]
+        self.start_window = start[(..., *self.window)]
+        self.start_rim = start[(..., *self.rim)]
+
+    def correction_shape(self) -> list[int]:
+        return [max(1, -(-(w.stop - w.start) // self.cfg.stride)) for w in self.window]
+
+    def loss(self, correction: torch.Tensor) -> torch.Tensor:
+        fine = _upsample(correction, self.fixed.shape[2:])
+        warped = warp_window(self.moving, self.start_window + fine, self.origin)
+        sim = similarity(self.cfg.similarity, warped, self.fixed, self.mask, self.cfg.ncc_window)
+        base = self.start_rim if self.cfg.regularise == "field" else 0.0
+        reg = diffusion(base + F.pad(fine, self.pad))
+        return sim + self.cfg.lam * reg
+
+    def field(self, correction: torch.Tensor) -> torch.Tensor:
+        out = self.start.clone()
+        out[(..., *self.window)] += _upsample(correction, self.fixed.shape[2:])
+        return out
+
+
+def refine(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    phi: torch.Tensor | None = None,
+    cfg: RefineConfig | None = None,
+) -> torch.Tensor:
+    """phi after ``cfg.steps`` Adam steps on L (phi None: start from the identity)."""
+    cfg = cfg or RefineConfig()
+    shape = fixed.shape[2:]
+    start = fixed.new_zeros(fixed.shape[0], len(shape), *shape) if phi is None else phi.detach()
+    problem = Problem(moving, fixed, start, cfg)
+    correction = start.new_zeros(
+        start.shape[0], len(shape), *problem.correction_shape(), requires_grad=True
+    )
+    optimiser = torch.optim.Adam([correction], lr=cfg.lr)
+    with torch.enable_grad():
+        for _ in range(cfg.steps):
+            optimiser.zero_grad(set_to_none=True)
+            problem.loss(correction).backward()
+            optimiser.step()
+    with torch.no_grad():
+        return problem.field(correction)

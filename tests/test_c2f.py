@@ -1,0 +1,165 @@
+"""Test-time refinement (model/refine.py), the feature gradient (model/encoder.py) and the
+coarse-to-fine RIIR (model/c2f.py) on small synthetic images (never real data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import as_tensor, blobs, labelled_folder, shifted
+
+from model.networks.c2f import C2FRIIR, C2FConfig
+from model.networks.checkpoint import load_checkpoint
+from model.networks.encoder import FeatureEncoder, feature_gradient
+from model.networks.losses import mse
+from model.networks.refine import Problem, RefineConfig, real_box, refine
+from model.networks.warp import warp, warp_window
+from riir.cli import main
+
+SHAPES = {2: (24, 20), 3: (16, 14, 12)}
+
+
+def _padded(image: np.ndarray, pad: int = 3) -> np.ndarray:
+    """``image`` padded by repeating its edges, as the hippocampus crops are."""
+    return np.pad(image, pad, mode="edge")
+
+
+def test_real_box_finds_the_crop_inside_edge_repeat_padding():
+    image = _padded(blobs((10, 12, 8), seed=0), 3)
+    box = real_box(as_tensor(image))
+    assert [(s.start, s.stop) for s in box] == [(3, 13), (3, 15), (3, 11)]
+
+
+def test_warp_window_is_warp_on_the_window():
+    image = as_tensor(blobs((12, 10, 9), seed=1))
+    phi = torch.randn(1, 3, 12, 10, 9) * 1.5
+    window = (slice(2, 9), slice(1, 8), slice(3, 9))
+    part = warp_window(image, phi[(..., *window)], (2, 1, 3))
+    assert torch.allclose(part, warp(image, phi)[(..., *window)], atol=1e-5)
+
+
+@pytest.mark.parametrize("start", ["identity", "network"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_refinement_lowers_its_objective(start, stride):
+    fixed_np = _padded(blobs((12, 12, 10), seed=0))
+    moving = as_tensor(shifted(fixed_np, (1.0, -1.5, 0.5)))
+    fixed = as_tensor(fixed_np)
+    phi = None if start == "identity" else 0.3 * torch.randn(1, 3, *fixed.shape[2:])
+    cfg = RefineConfig(steps=30, lr=0.1, lam=0.1, stride=stride, margin=1)
+    initial = phi if phi is not None else torch.zeros(1, 3, *fixed.shape[2:])
+    problem = Problem(moving, fixed, initial, cfg)
+    zero = torch.zeros(1, 3, *problem.correction_shape())
+    before = problem.loss(zero).item()
+    refined = refine(moving, fixed, phi, cfg)
+    assert refined.shape == initial.shape
+    after = Problem(moving, fixed, refined, cfg).loss(zero).item()
+    assert after < 0.8 * before
+    # Outside the window (the real box widened by the margin) the field is not touched.
+    assert torch.equal(refined[..., 0], initial[..., 0])
+
+
+def test_feature_gradient_equals_autograd_of_the_feature_mse():
+    torch.manual_seed(0)
+    encoder = FeatureEncoder(3, channels=4, stride=1)
+    moving = as_tensor(blobs((20, 20, 20), seed=1))
+    fixed = as_tensor(blobs((20, 20, 20), seed=2))
+    em, ef = encoder(moving), encoder(fixed)
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(1, 3, 3, 3, 3), size=(20, 20, 20), mode="trilinear", align_corners=False
+    )
+    phi = (0.7 * smooth).requires_grad_(True)
+    analytic = feature_gradient(em, ef, phi)
+    # Autograd differentiates the interpolation, the analytic form uses the central-difference
+    # gradient of E_m: away from the border they agree in direction where the features are
+    # smooth on the voxel scale (cosine 0.97 here; exactly on linear features, next test).
+    loss = mse(warp(em, phi), ef) * phi[0, 0].numel()
+    (auto,) = torch.autograd.grad(loss, phi, retain_graph=True)
+    inner = (..., slice(2, -2), slice(2, -2), slice(2, -2))
+    cosine = torch.nn.functional.cosine_similarity(
+        analytic[inner].flatten(), auto[inner].flatten(), dim=0
+    )
+    assert cosine > 0.95
+    # It is differentiable in the encoder without second derivatives of the warp.
+    analytic.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+
+
+def test_feature_gradient_is_exact_for_a_linear_image():
+    """For a linear ramp (no interpolation error) the analytic and autograd gradients agree."""
+    ramp = torch.linspace(0, 1, 12).view(1, 1, 12, 1, 1).expand(1, 1, 12, 10, 8).contiguous()
+    features = torch.cat([ramp, 2 * ramp], 1)
+    fixed = torch.cat([ramp + 0.05, 2 * ramp - 0.1], 1)
+    phi = torch.zeros(1, 3, 12, 10, 8, requires_grad=True)
+    loss = mse(warp(features, phi), fixed) * phi[0, 0].numel()
+    (auto,) = torch.autograd.grad(loss, phi)
+    analytic = feature_gradient(features, fixed, phi)
+    inner = (..., slice(1, -1), slice(1, -1), slice(1, -1))
+    assert torch.allclose(analytic[inner], auto[inner], atol=1e-4)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("share", [True, False])
+def test_c2f_runs_in_2d_and_3d_and_returns_fields_on_the_grid(d, share):
+    shape = SHAPES[d]
+    moving, fixed = as_tensor(blobs(shape, seed=1)), as_tensor(blobs(shape, seed=0))
+    model = C2FRIIR(
+        C2FConfig(
+            spatial_dims=d,
+            levels=(4, 2, 1),
+            level_steps=(2, 1, 1),
+            hidden_channels=(4, 4),
+            encoder_channels=3,
+            share_cell=share,
+            explicit_features=True,
+        )
+    )
+    for cell in model.cells:  # a non-zero update, so every level moves the field
+        torch.nn.init.normal_(cell.conv_out.weight, std=0.05)
+    phis = model(moving, fixed)
+    assert len(phis) == 4 and all(p.shape == (1, d, *shape) for p in phis)
+    assert model(moving, fixed, return_all=False)[-1].shape == (1, d, *shape)
+    phis[-1].pow(2).mean().backward()
+    assert model.encoder.net[0].weight.grad.abs().sum() > 0  # E learns through the cell
+
+
+def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
+    folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(folder),
+                "--out",
+                str(run),
+                "--arch",
+                "c2f",
+                "--iterations",
+                "2",
+                "--validate-every",
+                "2",
+                "--val-pairs",
+                "1",
+                "--hidden-channels",
+                "4",
+                "4",
+                "--dice-weight",
+                "1",
+                "--masked-similarity",
+                "--flip",
+                "--both-directions",
+                "--threads",
+                "1",
+                "--quiet",
+                "--model-option",
+                "level_steps=[1,1]",
+                "--model-option",
+                "encoder_channels=2",
+            ]
+        )
+        == 0
+    )
+    model, meta = load_checkpoint(run / "checkpoint.pt")
+    assert meta["arch"] == "c2f" and model.config.level_steps == (1, 1)
+    assert "val_dice" in meta["training"]["final_metrics"]
