@@ -39,7 +39,9 @@ HELP = {
     "steps": "recurrent steps T (default: the model's own, 6 for the shipped ones)",
     "init": "initial alignment: 'physical' trusts the headers' world coordinates; 'center' "
     "first translates the moving image's centre onto the fixed image's (different "
-    "scanners or subjects) (default: physical)",
+    "scanners or subjects); 'affine' first registers the two with an affine transform "
+    "(mutual information: other subjects, positions or scanners) (default: the model's "
+    "own, as measured: affine for brain-3d, physical for the others)",
     "similarity": "similarity whose gradient drives the model (default: the one it was "
     "trained with; others are out of its training distribution)",
     "template": "index of the template frame, negative counts from the end (default: -1, "
