@@ -47,7 +47,11 @@ def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def local_ncc(
-    warped: torch.Tensor, fixed: torch.Tensor, window: int = 9, eps: float = 1e-5
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    window: int = 9,
+    eps: float = 1e-5,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss 1 - mean squared local normalised cross-correlation (window^D boxes).
 
@@ -61,7 +65,10 @@ def local_ncc(
     var_w = (_box_mean(warped * warped, window) - mu_w * mu_w).clamp_min(0)
     var_f = (_box_mean(fixed * fixed, window) - mu_f * mu_f).clamp_min(0)
     ncc2 = cross * cross / (var_w * var_f + eps)
-    return 1.0 - ncc2.mean()
+    if mask is None:
+        return 1.0 - ncc2.mean()
+    # averaged over the mask's voxels only (B, 1, *S), e.g. the real image without padding
+    return 1.0 - (ncc2 * mask).sum() / (mask.sum() * warped.shape[1]).clamp_min(1)
 
 
 def nmi(

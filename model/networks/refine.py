@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.networks.losses import _box_mean, diffusion
+from model.networks.losses import diffusion, local_ncc
 from model.networks.warp import warp_window
 
 SIMILARITIES = ("mse", "ncc")
@@ -71,30 +71,13 @@ def masked_mse(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor) ->
     return ((warped - fixed).pow(2) * mask).sum() / (mask.sum() * warped.shape[1]).clamp_min(1)
 
 
-def masked_ncc(
-    warped: torch.Tensor,
-    fixed: torch.Tensor,
-    mask: torch.Tensor,
-    window: int = 9,
-    eps: float = 1e-5,
-) -> torch.Tensor:
-    """1 - local NCC² (``model.networks.losses.local_ncc``) averaged over the mask's voxels."""
-    eps = eps / float(window ** (warped.dim() - 2)) ** 2
-    mu_w, mu_f = _box_mean(warped, window), _box_mean(fixed, window)
-    cross = _box_mean(warped * fixed, window) - mu_w * mu_f
-    var_w = (_box_mean(warped * warped, window) - mu_w * mu_w).clamp_min(0)
-    var_f = (_box_mean(fixed * fixed, window) - mu_f * mu_f).clamp_min(0)
-    ncc2 = cross * cross / (var_w * var_f + eps)
-    return 1.0 - (ncc2 * mask).sum() / (mask.sum() * warped.shape[1]).clamp_min(1)
-
-
 def similarity(
     name: str, warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor, ncc_window: int = 9
 ) -> torch.Tensor:
     if name == "mse":
         return masked_mse(warped, fixed, mask)
     if name == "ncc":
-        return masked_ncc(warped, fixed, mask, ncc_window)
+        return local_ncc(warped, fixed, ncc_window, mask=mask)
     raise ValueError(f"similarity must be one of {SIMILARITIES}, not {name!r}")
 
 
