@@ -7,6 +7,7 @@ from here (``model.networks.riir`` etc.), and a checkpoint stores ``dataclasses.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,19 @@ UPSAMPLING = ("linear", "convex")
 
 def setting(default: Any, help: str, **flag: Any) -> Any:
     """A config field with the help text (and argparse extras: ``choices``, ``metavar``,
-    ``flags``) its command-line flag is generated from."""
-    return dataclasses.field(default=default, metadata={"help": help, **flag})
+    ``flags``) its command-line flag is generated from. A list or dict default is copied
+    for each instance."""
+    metadata = {"help": help, **flag}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: copy.copy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def default_of(f: dataclasses.Field[Any]) -> Any:
+    """A field's default value, whether given as a value or a factory."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 @dataclass

@@ -42,7 +42,7 @@ class TrainConfig:
     )
     split_seed: int = setting(0, "seed of the subject split", group="data")
     unlabelled: list[str] = setting(
-        (),
+        [],
         "folder of extra unlabelled images for unsupervised training (folder data; repeatable)",
         metavar="DIR",
         action="append",
@@ -51,7 +51,7 @@ class TrainConfig:
         None, "train on random windows of this size (voxels of the working grid)", metavar="N"
     )
     data_options: dict[str, Any] = setting(
-        (),
+        {},
         "a keyword argument of the data source, e.g. cache_dir=runs/cache or contrast=t1 "
         "(brain), test_fraction=0.25, series=8 or motion_mm=12 (qmri)",
         flags=("--data-option",),
@@ -64,7 +64,7 @@ class TrainConfig:
     # model
     arch: str = setting("riir", "architecture", choices=architectures.TRAINABLE, group="model")
     model: dict[str, Any] = setting(
-        (),
+        {},
         "any field of the architecture's config, e.g. encoder=[16,32] (VoxelMorph) or "
         "iterations=4 (GraDIRN); its common fields have flags of their own",
         flags=("--model-option",),
@@ -150,13 +150,6 @@ class TrainConfig:
         choices=tuple(BEST_BY),
         group="result",
     )
-
-    def __post_init__(self) -> None:
-        # ``setting`` takes immutable defaults; the collections are the instance's own.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, tuple) and f.type.startswith(("list", "dict")):
-                setattr(self, f.name, dict(value) if f.type.startswith("dict") else list(value))
 
     def check(self) -> None:
         if self.arch not in architectures.TRAINABLE:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from model.networks import architectures
+from model.networks.configs import default_of
 from model.training.config import TrainConfig
 
 TRAIN, MODEL = "train.", "model."
@@ -97,7 +98,7 @@ def _add(
         if not isinstance(default, tuple | list)
         else " ".join(str(int(v)) if isinstance(v, bool) else str(v) for v in default)
     )
-    if default not in (None, "", (), False) and scalar is not dict:
+    if default not in (None, "", (), [], False) and scalar is not dict:
         help_text += f" (default: {shown})"
     group.add_argument(*names, help=help_text.replace("%", "%%"), **kwargs)
 
@@ -117,12 +118,12 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
     seen: set[str] = set()
     for f in dataclasses.fields(TrainConfig):
         group = f.metadata.get("group", "data for training")
-        _add(groups[group], f, hints[f.name], TRAIN + f.name, f.default, seen)
+        _add(groups[group], f, hints[f.name], TRAIN + f.name, default_of(f), seen)
     for arch in architectures.TRAINABLE:  # RIIR's first: a shared name takes its meaning
         config_cls = architectures.config_class(arch)
         hints = typing.get_type_hints(config_cls)
         for f in dataclasses.fields(config_cls):
-            _add(groups["model"], f, hints[f.name], MODEL + f.name, f.default, seen)
+            _add(groups["model"], f, hints[f.name], MODEL + f.name, default_of(f), seen)
 
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
@@ -131,7 +132,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         if f.metadata.get("group") == "data":
-            _add(group, f, hints[f.name], TRAIN + f.name, f.default, set())
+            _add(group, f, hints[f.name], TRAIN + f.name, default_of(f), set())
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
