@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-from conventions.grid import center_offset, translation
+from conventions.grid import Grid, center_offset, translation
 
 SEED = 1  # the metric's random samples (0 would mean the clock): one answer for one pair
 
@@ -34,9 +34,7 @@ def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """Affine transform (fixed point -> moving point) maximising Mattes MI, coarse to fine."""
     fixed, moving = (sitk.Cast(i, sitk.sitkFloat32) for i in (fixed, moving))
     start = sitk.AffineTransform(fixed.GetDimension())
-    start.SetCenter(
-        fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed.GetSize()])
-    )
+    start.SetCenter(tuple(float(v) for v in Grid.of(fixed).center()))
     start.SetTranslation(tuple(float(v) for v in center_offset(fixed, moving)))
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
