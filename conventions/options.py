@@ -32,10 +32,14 @@ Similarity = Literal["mse", "ncc", "nmi"]
 # A similarity L_sim / L_inner (model.networks.losses implements exactly these).
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
 
+# How a model is chosen when none is named (the CLI's --model says it in its own words).
+MODEL_DEFAULT = (
+    "default: chosen from the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 "
+    "voxels: hippocampus-3d, larger 3-D: brain-3d)"
+)
+
 HELP = {
-    "model": "a shipped model name (see GET /models or 'riir models'); default: chosen from "
-    "the input (2-D: cardiac-2d, 2-D series: qmri-2d, 3-D up to 96^3 voxels: "
-    "hippocampus-3d, larger 3-D: brain-3d)",
+    "model": "a shipped model name (see GET /models or 'riir models'); " + MODEL_DEFAULT,
     "steps": "recurrent steps T (default: the model's own, 6 for the shipped ones)",
     "init": "initial alignment: 'physical' trusts the headers' world coordinates; 'center' "
     "first translates the moving image's centre onto the fixed image's (different "

@@ -11,6 +11,7 @@ from typing import Any
 from conventions.options import (
     HELP,
     INITS,
+    MODEL_DEFAULT,
     SIMILARITIES,
     Options,
     RegistrationOptions,
@@ -18,9 +19,8 @@ from conventions.options import (
     check,
 )
 
-HELP_MODEL = HELP["model"].replace(
-    "a shipped model name (see GET /models or 'riir models')",
-    "a shipped model name (see 'riir models') or the path of a .pt checkpoint",
+HELP_MODEL = (
+    "a shipped model name (see 'riir models') or the path of a .pt checkpoint; " + MODEL_DEFAULT
 )
 
 
