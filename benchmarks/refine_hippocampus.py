@@ -127,18 +127,7 @@ def main() -> None:
             "setting": text,
             "start": start,
             **dataclasses.asdict(cfg),
-            **{
-                k: summary[k]
-                for k in (
-                    "pairs",
-                    "dice_mean",
-                    "dice_mean_std",
-                    "hd95_mean",
-                    "std_log_jacobian",
-                    "folding_percent",
-                    "seconds",
-                )
-            },
+            **{k: summary[k] for k in ev.VARIANT_COLUMNS},
         }
         with results.open("a") as f:
             f.write(json.dumps(line) + "\n")

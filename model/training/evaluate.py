@@ -202,6 +202,18 @@ SUMMARY_COLUMNS = (
 )
 
 
+# What a table of variants reports from each method's summary (experiments, benchmarks).
+VARIANT_COLUMNS = (
+    "pairs",
+    "dice_mean",
+    "dice_mean_std",
+    "hd95_mean",
+    "std_log_jacobian",
+    "folding_percent",
+    "seconds",
+)
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std per method of the summary columns and of the per-label Dice."""
     out = []

@@ -157,18 +157,7 @@ def run(
             {
                 "variant": name,
                 **{k: _plain(v) for k, v in settings.items() if v is not None},
-                **{
-                    k: summary[k]
-                    for k in (
-                        "pairs",
-                        "dice_mean",
-                        "dice_mean_std",
-                        "hd95_mean",
-                        "std_log_jacobian",
-                        "folding_percent",
-                        "seconds",
-                    )
-                },
+                **{k: summary[k] for k in ev.VARIANT_COLUMNS},
                 "iterations": training["iterations"],
                 "train_seconds": _train_seconds(run_dir),
             }
