@@ -130,6 +130,7 @@ def register(
     steps: int | None = None,
     init: Init | None = None,
     similarity: Similarity | None = None,
+    refine: int | None = None,
     device: str = "auto",
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -145,7 +146,13 @@ def register(
 
     options = check(
         RegistrationOptions,
-        {"model": model, "steps": steps, "init": init, "similarity": similarity},
+        {
+            "model": model,
+            "steps": steps,
+            "init": init,
+            "similarity": similarity,
+            "refine": refine,
+        },
     )
     scratch = tempfile.TemporaryDirectory(prefix="riir-")
     inputs = Path(scratch.name) / "inputs"

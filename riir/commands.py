@@ -49,6 +49,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive, metavar="T", help=HELP["steps"])
     p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
+    p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

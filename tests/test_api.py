@@ -148,3 +148,32 @@ def test_the_initial_alignment_defaults_to_the_models_own(tmp_path, descent):
     asked = riir.register(fixed, moving, model=str(chosen), init="center")
     assert asked.metrics["init"] == "center"
     assert riir.register(fixed, moving, model=descent).metrics["init"] == "physical"
+
+
+def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp_path):
+    """``refine`` steps start from the network's field: after a network that does not move
+    they alone register a shifted pair; the report gives their count and seconds, progress
+    counts them after the network's steps, and the model's card may set a default."""
+    still = tmp_path / "still.pt"
+    model = Descent(DescentConfig(spatial_dims=2, iterations=1, step=0.0, sigma=0.0))
+    meta = {"name": "still", "version": "test", "preprocessing": {"refine": 3}}
+    save_checkpoint(still, model, "descent", meta)
+    fixed = blobs((48, 48), seed=5, count=6)
+    moving = shifted(fixed, (1.5, -2.0))
+    none = riir.register(fixed, moving, model=str(still), refine=0, device="cpu")
+    assert none.metrics["refine"] == 0 and "refine" not in none.metrics["seconds"]
+    assert np.abs(sitk.GetArrayFromImage(none.displacement)).max() == 0
+    seen = []
+    refined = riir.register(
+        fixed, moving, model=str(still), refine=40, device="cpu", progress=lambda *a: seen.append(a)
+    )
+    assert refined.metrics["refine"] == 40 and refined.metrics["seconds"]["refine"] > 0
+    assert seen[0] == (1, 41) and seen[-1] == (41, 41)
+    before, after = refined.metrics["similarity_before"], refined.metrics["similarity_after"]
+    assert after["ncc"] > before["ncc"] + 0.02, (before, after)
+    # The mean displacement in the middle points along the shift (x: +2 px, y: -1.5 px).
+    vectors = sitk.GetArrayFromImage(refined.displacement)[14:34, 14:34].reshape(-1, 2)
+    assert vectors.mean(0)[0] > 0.5 and vectors.mean(0)[1] < -0.3, vectors.mean(0)
+    assert riir.register(fixed, moving, model=str(still), device="cpu").metrics["refine"] == 3
+    with pytest.raises(InputError, match="refine"):
+        riir.register(fixed, moving, model=str(still), refine=-1)

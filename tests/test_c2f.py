@@ -163,3 +163,47 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
     model, meta = load_checkpoint(run / "checkpoint.pt")
     assert meta["arch"] == "c2f" and model.config.level_steps == (1, 1)
     assert "val_dice" in meta["training"]["final_metrics"]
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_unet_encoder_keeps_odd_grids_and_its_head_adds_class_probabilities(d):
+    shape = (13, 11, 9)[:d]  # odd sizes: the U-Net's upsampling must meet each skip
+    model = C2FRIIR(
+        C2FConfig(
+            spatial_dims=d,
+            hidden_channels=(4, 4),
+            encoder_channels=4,
+            encoder_depth=2,
+            segmentation_classes=3,
+        )
+    )
+    image = as_tensor(blobs(shape, seed=2))
+    features, logits = model.encode(image)
+    coarse = tuple(-(-n // 2) for n in shape)  # E's grid: 1/encoder_stride
+    assert features.shape == (1, 4 + 3, *coarse) and logits.shape == (1, 3, *coarse)
+    assert torch.allclose(features[:, 4:].sum(1), torch.ones(1, *coarse))  # probabilities
+    phis = model(image, as_tensor(blobs(shape, seed=3)))
+    assert phis[-1].shape == (1, d, *shape)
+    assert [t.shape for t in model.last_logits] == [logits.shape, logits.shape]
+
+
+def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_path, capsys):
+    """``--segmentation-weight`` adds the head's loss (logged); without a head it is an input
+    error, and a head with the wrong class count says which to set."""
+    folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
+    base = ["train", "--data", str(folder), "--arch", "c2f", "--iterations", "2"]
+    base += ["--validate-every", "2", "--val-pairs", "1", "--hidden-channels", "4", "4"]
+    base += ["--encoder-channels", "2", "--encoder-depth", "1", "--threads", "1", "--quiet"]
+    run = tmp_path / "run"
+    argv = [*base, "--out", str(run), "--segmentation-classes", "3"]
+    assert main([*argv, "--segmentation-weight", "1"]) == 0
+    rows = (run / "log.csv").read_text().splitlines()
+    header, last = rows[0].split(","), rows[-1].split(",")
+    assert float(last[header.index("segmentation_loss")]) > 0
+    model, _ = load_checkpoint(run / "checkpoint.pt")
+    assert model.segmentation is not None and model.config.encoder_depth == 1
+    assert main([*base, "--out", str(tmp_path / "no-head"), "--segmentation-weight", "1"]) != 0
+    assert "--segmentation-classes" in capsys.readouterr().err
+    wrong = [*base, "--out", str(tmp_path / "wrong"), "--segmentation-classes", "2"]
+    assert main([*wrong, "--segmentation-weight", "1"]) != 0
+    assert "set --segmentation-classes 3" in capsys.readouterr().err

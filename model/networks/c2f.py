@@ -1,6 +1,7 @@
 """Coarse-to-fine RIIR on learned features (``--arch c2f``; measured, not yet shipped).
 
     E_m, E_f = E(I_mov), E(I_fix)                       (shared encoder, once per image)
+    (with a segmentation head S: E ← [E, softmax(S(E))], the class probabilities as features)
     for each level s in ``levels`` (grid 1/s of the working grid), coarse to fine:
         phi ← phi of the coarser level, upsampled (0 at the first level), hidden states too
         repeat ``level_steps`` times:
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from model.networks.configs import C2FConfig, RIIRConfig
-from model.networks.encoder import FeatureEncoder, feature_gradient
+from model.networks.encoder import build_encoder, feature_gradient, segmentation_head
 from model.networks.losses import inner_gradient
 from model.networks.riir import ProgressCallback, RIIRCell
 from model.networks.warp import resize, resize_displacement, warp
@@ -37,8 +38,11 @@ class C2FRIIR(nn.Module):
             raise ValueError("levels and level_steps must be as long as each other (≥ 1)")
         self.config = config
         d, c = config.spatial_dims, config.encoder_channels
-        self.encoder = FeatureEncoder(d, c, config.encoder_stride)
-        in_channels = 3 * d + (2 * c if config.explicit_features else 0)
+        self.encoder = build_encoder(d, c, config.encoder_stride, config.encoder_depth)
+        classes = config.segmentation_classes
+        self.segmentation = segmentation_head(d, c, classes) if classes else None
+        features = c + classes
+        in_channels = 3 * d + (2 * features if config.explicit_features else 0)
         cell_config = RIIRConfig(
             spatial_dims=d,
             hidden_channels=config.hidden_channels,
@@ -55,6 +59,15 @@ class C2FRIIR(nn.Module):
     # The engine and training resample to a multiple of this: adaptive pooling handles any
     # grid, so none is needed.
     shape_multiple = 1
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """E(image), with the head's class probabilities appended, and the head's logits
+        (None without a head), both on E's grid."""
+        features = self.encoder(image)
+        if self.segmentation is None:
+            return features, None
+        logits = self.segmentation(features)
+        return torch.cat([features, logits.softmax(1)], 1), logits
 
     def _cell_input(
         self, phi: torch.Tensor, level: dict[str, torch.Tensor], stride: int
@@ -87,7 +100,11 @@ class C2FRIIR(nn.Module):
             counts[-1] = max(0, steps - sum(counts[:-1]))
         total = sum(counts)
         shape = tuple(fixed.shape[2:])
-        features = {"moving_features": self.encoder(moving), "fixed_features": self.encoder(fixed)}
+        moving_features, moving_logits = self.encode(moving)
+        fixed_features, fixed_logits = self.encode(fixed)
+        # The auxiliary segmentation loss of training reads these (model.training.train).
+        self.last_logits = (moving_logits, fixed_logits)
+        features = {"moving_features": moving_features, "fixed_features": fixed_features}
         phi: torch.Tensor | None = None
         hidden: list[torch.Tensor | None] = [None, None]
         out: list[torch.Tensor] = []

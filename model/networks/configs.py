@@ -147,6 +147,14 @@ class C2FConfig:
     gru_kernel: int = setting(3, "ConvGRU kernel size", flags=())
     encoder_channels: int = setting(8, "c2f: channels of the shared feature encoder E")
     encoder_stride: int = setting(2, "c2f: E's features at 1/stride of the grid")
+    encoder_depth: int = setting(
+        0, "c2f: 0 for the plain two-convolution E, N for a U-Net with N poolings below it"
+    )
+    segmentation_classes: int = setting(
+        0,
+        "c2f: classes (background + labels) of a segmentation head on E, trained by "
+        "--segmentation-weight; its probabilities join the features (0: no head)",
+    )
     explicit_features: bool = setting(
         False, "c2f: also give the cell the warped and fixed features themselves"
     )

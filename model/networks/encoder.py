@@ -9,11 +9,19 @@ whose gradient with respect to phi is 2/C Σ_c (E_m,c ∘ phi - E_f,c) (∇E_m,c
 (``model.networks.losses.inner_gradient("mse", …)`` with C channels). Written with the
 central-difference image gradient rather than autograd, it is an ordinary differentiable function
 of E: training learns the features through the cell's input without second derivatives.
+
+Two encoders: the plain one (two convolutions, a receptive field of a few voxels: it can only
+sharpen edges) and ``FeatureUNet`` (``depth`` poolings below the features' grid and back, with
+skips: a receptive field of tens of voxels, enough to tell where the anatomy is). Either may
+carry a segmentation head (a 1×1 convolution to 1 + K class logits) that an auxiliary loss
+trains where labels exist, so the features — and the head's probabilities, which join them —
+carry anatomy, and the feature gradient pulls structure onto structure.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.networks.losses import spatial_gradient
@@ -42,6 +50,65 @@ class FeatureEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
+
+
+class FeatureUNet(nn.Module):
+    """A small U-Net: ``depth`` stride-2 levels below the features' grid (1/``stride``), each
+    two 3×3 convolutions, then back up with a skip per level; the last layer is linear."""
+
+    def __init__(self, spatial_dims: int, channels: int = 8, stride: int = 2, depth: int = 2):
+        super().__init__()
+        conv = _conv(spatial_dims)
+        self.stride = stride
+        self.stem = nn.Sequential(
+            conv(1, channels, 3, stride=stride, padding=1),
+            nn.LeakyReLU(0.2),
+            conv(channels, channels, 3, padding=1),
+            nn.LeakyReLU(0.2),
+        )
+        widths = [channels * min(2**i, 4) for i in range(depth + 1)]
+        self.down = nn.ModuleList(
+            nn.Sequential(
+                conv(widths[i], widths[i + 1], 3, stride=2, padding=1),
+                nn.LeakyReLU(0.2),
+                conv(widths[i + 1], widths[i + 1], 3, padding=1),
+                nn.LeakyReLU(0.2),
+            )
+            for i in range(depth)
+        )
+        self.up = nn.ModuleList(
+            nn.Sequential(
+                conv(widths[i + 1] + widths[i], widths[i], 3, padding=1), nn.LeakyReLU(0.2)
+            )
+            for i in reversed(range(depth))
+        )
+        self.out = conv(channels, channels, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.stem(image)
+        skips = []
+        for down in self.down:
+            skips.append(x)
+            x = down(x)
+        for up, skip in zip(self.up, reversed(skips), strict=True):
+            # Odd sizes halve with rounding up: interpolate to the skip's size, not ×2.
+            x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
+            x = up(torch.cat([x, skip], 1))
+        return self.out(x)
+
+
+def build_encoder(
+    spatial_dims: int, channels: int, stride: int, depth: int
+) -> FeatureEncoder | FeatureUNet:
+    """The plain encoder (``depth`` 0) or the U-Net."""
+    if depth == 0:
+        return FeatureEncoder(spatial_dims, channels, stride)
+    return FeatureUNet(spatial_dims, channels, stride, depth)
+
+
+def segmentation_head(spatial_dims: int, channels: int, classes: int) -> nn.Module:
+    """1×1 convolution from the features to ``classes`` logits (background first)."""
+    return _conv(spatial_dims)(channels, classes, 1)
 
 
 def feature_gradient(

@@ -20,7 +20,9 @@ The correction may be a voxel field (``stride`` 1) or a coarse one upsampled lin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,11 @@ class RefineConfig:
     regularise: str = "field"
 
 
+# What a request's ``refine`` steps run (worker.inference.engine): of the settings measured on
+# hippocampus validation pairs (docs/method.md), the one with the most Dice.
+REQUEST = RefineConfig(steps=0, similarity="ncc", stride=4, lam=10.0, regularise="correction")
+
+
 def real_box(image: torch.Tensor) -> list[slice]:
     """Bounding box of the voxels that are not edge-repeat padding, over the batch: along
     each axis, the slices that differ from a neighbouring slice. (B, C, *S) -> slices."""
@@ -61,9 +68,14 @@ def real_box(image: torch.Tensor) -> list[slice]:
     return box
 
 
+def _index(box: list[slice]) -> tuple[Any, ...]:
+    """``tensor[_index(box)]``: the box over the spatial axes, every leading axis whole."""
+    return (Ellipsis, *box)
+
+
 def box_mask(image: torch.Tensor, box: list[slice]) -> torch.Tensor:
     mask = torch.zeros_like(image[:, :1])
-    mask[(..., *box)] = 1.0
+    mask[_index(box)] = 1.0
     return mask
 
 
@@ -113,10 +125,10 @@ class Problem:
         ]
         self.origin = tuple(w.start for w in self.window)
         self.moving, self.cfg, self.start = moving, cfg, start
-        self.fixed = fixed[(..., *self.window)]
-        self.mask = box_mask(fixed, box)[(..., *self.window)]
-        self.start_window = start[(..., *self.window)]
-        self.start_rim = start[(..., *self.rim)]
+        self.fixed = fixed[_index(self.window)]
+        self.mask = box_mask(fixed, box)[_index(self.window)]
+        self.start_window = start[_index(self.window)]
+        self.start_rim = start[_index(self.rim)]
 
     def correction_shape(self) -> list[int]:
         return [max(1, -(-(w.stop - w.start) // self.cfg.stride)) for w in self.window]
@@ -131,7 +143,7 @@ class Problem:
 
     def field(self, correction: torch.Tensor) -> torch.Tensor:
         out = self.start.clone()
-        out[(..., *self.window)] += _upsample(correction, self.fixed.shape[2:])
+        out[_index(self.window)] += _upsample(correction, self.fixed.shape[2:])
         return out
 
 
@@ -140,8 +152,10 @@ def refine(
     fixed: torch.Tensor,
     phi: torch.Tensor | None = None,
     cfg: RefineConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
-    """phi after ``cfg.steps`` Adam steps on L (phi None: start from the identity)."""
+    """phi after ``cfg.steps`` Adam steps on L (phi None: start from the identity);
+    ``progress(k, steps)`` after each."""
     cfg = cfg or RefineConfig()
     shape = fixed.shape[2:]
     start = fixed.new_zeros(fixed.shape[0], len(shape), *shape) if phi is None else phi.detach()
@@ -151,9 +165,11 @@ def refine(
     )
     optimiser = torch.optim.Adam([correction], lr=cfg.lr)
     with torch.enable_grad():
-        for _ in range(cfg.steps):
+        for k in range(cfg.steps):
             optimiser.zero_grad(set_to_none=True)
             problem.loss(correction).backward()
             optimiser.step()
+            if progress is not None:
+                progress(k + 1, cfg.steps)
     with torch.no_grad():
         return problem.field(correction)

@@ -12,6 +12,7 @@ the first and last voxels, so voxel index i maps to ``2 i / (n - 1) - 1``.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,8 +72,10 @@ def resize(x: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor
     if tuple(x.shape[2:]) == tuple(shape):
         return x
     if all(n <= m for n, m in zip(shape, x.shape[2:], strict=True)):
-        pool = F.adaptive_avg_pool2d if x.dim() == 4 else F.adaptive_avg_pool3d
-        return pool(x, tuple(shape))
+        size: Any = tuple(shape)  # torch's stubs want a tuple of exactly 2 or 3
+        if x.dim() == 4:
+            return F.adaptive_avg_pool2d(x, size)
+        return F.adaptive_avg_pool3d(x, size)
     mode = "bilinear" if len(shape) == 2 else "trilinear"
     return F.interpolate(x, size=tuple(shape), mode=mode, align_corners=False)
 

@@ -94,6 +94,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
     p.add_argument("--init", choices=INITS, help=HELP["init"])
+    p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--title", default="", help="title of the table and plot")
@@ -228,7 +229,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     methods = []
     for spec in args.model:
         label, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
-        methods.append(ev.model_method(path, label or None, args.device, args.steps, args.init))
+        methods.append(
+            ev.model_method(path, label or None, args.device, args.steps, args.init, args.refine)
+        )
     if args.identity:
         methods.append(ev.identity_method())
     if args.ants:

@@ -90,6 +90,12 @@ class TrainConfig:
         "β, weight of a soft-Dice label term (0: unsupervised, the paper's setting)",
         group="outer loss",
     )
+    segmentation_weight: float = setting(
+        0.0,
+        "γ, weight of the auxiliary segmentation loss (soft Dice + cross-entropy) of the "
+        "encoder's head on both images (c2f with segmentation_classes; needs labels)",
+        group="outer loss",
+    )
     masked_similarity: bool = setting(
         False,
         "L_sim only over the real image (the fixed image's box where consecutive slices "
@@ -161,8 +167,13 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.lam < 0 or self.dice_weight < 0:
-            raise InputError("lam and dice_weight must not be negative")
+        if self.lam < 0 or self.dice_weight < 0 or self.segmentation_weight < 0:
+            raise InputError("lam, dice_weight and segmentation_weight must not be negative")
+        if self.segmentation_weight > 0 and not self.model.get("segmentation_classes"):
+            raise InputError(
+                "--segmentation-weight trains a segmentation head: give --arch c2f "
+                "--segmentation-classes N (background + labels)"
+            )
         if not self.data:
             raise InputError("no training data given (--data PATH)")
         if self.best_by not in BEST_BY:

@@ -56,9 +56,11 @@ def model_method(
     device: str = "auto",
     steps: int | None = None,
     init: str | None = None,
+    refine: int | None = None,
 ) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine, after
-    the initial alignment ``init`` (its time counted in the model's)."""
+    the initial alignment ``init`` and with ``refine`` test-time refinement steps (their time
+    counted in the model's)."""
 
     from conventions import catalog
     from conventions.options import RegistrationOptions, check
@@ -70,7 +72,7 @@ def model_method(
     torch_device = select_device(device)
     model, meta = load_checkpoint(path, torch_device)
     engine = Engine(model, meta, Path(path), torch_device)
-    options = check(RegistrationOptions, {"steps": steps, "init": init})
+    options = check(RegistrationOptions, {"steps": steps, "init": init, "refine": refine})
 
     def register(pair: SubjectPair) -> Registered:
         reg = register_images(engine, pair.fixed.image, pair.moving.image, options)

@@ -6,7 +6,9 @@ Outer loss over the iterates phi_1 … phi_T of any architecture (the paper's Eq
 
 with uniform (1/T) or exponential (10^((t-1)/(T-1)), normalised) weights ``w_t``, the diffusion
 regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot labels (``β`` =
-``dice_weight``, 0 by default: the paper's unsupervised setting).
+``dice_weight``, 0 by default: the paper's unsupervised setting). A model whose encoder has a
+segmentation head (``c2f`` with ``segmentation_classes``) adds ``γ L_seg`` of both images'
+labels (``segmentation_weight``), so its features learn the anatomy.
 
 A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
 (the model, rebuilt by ``model.networks.checkpoint.load_checkpoint``, with the ``meta`` inference
@@ -49,7 +51,7 @@ from model.networks.checkpoint import (
     save_checkpoint,
 )
 from model.networks.losses import diffusion, similarity_loss, soft_dice
-from model.networks.warp import warp
+from model.networks.warp import resize, warp
 from model.training.config import TrainConfig, model_config
 from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
 
@@ -164,6 +166,25 @@ def outer_loss(
         if dice is not None:
             parts["dice_loss"] = dice.item()
     return total, parts
+
+
+def segmentation_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """Soft Dice + cross-entropy of the encoder head's logits of both images (left by the
+    last forward in ``model.last_logits``) against their labels, pooled down to the logits'
+    grid (soft targets at the boundaries)."""
+    total = batch.fixed.new_zeros(())
+    pairs = zip(model.last_logits, (batch.moving_onehot, batch.fixed_onehot), strict=True)
+    for logits, onehot in pairs:
+        if logits.shape[1] != onehot.shape[1]:
+            raise InputError(
+                f"the segmentation head has {logits.shape[1]} classes; the data have "
+                f"{onehot.shape[1]} (background + labels): set --segmentation-classes "
+                f"{onehot.shape[1]}"
+            )
+        target = resize(onehot, tuple(logits.shape[2:]))
+        cross_entropy = -(target * logits.log_softmax(1)).sum(1).mean()
+        total = total + 0.5 * (soft_dice(logits.softmax(1), target) + cross_entropy)
+    return total
 
 
 def to_batches(
@@ -310,6 +331,7 @@ class CsvLog:
         "similarity",
         "regularisation",
         "dice_loss",
+        "segmentation_loss",
         "seconds",
         "val_dice",
         "val_std_log_jacobian",
@@ -471,7 +493,8 @@ def train(
         pairs = stream.take(iteration)
         optimizer.zero_grad(set_to_none=True)
         loss_value, parts = 0.0, {}
-        for batch in to_batches(pairs, labels, device, cfg.dice_weight > 0):
+        with_labels = cfg.dice_weight > 0 or cfg.segmentation_weight > 0
+        for batch in to_batches(pairs, labels, device, with_labels):
             phis = model(batch.moving, batch.fixed)
             mask = real_mask(batch.fixed) if cfg.masked_similarity else None
             loss, parts = outer_loss(
@@ -483,6 +506,10 @@ def train(
                 cfg.dice_weight,
                 mask,
             )
+            if cfg.segmentation_weight > 0 and batch.fixed_onehot is not None:
+                seg = segmentation_loss(model, batch)
+                loss = loss + cfg.segmentation_weight * seg
+                parts["segmentation_loss"] = seg.item()
             share = batch.fixed.shape[0] / len(pairs)
             (loss * share).backward()
             loss_value += loss.item() * share

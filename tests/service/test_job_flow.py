@@ -47,10 +47,11 @@ def test_pair_matches_the_command_line_path(
     client: httpx.Client, images: dict[str, Path], tmp_path: Path, dims: int
 ) -> None:
     fixed, moving = images[f"fixed{dims}"], images[f"moving{dims}"]
+    refine = 3 if dims == 2 else 0  # test-time refinement steps, counted in the progress
     response = client.post(
         "/register",
         files=files_of(fixed=fixed, moving=moving),
-        data={"model": f"tiny-{dims}d", "steps": "2"},
+        data={"model": f"tiny-{dims}d", "steps": "2", "refine": str(refine)},
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -59,7 +60,8 @@ def test_pair_matches_the_command_line_path(
 
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded", job
-    assert job["progress"] == {"done": 2, "total": 2}
+    assert job["progress"] == {"done": 2 + refine, "total": 2 + refine}
+    assert job["metrics"]["refine"] == refine
     assert set(job["artifacts"]) == PAIR_ARTIFACTS
     assert job["timings"]["run_seconds"] > 0
     assert job["metrics"]["model"]["name"] == f"tiny-{dims}d"
@@ -68,7 +70,7 @@ def test_pair_matches_the_command_line_path(
         fixed,
         moving,
         tmp_path / "local",
-        RegistrationOptions(model=f"tiny-{dims}d", steps=2),
+        RegistrationOptions(model=f"tiny-{dims}d", steps=2, refine=refine),
         device="cpu",
     )
     for name in ("displacement", "inverse_displacement", "warped", "jacobian"):

@@ -31,7 +31,7 @@ def test_every_entry_point_reads_the_same_options() -> None:
 
 
 def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
-    asked = options.SeriesOptions(model="qmri-2d", steps=4, init="center", template=2)
+    asked = options.SeriesOptions(model="qmri-2d", steps=4, init="center", refine=5, template=2)
     assert options.check(options.SeriesOptions, asked.model_dump()) == asked
 
 
@@ -40,6 +40,8 @@ def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
     [
         {"steps": 0},
         {"steps": options.MAX_STEPS + 1},
+        {"refine": -1},
+        {"refine": options.MAX_REFINE + 1},
         {"init": "affine?"},
         {"similarity": "ssd"},
         {"unknown": 1},

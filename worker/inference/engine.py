@@ -8,6 +8,7 @@ fixed grid, where it is the ITK displacement field of the artifact contract.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from conventions.errors import InputError
 from conventions.grid import Grid, model_grid
 from conventions.intensity import normalize
 from conventions.options import RegistrationOptions
+from model.networks import refine as refine_config
 from model.networks.checkpoint import load_checkpoint
 from worker.inference.prealign import initial_transform
 
@@ -58,6 +60,13 @@ class Engine:
         """The initial alignment: the request's, else the one the model's card measured best
         (``meta.preprocessing.init``), else the headers' (physical)."""
         return options.init or str(self.preprocessing.get("init") or "physical")
+
+    def refine_steps(self, options: RegistrationOptions) -> int:
+        """Test-time refinement steps: the request's, else the model's own
+        (``meta.preprocessing.refine``), else none."""
+        if options.refine is not None:
+            return options.refine
+        return int(self.preprocessing.get("refine") or 0)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -133,6 +142,12 @@ def _composed(grid: Grid, phi: np.ndarray, init: sitk.Transform | None) -> sitk.
     )
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for the GPU, so the seconds measured are the work's."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def register_images(
     engine: Engine,
     fixed: sitk.Image,
@@ -145,6 +160,7 @@ def register_images(
     images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
     ``options.model`` is the caller's to load (``engine``); the rest apply here."""
     steps, init, similarity = options.steps, engine.init(options), options.similarity
+    refinement = dataclasses.replace(refine_config.REQUEST, steps=engine.refine_steps(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pre = engine.preprocessing
@@ -158,13 +174,29 @@ def register_images(
 
     start = time.perf_counter()
     kwargs = {"inner_loss": similarity} if similarity is not None else {}
+    network_steps = steps or engine.steps
+    # One progress count over the network's steps and then the refinement's.
+    overall = network_steps + refinement.steps
+
+    def network_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total + refinement.steps)
+
+    def refine_progress(done: int, total: int) -> None:
+        if progress is not None:
+            progress(network_steps + done, overall)
+
     with torch.no_grad():
         phi = engine.model(
-            moving_t, fixed_t, steps=steps, progress=progress, return_all=False, **kwargs
+            moving_t, fixed_t, steps=steps, progress=network_progress, return_all=False, **kwargs
         )[-1]
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
+    _synchronize(engine.device)
     timings["model"] = time.perf_counter() - start
+    if refinement.steps:
+        start = time.perf_counter()
+        phi = refine_config.refine(moving_t, fixed_t, phi, refinement, refine_progress)
+        _synchronize(engine.device)
+        timings["refine"] = time.perf_counter() - start
 
     start = time.perf_counter()
     field_model = _composed(grid, phi[0].float().cpu().numpy(), init_transform)

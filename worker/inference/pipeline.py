@@ -112,6 +112,7 @@ def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> 
         "device": str(engine.device),
         "steps": options.steps or engine.steps,
         "init": engine.init(options),
+        "refine": engine.refine_steps(options),
         "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
         "fixed_shape": list(fixed.GetSize()),
     }
@@ -238,7 +239,7 @@ def register_series_file(
     template %= n
     fixed = frames[template]
     engine = _engine(options, device, fixed, series=True)
-    steps = options.steps or engine.steps
+    per_frame = (options.steps or engine.steps) + engine.refine_steps(options)
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
     grid = Grid.of(fixed)
@@ -248,12 +249,12 @@ def register_series_file(
 
         def frame_progress(t: int, total: int, i: int = i) -> None:
             if progress is not None:
-                progress(i * steps + t, n * steps)
+                progress(i * per_frame + t, n * per_frame)
 
         if i == template:  # the template stays where it is: a zero field, not a registration
             field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
             moved, initial = frame, frame
-            frame_progress(steps, steps)
+            frame_progress(per_frame, per_frame)
         else:
             reg = register_images(engine, fixed, frame, options, progress=frame_progress)
             field, moved, initial = reg.field, reg.warped, reg.initial
