@@ -28,7 +28,7 @@ from torch import nn
 
 from conventions import catalog
 from model.networks.checkpoint import load_checkpoint
-from model.networks.refine import RefineConfig, refine
+from model.networks.refine import RefineConfig, anatomy, refine
 from model.training import evaluate as ev
 from model.training.datasets import open_source
 from worker.inference.engine import Engine, register_images, resample_through
@@ -63,7 +63,8 @@ class Refined(nn.Module):
                 if phi is not None
                 else fixed.new_zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:])
             ]
-        return [refine(moving, fixed, phi, self.cfg)]
+        features = anatomy(self.network, moving, fixed) if self.cfg.feature_weight else None
+        return [refine(moving, fixed, phi, self.cfg, features=features)]
 
 
 def parse_setting(text: str) -> tuple[RefineConfig, str]:

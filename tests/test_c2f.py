@@ -1,7 +1,10 @@
-"""Test-time refinement (model/refine.py), the feature gradient (model/encoder.py) and the
-coarse-to-fine RIIR (model/c2f.py) on small synthetic images (never real data)."""
+"""Test-time refinement (model/networks/refine.py), the feature gradient
+(model/networks/encoder.py) and the coarse-to-fine RIIR (model/networks/c2f.py) on small
+synthetic images (never real data)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from model.networks.c2f import C2FRIIR, C2FConfig
 from model.networks.checkpoint import load_checkpoint
 from model.networks.encoder import FeatureEncoder, feature_gradient
 from model.networks.losses import mse
-from model.networks.refine import Problem, RefineConfig, real_box, refine
+from model.networks.refine import Problem, RefineConfig, anatomy, real_box, refine
 from model.networks.warp import warp, warp_window
 from riir.cli import main
 
@@ -56,6 +59,27 @@ def test_refinement_lowers_its_objective(start, stride):
     assert after < 0.8 * before
     # Outside the window (the real box widened by the margin) the field is not touched.
     assert torch.equal(refined[..., 0], initial[..., 0])
+
+
+def test_refinement_follows_the_anatomy_features_where_intensities_say_nothing():
+    """Flat images, shifted class probabilities: only the features' term moves the field,
+    towards the shift; a model with a segmentation head supplies them (``anatomy``)."""
+    shape = (16, 16)
+    flat = torch.full((1, 1, *shape), 0.5)
+    blob = blobs(shape, seed=0)
+    features = (as_tensor(shifted(blob, (0.0, 1.5))), as_tensor(blob))  # moving, fixed
+    cfg = RefineConfig(steps=60, lr=0.1, lam=0.1, similarity="mse", masked=False)
+    still = refine(flat, flat, None, cfg, features=features)
+    assert still.abs().max() == 0  # feature_weight 0: the features are not used
+    moved = refine(
+        flat, flat, None, dataclasses.replace(cfg, feature_weight=1.0), features=features
+    )
+    inner = moved[0, 1, 4:12, 4:12]
+    assert inner.mean() < -0.5, inner.mean()  # fixed x is moving x - 1.5 along axis 1
+    head = C2FRIIR(C2FConfig(spatial_dims=2, hidden_channels=(4, 4), segmentation_classes=3))
+    probabilities = anatomy(head, flat, flat)
+    assert probabilities is not None and probabilities[0].shape == (1, 2, *shape)
+    assert anatomy(C2FRIIR(C2FConfig(spatial_dims=2, hidden_channels=(4, 4))), flat, flat) is None
 
 
 def test_feature_gradient_equals_autograd_of_the_feature_mse():
@@ -196,10 +220,12 @@ def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_pa
     base += ["--encoder-channels", "2", "--encoder-depth", "1", "--threads", "1", "--quiet"]
     run = tmp_path / "run"
     argv = [*base, "--out", str(run), "--segmentation-classes", "3"]
-    assert main([*argv, "--segmentation-weight", "1"]) == 0
-    rows = (run / "log.csv").read_text().splitlines()
-    header, last = rows[0].split(","), rows[-1].split(",")
-    assert float(last[header.index("segmentation_loss")]) > 0
+    assert main([*argv, "--segmentation-weight", "1", "--segmentation-pretraining", "1"]) == 0
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()]
+    column = {name: [r[i] for r in rows[1:]] for i, name in enumerate(rows[0])}
+    assert all(float(v) > 0 for v in column["segmentation_loss"])
+    assert column["similarity"][0] == "" and float(column["similarity"][1]) > 0  # pretraining
+    assert 0 <= float(column["val_segmentation_dice"][-1]) <= 1
     model, _ = load_checkpoint(run / "checkpoint.pt")
     assert model.segmentation is not None and model.config.encoder_depth == 1
     assert main([*base, "--out", str(tmp_path / "no-head"), "--segmentation-weight", "1"]) != 0

@@ -82,6 +82,15 @@ class C2FRIIR(nn.Module):
             parts += [warp(level["moving_features"], phi.detach()), level["fixed_features"]]
         return torch.cat(parts, 1)
 
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The head's foreground class probabilities on the image's grid (B, K, *S), or None
+        without a head: the anatomy test-time refinement may follow
+        (``model.networks.refine``)."""
+        _, logits = self.encode(image)
+        if logits is None:
+            return None
+        return resize(logits, tuple(image.shape[2:])).softmax(1)[:, 1:]
+
     def forward(
         self,
         moving: torch.Tensor,

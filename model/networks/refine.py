@@ -14,6 +14,10 @@ similarity is not measured, so the field would move there only through the regul
 Working on the window costs a quarter of the whole 64³ grid on these crops. The regulariser
 covers the window and its one-voxel rim, so the correction cannot jump at the window's edge.
 
+With ``features`` (the class probabilities of a model's segmentation head, for both images,
+on their grid) and ``feature_weight`` > 0, ``L_sim`` also holds their masked MSE: the
+anatomy the network's encoder sees pulls the refinement, as it drives the network.
+
 The correction may be a voxel field (``stride`` 1) or a coarse one upsampled linearly
 (``stride`` s > 1): fewer unknowns and an implicitly smoother field.
 """
@@ -42,6 +46,7 @@ class RefineConfig:
     ncc_window: int = 9
     stride: int = 1  # 1: a voxel correction; s > 1: a coarse one, upsampled
     masked: bool = True  # the similarity on the real image (``real_box``), else everywhere
+    feature_weight: float = 0.0  # weight of the features' MSE (needs ``features``)
     margin: int = 4  # voxels of the window beyond the mask
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
@@ -111,7 +116,12 @@ class Problem:
     """L of one pair on its window: built once, evaluated at every Adam step."""
 
     def __init__(
-        self, moving: torch.Tensor, fixed: torch.Tensor, start: torch.Tensor, cfg: RefineConfig
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        start: torch.Tensor,
+        cfg: RefineConfig,
+        features: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         shape = fixed.shape[2:]
         box = real_box(fixed) if cfg.masked else [slice(0, n) for n in shape]
@@ -129,6 +139,9 @@ class Problem:
         self.mask = box_mask(fixed, box)[_index(self.window)]
         self.start_window = start[_index(self.window)]
         self.start_rim = start[_index(self.rim)]
+        self.features = None
+        if features is not None and cfg.feature_weight > 0:
+            self.features = (features[0], features[1][_index(self.window)])
 
     def correction_shape(self) -> list[int]:
         return [max(1, -(-(w.stop - w.start) // self.cfg.stride)) for w in self.window]
@@ -137,6 +150,12 @@ class Problem:
         fine = _upsample(correction, self.fixed.shape[2:])
         warped = warp_window(self.moving, self.start_window + fine, self.origin)
         sim = similarity(self.cfg.similarity, warped, self.fixed, self.mask, self.cfg.ncc_window)
+        if self.features is not None:
+            moving_features, fixed_features = self.features
+            warped_features = warp_window(moving_features, self.start_window + fine, self.origin)
+            sim = sim + self.cfg.feature_weight * masked_mse(
+                warped_features, fixed_features, self.mask
+            )
         base = self.start_rim if self.cfg.regularise == "field" else 0.0
         reg = diffusion(base + F.pad(fine, self.pad))
         return sim + self.cfg.lam * reg
@@ -147,19 +166,34 @@ class Problem:
         return out
 
 
+@torch.no_grad()
+def anatomy(
+    model: torch.nn.Module, moving: torch.Tensor, fixed: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``refine``'s ``features``: the model's class probabilities of both images (a model with
+    a segmentation head answers ``probabilities``), or None."""
+    probabilities = getattr(model, "probabilities", None)
+    if probabilities is None:
+        return None
+    moving_p, fixed_p = probabilities(moving), probabilities(fixed)
+    return None if moving_p is None or fixed_p is None else (moving_p, fixed_p)
+
+
 def refine(
     moving: torch.Tensor,
     fixed: torch.Tensor,
     phi: torch.Tensor | None = None,
     cfg: RefineConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """phi after ``cfg.steps`` Adam steps on L (phi None: start from the identity);
-    ``progress(k, steps)`` after each."""
+    ``progress(k, steps)`` after each; ``features``: (moving, fixed) maps (B, C, *S) whose
+    MSE joins the similarity with ``cfg.feature_weight``."""
     cfg = cfg or RefineConfig()
     shape = fixed.shape[2:]
     start = fixed.new_zeros(fixed.shape[0], len(shape), *shape) if phi is None else phi.detach()
-    problem = Problem(moving, fixed, start, cfg)
+    problem = Problem(moving, fixed, start, cfg, features)
     correction = start.new_zeros(
         start.shape[0], len(shape), *problem.correction_shape(), requires_grad=True
     )

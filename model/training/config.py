@@ -96,6 +96,14 @@ class TrainConfig:
         "encoder's head on both images (c2f with segmentation_classes; needs labels)",
         group="outer loss",
     )
+    segmentation_pretraining: int = setting(
+        0,
+        "the first N iterations train only the encoder and its segmentation head, without "
+        "registering (steps ~10x cheaper), so the features carry anatomy before the cell "
+        "learns to follow them (needs --segmentation-classes and labels)",
+        metavar="N",
+        group="outer loss",
+    )
     masked_similarity: bool = setting(
         False,
         "L_sim only over the real image (the fixed image's box where consecutive slices "
@@ -169,10 +177,13 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.lam < 0 or self.dice_weight < 0 or self.segmentation_weight < 0:
             raise InputError("lam, dice_weight and segmentation_weight must not be negative")
-        if self.segmentation_weight > 0 and not self.model.get("segmentation_classes"):
+        if self.segmentation_pretraining < 0:
+            raise InputError("segmentation_pretraining must not be negative")
+        segments = self.segmentation_weight > 0 or self.segmentation_pretraining > 0
+        if segments and not self.model.get("segmentation_classes"):
             raise InputError(
-                "--segmentation-weight trains a segmentation head: give --arch c2f "
-                "--segmentation-classes N (background + labels)"
+                "--segmentation-weight and --segmentation-pretraining train a segmentation "
+                "head: give --arch c2f --segmentation-classes N (background + labels)"
             )
         if not self.data:
             raise InputError("no training data given (--data PATH)")

@@ -168,12 +168,11 @@ def outer_loss(
     return total, parts
 
 
-def segmentation_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Soft Dice + cross-entropy of the encoder head's logits of both images (left by the
-    last forward in ``model.last_logits``) against their labels, pooled down to the logits'
-    grid (soft targets at the boundaries)."""
+def segmentation_loss(logits: tuple[torch.Tensor, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Soft Dice + cross-entropy of the encoder head's logits of both images (moving, fixed)
+    against their labels, pooled down to the logits' grid (soft targets at the boundaries)."""
     total = batch.fixed.new_zeros(())
-    pairs = zip(model.last_logits, (batch.moving_onehot, batch.fixed_onehot), strict=True)
+    pairs = zip(logits, (batch.moving_onehot, batch.fixed_onehot), strict=True)
     for logits, onehot in pairs:
         if logits.shape[1] != onehot.shape[1]:
             raise InputError(
@@ -185,6 +184,32 @@ def segmentation_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
         cross_entropy = -(target * logits.log_softmax(1)).sum(1).mean()
         total = total + 0.5 * (soft_dice(logits.softmax(1), target) + cross_entropy)
     return total
+
+
+def registration_loss(
+    model: nn.Module,
+    batch: Batch,
+    cfg: TrainConfig,
+    similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The outer loss of one batch, with the encoder head's segmentation loss when asked."""
+    phis = model(batch.moving, batch.fixed)
+    mask = real_mask(batch.fixed) if cfg.masked_similarity else None
+    weights = step_weights(len(phis), cfg.weights).to(batch.fixed.device)
+    loss, parts = outer_loss(phis, batch, weights, similarity, cfg.lam, cfg.dice_weight, mask)
+    if cfg.segmentation_weight > 0 and batch.fixed_onehot is not None:
+        seg = segmentation_loss(model.last_logits, batch)
+        loss = loss + cfg.segmentation_weight * seg
+        parts["segmentation_loss"] = seg.item()
+    return loss, parts
+
+
+def pretraining_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """The segmentation loss of the encoder and its head alone (no registration)."""
+    if batch.fixed_onehot is None:
+        raise InputError("--segmentation-pretraining needs labelled pairs")
+    loss = segmentation_loss((model.encode(batch.moving)[1], model.encode(batch.fixed)[1]), batch)
+    return loss, {"segmentation_loss": loss.item()}
 
 
 def to_batches(
@@ -284,7 +309,7 @@ def validate(
         return {}
     was_training = model.training
     model.eval()
-    dice, std_log_j, folding, epe = [], [], [], []
+    dice, std_log_j, folding, epe, segmentation_dice = [], [], [], [], []
     for pair in pairs:
         moving = torch.from_numpy(pair.moving)[None, None].to(device)
         fixed = torch.from_numpy(pair.fixed)[None, None].to(device)
@@ -304,6 +329,10 @@ def validate(
                 pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32), labels or None
             )
             dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
+            segmented = _segmentation(model, fixed, labels)
+            if segmented is not None:
+                scores = metrics.dice(pair.fixed_labels, segmented, labels or None)
+                segmentation_dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
         if pair.truth is not None:
             mask = pair.fixed_labels > 0 if pair.fixed_labels is not None else None
             epe.append(metrics.end_point_error(field, pair.truth, pair.spacing, mask))
@@ -316,7 +345,24 @@ def validate(
         out["val_dice"] = float(np.nanmean(dice))
     if epe:
         out["val_epe_mm"] = float(np.mean(epe))
+    if segmentation_dice:
+        out["val_segmentation_dice"] = float(np.nanmean(segmentation_dice))
     return out
+
+
+def _segmentation(
+    model: nn.Module, image: torch.Tensor, labels: Sequence[int]
+) -> np.ndarray | None:
+    """The label map the encoder's segmentation head predicts for ``image`` (its logits
+    upsampled to the image's grid; class k is ``one_hot``'s channel k), or None for a model
+    without one."""
+    encode = getattr(model, "encode", None)
+    logits = encode(image)[1] if encode is not None else None
+    if logits is None:
+        return None
+    logits = resize(logits, tuple(image.shape[2:]))
+    values = np.asarray([0, *labels])
+    return values[logits.argmax(1)[0].cpu().numpy()].astype(np.int32)
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -337,6 +383,7 @@ class CsvLog:
         "val_std_log_jacobian",
         "val_folding_percent",
         "val_epe_mm",
+        "val_segmentation_dice",
     )
 
     def __init__(self, path: Path, start: int):
@@ -493,23 +540,13 @@ def train(
         pairs = stream.take(iteration)
         optimizer.zero_grad(set_to_none=True)
         loss_value, parts = 0.0, {}
-        with_labels = cfg.dice_weight > 0 or cfg.segmentation_weight > 0
+        pretraining = iteration <= cfg.segmentation_pretraining
+        with_labels = cfg.dice_weight > 0 or cfg.segmentation_weight > 0 or pretraining
         for batch in to_batches(pairs, labels, device, with_labels):
-            phis = model(batch.moving, batch.fixed)
-            mask = real_mask(batch.fixed) if cfg.masked_similarity else None
-            loss, parts = outer_loss(
-                phis,
-                batch,
-                step_weights(len(phis), cfg.weights).to(device),
-                similarity,
-                cfg.lam,
-                cfg.dice_weight,
-                mask,
-            )
-            if cfg.segmentation_weight > 0 and batch.fixed_onehot is not None:
-                seg = segmentation_loss(model, batch)
-                loss = loss + cfg.segmentation_weight * seg
-                parts["segmentation_loss"] = seg.item()
+            if pretraining:
+                loss, parts = pretraining_loss(model, batch)
+            else:
+                loss, parts = registration_loss(model, batch, cfg, similarity)
             share = batch.fixed.shape[0] / len(pairs)
             (loss * share).backward()
             loss_value += loss.item() * share
@@ -529,7 +566,7 @@ def train(
             row.update(validate(model, val_pairs, labels, device))
             final = {k: row[k] for k in row if k.startswith("val_")}
             score = cfg.best_score(final)
-            if score > best:
+            if score > best and not pretraining:  # the cell has not trained yet
                 best = score
                 save_checkpoint(
                     out / "best.pt",

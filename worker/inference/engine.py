@@ -194,7 +194,12 @@ def register_images(
     timings["model"] = time.perf_counter() - start
     if refinement.steps:
         start = time.perf_counter()
-        phi = refine_config.refine(moving_t, fixed_t, phi, refinement, refine_progress)
+        features = None
+        if refinement.feature_weight > 0:
+            features = refine_config.anatomy(engine.model, moving_t, fixed_t)
+        phi = refine_config.refine(
+            moving_t, fixed_t, phi, refinement, refine_progress, features=features
+        )
         _synchronize(engine.device)
         timings["refine"] = time.perf_counter() - start
 
