@@ -150,6 +150,10 @@ def _summary(report: dict[str, Any], out: Path) -> str:
         f"model {model['name']} ({model['version']}) on {report['device']}, "
         f"{report['seconds']['total']:.1f} s"
     ]
+    if report.get("refine"):
+        refine_s = report["seconds"].get("refine")
+        spent = f", {refine_s:.1f} s" if refine_s is not None else ""  # a series: per frame
+        lines.append(f"test-time refinement: {report['refine']} steps{spent}")
     if "similarity_after" in report:
         before, after = report["similarity_before"], report["similarity_after"]
         lines.append(f"NCC {before['ncc']:.4f} -> {after['ncc']:.4f}")

@@ -150,7 +150,7 @@ def test_the_initial_alignment_defaults_to_the_models_own(tmp_path, descent):
     assert riir.register(fixed, moving, model=descent).metrics["init"] == "physical"
 
 
-def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp_path):
+def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp_path, capsys):
     """``refine`` steps start from the network's field: after a network that does not move
     they alone register a shifted pair; the report gives their count and seconds, progress
     counts them after the network's steps, and the model's card may set a default."""
@@ -177,3 +177,10 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     assert riir.register(fixed, moving, model=str(still), device="cpu").metrics["refine"] == 3
     with pytest.raises(InputError, match="refine"):
         riir.register(fixed, moving, model=str(still), refine=-1)
+    paths = []
+    for name, array in (("fixed", fixed), ("moving", moving)):
+        paths.append(str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(_image(array, (1, 1)), paths[-1])
+    argv = ["register", *paths, "--out", str(tmp_path / "cli"), "--model", str(still)]
+    assert main([*argv, "--refine", "5", "--device", "cpu", "--quiet"]) == 0
+    assert "test-time refinement: 5 steps" in capsys.readouterr().out
