@@ -32,6 +32,16 @@ def _conv(spatial_dims: int) -> type[nn.Module]:
     return getattr(nn, f"Conv{spatial_dims}d")
 
 
+def _block(conv: type[nn.Module], inputs: int, outputs: int, stride: int) -> nn.Sequential:
+    """conv 3 (stride) → LeakyReLU → conv 3 → LeakyReLU."""
+    return nn.Sequential(
+        conv(inputs, outputs, 3, stride=stride, padding=1),
+        nn.LeakyReLU(0.2),
+        conv(outputs, outputs, 3, padding=1),
+        nn.LeakyReLU(0.2),
+    )
+
+
 class FeatureEncoder(nn.Module):
     """conv (stride s) → LeakyReLU → conv → LeakyReLU → 1×1 conv: C features at 1/s of the
     grid. The last layer is linear so features may take either sign, like an image."""
@@ -40,13 +50,7 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         conv = _conv(spatial_dims)
         self.stride = stride
-        self.net = nn.Sequential(
-            conv(1, channels, 3, stride=stride, padding=1),
-            nn.LeakyReLU(0.2),
-            conv(channels, channels, 3, padding=1),
-            nn.LeakyReLU(0.2),
-            conv(channels, channels, 1),
-        )
+        self.net = nn.Sequential(*_block(conv, 1, channels, stride), conv(channels, channels, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
@@ -60,22 +64,9 @@ class FeatureUNet(nn.Module):
         super().__init__()
         conv = _conv(spatial_dims)
         self.stride = stride
-        self.stem = nn.Sequential(
-            conv(1, channels, 3, stride=stride, padding=1),
-            nn.LeakyReLU(0.2),
-            conv(channels, channels, 3, padding=1),
-            nn.LeakyReLU(0.2),
-        )
+        self.stem = _block(conv, 1, channels, stride)
         widths = [channels * min(2**i, 4) for i in range(depth + 1)]
-        self.down = nn.ModuleList(
-            nn.Sequential(
-                conv(widths[i], widths[i + 1], 3, stride=2, padding=1),
-                nn.LeakyReLU(0.2),
-                conv(widths[i + 1], widths[i + 1], 3, padding=1),
-                nn.LeakyReLU(0.2),
-            )
-            for i in range(depth)
-        )
+        self.down = nn.ModuleList(_block(conv, widths[i], widths[i + 1], 2) for i in range(depth))
         self.up = nn.ModuleList(
             nn.Sequential(
                 conv(widths[i + 1] + widths[i], widths[i], 3, padding=1), nn.LeakyReLU(0.2)
