@@ -184,3 +184,17 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     argv = ["register", *paths, "--out", str(tmp_path / "cli"), "--model", str(still)]
     assert main([*argv, "--refine", "5", "--device", "cpu", "--quiet"]) == 0
     assert "test-time refinement: 5 steps" in capsys.readouterr().out
+
+
+def test_a_similarity_is_refused_by_a_model_that_has_none_to_choose(tmp_path):
+    """The coarse-to-fine model always follows its trained MSE and features: asking it for
+    NCC is an input error, not a silently different registration."""
+    from model.networks.c2f import C2FRIIR, C2FConfig
+
+    path = tmp_path / "c2f.pt"
+    model = C2FRIIR(C2FConfig(spatial_dims=2, hidden_channels=(4, 4), level_steps=(1, 1)))
+    save_checkpoint(path, model, "c2f", {"name": "tiny-c2f", "version": "test"})
+    fixed, moving = _pair()
+    assert riir.register(fixed, moving, model=str(path), device="cpu").metrics["steps"] == 2
+    with pytest.raises(InputError, match="no similarity to choose"):
+        riir.register(fixed, moving, model=str(path), similarity="ncc", device="cpu")

@@ -55,7 +55,9 @@ class RefineConfig:
 
 # What a request's ``refine`` steps run (worker.inference.engine): of the settings measured on
 # hippocampus validation pairs (docs/method.md), the one with the most Dice.
-REQUEST = RefineConfig(steps=0, similarity="ncc", stride=4, lam=10.0, regularise="correction")
+REQUEST = RefineConfig(
+    steps=0, similarity="ncc", stride=4, lam=10.0, regularise="correction", feature_weight=5.0
+)
 
 
 def real_box(image: torch.Tensor) -> list[slice]:

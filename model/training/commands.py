@@ -163,7 +163,8 @@ def train_settings(args: argparse.Namespace, base: dict[str, Any] | None = None)
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command as typed; ``riir COMMAND (in-process)`` when called from Python."""
-    if sys.argv and Path(sys.argv[0]).name == "riir":
+    program = Path(sys.argv[0]) if sys.argv else Path()
+    if program.name == "riir" or program.parts[-2:] == ("riir", "cli.py"):  # python -m riir.cli
         return shlex.join(["riir", *sys.argv[1:]])
     return f"riir {args.command} (in-process)"
 

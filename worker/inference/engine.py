@@ -160,6 +160,12 @@ def register_images(
     images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
     ``options.model`` is the caller's to load (``engine``); the rest apply here."""
     steps, init, similarity = options.steps, engine.init(options), options.similarity
+    if similarity is not None and not hasattr(engine.model.config, "inner_loss"):
+        described = engine.describe()
+        raise InputError(
+            f"model '{described['name']}' ({described['arch']}) has no similarity to choose: "
+            "it registers with the one it was trained on; leave similarity unset"
+        )
     refinement = dataclasses.replace(refine_config.REQUEST, steps=engine.refine_steps(options))
     timings: dict[str, float] = {}
     start = time.perf_counter()
