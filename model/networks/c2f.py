@@ -1,4 +1,4 @@
-"""Coarse-to-fine RIIR on learned features (``--arch c2f``; measured, not yet shipped).
+"""Coarse-to-fine RIIR on learned features (``--arch c2f``; ``hippocampus-3d`` 0.5.0).
 
     E_m, E_f = E(I_mov), E(I_fix)                       (shared encoder, once per image)
     (with a segmentation head S: E ← [E, softmax(S(E))], the class probabilities as features)
