@@ -233,3 +233,21 @@ def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_pa
     wrong = [*base, "--out", str(tmp_path / "wrong"), "--segmentation-classes", "2"]
     assert main([*wrong, "--segmentation-weight", "1"]) != 0
     assert "set --segmentation-classes 3" in capsys.readouterr().err
+
+
+def test_the_cpu_conv3d_pads_channels_without_changing_the_answer():
+    """``model.networks.conv.Conv3d`` pads narrow inputs to reach oneDNN: the same output as
+    ``nn.Conv3d`` with the same weights, and the same parameters (checkpoints load as they are)."""
+    from model.networks import conv
+
+    torch.manual_seed(0)
+    for kernel, dilation in ((3, 1), (3, 2), (1, 1)):
+        fast = conv.Conv3d(5, 7, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        plain = torch.nn.Conv3d(5, 7, kernel, padding=dilation * (kernel // 2), dilation=dilation)
+        plain.load_state_dict(fast.state_dict())
+        x = torch.rand(1, 5, 9, 8, 7, requires_grad=True)
+        assert torch.allclose(fast(x), plain(x), atol=1e-5)
+        (grad,) = torch.autograd.grad(fast(x).sum(), x)
+        (expected,) = torch.autograd.grad(plain(x).sum(), x)
+        assert torch.allclose(grad, expected, atol=1e-4)
+    assert conv.conv(2) is torch.nn.Conv2d and conv.conv(3) is conv.Conv3d

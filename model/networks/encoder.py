@@ -24,12 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.networks.conv import conv as conv_class
 from model.networks.losses import spatial_gradient
 from model.networks.warp import warp
-
-
-def _conv(spatial_dims: int) -> type[nn.Module]:
-    return getattr(nn, f"Conv{spatial_dims}d")
 
 
 def _block(conv: type[nn.Module], inputs: int, outputs: int, stride: int) -> nn.Sequential:
@@ -48,7 +45,7 @@ class FeatureEncoder(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int = 8, stride: int = 2):
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = conv_class(spatial_dims)
         self.stride = stride
         self.net = nn.Sequential(*_block(conv, 1, channels, stride), conv(channels, channels, 1))
 
@@ -62,7 +59,7 @@ class FeatureUNet(nn.Module):
 
     def __init__(self, spatial_dims: int, channels: int = 8, stride: int = 2, depth: int = 2):
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = conv_class(spatial_dims)
         self.stride = stride
         self.stem = _block(conv, 1, channels, stride)
         widths = [channels * min(2**i, 4) for i in range(depth + 1)]
@@ -99,7 +96,7 @@ def build_encoder(
 
 def segmentation_head(spatial_dims: int, channels: int, classes: int) -> nn.Module:
     """1×1 convolution from the features to ``classes`` logits (background first)."""
-    return _conv(spatial_dims)(channels, classes, 1)
+    return conv_class(spatial_dims)(channels, classes, 1)
 
 
 def feature_gradient(

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.networks.configs import INPUTS, UPSAMPLING, RIIRConfig
+from model.networks.conv import conv as conv_class
 from model.networks.losses import inner_gradient
 from model.networks.warp import resize, warp
 
@@ -33,16 +34,12 @@ def input_blocks(config: RIIRConfig) -> list[int]:
     return [d, gradient, images]
 
 
-def _conv(spatial_dims: int) -> type[nn.Module]:
-    return getattr(nn, f"Conv{spatial_dims}d")
-
-
 class ConvGRU(nn.Module):
     """Convolutional GRU cell: h' = (1 - z) ⊙ h + z ⊙ tanh(W x + U (r ⊙ h))."""
 
     def __init__(self, channels: int, hidden: int, spatial_dims: int, kernel: int = 3):
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = conv_class(spatial_dims)
         self.hidden = hidden
         self.gates = conv(channels + hidden, 2 * hidden, kernel, padding=kernel // 2)
         self.candidate_x = conv(channels, hidden, kernel, padding=kernel // 2)
@@ -68,7 +65,7 @@ class Stateless(nn.Module):
 
     def __init__(self, channels: int, hidden: int, spatial_dims: int, kernel: int = 3):
         super().__init__()
-        self.conv = _conv(spatial_dims)(channels, hidden, kernel, padding=kernel // 2)
+        self.conv = conv_class(spatial_dims)(channels, hidden, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
         return F.relu(self.conv(x))
@@ -80,7 +77,7 @@ class RIIRCell(nn.Module):
     def __init__(self, in_channels: int, config: RIIRConfig):
         super().__init__()
         d, (c1, c2) = config.spatial_dims, config.hidden_channels
-        conv = _conv(d)
+        conv = conv_class(d)
         self.stateful = config.hidden_states
         recurrent = [ConvGRU if on else Stateless for on in config.hidden_states]
         self.conv_in = conv(in_channels, c1, 3, padding=1)
@@ -127,7 +124,7 @@ class ConvexUpsampling(nn.Module):
         # centre, between the coarse voxels first(r) = -1 (f < 0) or 0, and first(r) + 1.
         self._fractions = [(r + 0.5) / stride - 0.5 for r in range(stride)]
         self._first = [-1 if f < 0 else 0 for f in self._fractions]
-        self.weights = _conv(spatial_dims)(features, stride**spatial_dims * 2**spatial_dims, 1)
+        self.weights = conv_class(spatial_dims)(features, stride**spatial_dims * 2**spatial_dims, 1)
         nn.init.zeros_(self.weights.weight)
         with torch.no_grad():
             self.weights.bias.copy_(self.linear_logits())
