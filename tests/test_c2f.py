@@ -245,9 +245,10 @@ def test_the_cpu_conv3d_pads_channels_without_changing_the_answer():
         fast = conv.Conv3d(5, 7, kernel, padding=dilation * (kernel // 2), dilation=dilation)
         plain = torch.nn.Conv3d(5, 7, kernel, padding=dilation * (kernel // 2), dilation=dilation)
         plain.load_state_dict(fast.state_dict())
-        x = torch.rand(1, 5, 9, 8, 7, requires_grad=True)
+        x = torch.rand(1, 5, 33, 32, 32, requires_grad=True)  # wide and large enough to pad
         assert torch.allclose(fast(x), plain(x), atol=1e-5)
         (grad,) = torch.autograd.grad(fast(x).sum(), x)
         (expected,) = torch.autograd.grad(plain(x).sum(), x)
         assert torch.allclose(grad, expected, atol=1e-4)
+    assert conv.PAD_FROM_CHANNELS <= 5 and conv.PAD_FROM_VOXELS <= 33 * 32 * 32  # it padded
     assert conv.conv(2) is torch.nn.Conv2d and conv.conv(3) is conv.Conv3d

@@ -173,16 +173,16 @@ def segmentation_loss(logits: tuple[torch.Tensor, torch.Tensor], batch: Batch) -
     against their labels, pooled down to the logits' grid (soft targets at the boundaries)."""
     total = batch.fixed.new_zeros(())
     pairs = zip(logits, (batch.moving_onehot, batch.fixed_onehot), strict=True)
-    for logits, onehot in pairs:
-        if logits.shape[1] != onehot.shape[1]:
+    for image_logits, onehot in pairs:
+        if image_logits.shape[1] != onehot.shape[1]:
             raise InputError(
-                f"the segmentation head has {logits.shape[1]} classes; the data have "
+                f"the segmentation head has {image_logits.shape[1]} classes; the data have "
                 f"{onehot.shape[1]} (background + labels): set --segmentation-classes "
                 f"{onehot.shape[1]}"
             )
-        target = resize(onehot, tuple(logits.shape[2:]))
-        cross_entropy = -(target * logits.log_softmax(1)).sum(1).mean()
-        total = total + 0.5 * (soft_dice(logits.softmax(1), target) + cross_entropy)
+        target = resize(onehot, tuple(image_logits.shape[2:]))
+        cross_entropy = -(target * image_logits.log_softmax(1)).sum(1).mean()
+        total = total + 0.5 * (soft_dice(image_logits.softmax(1), target) + cross_entropy)
     return total
 
 
@@ -329,7 +329,9 @@ def validate(
                 pair.fixed_labels, moved[0, 0].cpu().numpy().astype(np.int32), labels or None
             )
             dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
-            segmented = _segmentation(model, fixed, labels)
+            # The head's logits of the fixed image, from the forward above (c2f with a head).
+            fixed_logits = getattr(model, "last_logits", (None, None))[1]
+            segmented = _segmentation(fixed_logits, tuple(fixed.shape[2:]), labels)
             if segmented is not None:
                 scores = metrics.dice(pair.fixed_labels, segmented, labels or None)
                 segmentation_dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
@@ -351,16 +353,13 @@ def validate(
 
 
 def _segmentation(
-    model: nn.Module, image: torch.Tensor, labels: Sequence[int]
+    logits: torch.Tensor | None, shape: tuple[int, ...], labels: Sequence[int]
 ) -> np.ndarray | None:
-    """The label map the encoder's segmentation head predicts for ``image`` (its logits
-    upsampled to the image's grid; class k is ``one_hot``'s channel k), or None for a model
-    without one."""
-    encode = getattr(model, "encode", None)
-    logits = encode(image)[1] if encode is not None else None
+    """The label map of a segmentation head's logits (1, 1 + K, …), upsampled to the image's
+    grid ``shape`` (class k is ``one_hot``'s channel k), or None without logits."""
     if logits is None:
         return None
-    logits = resize(logits, tuple(image.shape[2:]))
+    logits = resize(logits, shape)
     values = np.asarray([0, *labels])
     return values[logits.argmax(1)[0].cpu().numpy()].astype(np.int32)
 
