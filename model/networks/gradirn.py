@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.networks.configs import GraDIRNConfig
+from model.networks.conv import conv as conv_class
 from model.networks.losses import inner_gradient
 from model.networks.warp import resize_displacement, warp
 
@@ -31,7 +32,7 @@ class Regulariser(nn.Module):
 
     def __init__(self, spatial_dims: int, hidden: int):
         super().__init__()
-        conv = getattr(nn, f"Conv{spatial_dims}d")
+        conv = conv_class(spatial_dims)
         self.layers = nn.ModuleList(
             [
                 conv(spatial_dims + 2, hidden, 3, padding=1),

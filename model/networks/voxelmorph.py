@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from model.networks.configs import VoxelMorphConfig
+from model.networks.conv import conv as conv_class
 
 
 class ConvBlock(nn.Module):
     def __init__(self, spatial_dims: int, channels_in: int, channels_out: int):
         super().__init__()
-        self.conv = getattr(nn, f"Conv{spatial_dims}d")(channels_in, channels_out, 3, padding=1)
+        self.conv = conv_class(spatial_dims)(channels_in, channels_out, 3, padding=1)
         self.activation = nn.LeakyReLU(0.2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ class VoxelMorph(nn.Module):
         for width in config.decoder[levels:]:
             self.remaining.append(ConvBlock(d, channels, width))
             channels = width
-        conv = getattr(nn, f"Conv{d}d")
+        conv = conv_class(d)
         self.flow = conv(channels, d, 3, padding=1)
         # VoxelMorph draws these from N(0, 1e-5); zero makes the untrained network the identity.
         nn.init.zeros_(self.flow.weight)
