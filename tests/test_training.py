@@ -26,6 +26,7 @@ from model.training.datasets import (
     AcdcPairs,
     FolderPairs,
     Preprocessing,
+    RealBrainPairs,
     SeriesPairs,
     prepare_pair,
     split_subjects,
@@ -130,6 +131,38 @@ def test_series_pairs_register_frames_to_the_template(tmp_path):
     assert all(p.fixed.name.endswith("f003") for p in pairs)
 
 
+def test_real_brains_pair_within_a_collection_and_map_ixi_labels(tmp_path, capsys):
+    root = tmp_path / "brain_real"
+    for part, names, label_ids in (
+        ("oasis", ["oas_a", "oas_b"], (17, 53)),  # FreeSurfer hippocampi
+        ("ixi", ["ixi_1", "ixi_2", "ixi_3"], (48, 47)),  # the same structures, MUSE numbering
+    ):
+        for kind in ("img", "label"):
+            (root / part / kind).mkdir(parents=True)
+        for k, name in enumerate(names):
+            image = blobs(SHAPE, seed=k)
+            labels = np.where(image > 0.6, label_ids[0], 0) + np.where(image < 0.3, label_ids[1], 0)
+            labels[0] = 99  # a MUSE structure FreeSurfer lacks, and a label no model scores
+            _write(image, root / part / "img" / f"{name}.nii.gz")
+            _write(labels.astype(np.int16), root / part / "label" / f"{name}.nii.gz")
+    source = RealBrainPairs(root, ixi_val=2)
+    assert source.split.train == [] and source.split.test == ["ixi_3"]
+    val = source.pairs("val")
+    assert [p.name for p in val[:2]] == ["oas_a->oas_b", "oas_b->oas_a"]  # OASIS first
+    assert len(val) == 4 and all(p.fixed.name[:3] == p.moving.name[:3] for p in val)
+    ixi = sitk.GetArrayFromImage(source.subjects["ixi_1"].labels)
+    assert set(np.unique(ixi)) == {0, 17, 53}  # MUSE 48/47 -> 17/53, 99 -> background
+    with pytest.raises(InputError, match="train on --data-kind brain"):
+        source.sample(np.random.default_rng(0))
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--out", str(out), "--data", str(root), "--data-kind", "brain-real"]
+    assert main([*argv, "--split", "val", "--pairs", "2", "--identity", "--quiet"]) == 0
+    with (out / "pairs.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["pair"] for r in rows] == ["oas_a->oas_b", "oas_b->oas_a"]
+    assert all(0.0 < float(r["dice_mean"]) < 1.0 for r in rows)
+
+
 def test_step_weights_and_one_hot():
     assert torch.allclose(step_weights(4, "uniform"), torch.full((4,), 0.25))
     w = step_weights(3, "exponential")
@@ -232,6 +265,7 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert (out / "dice.png").stat().st_size > 0
     card = json.loads((weights / "tiny-3d.json").read_text())
     assert card["spatial_dims"] == 3 and card["metrics"]["pairs"] == 2
+    assert card["description"].startswith("riir (3-D) trained on folder data from")
     assert 0 <= card["metrics"]["dice"] <= 1
     assert "riir evaluate" in (weights / "tiny-3d.md").read_text()
     monkeypatch.setenv("RIIR_MODELS_DIR", str(weights))

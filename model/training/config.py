@@ -18,7 +18,8 @@ from conventions.options import SIMILARITIES
 from model.networks import architectures
 from model.networks.configs import setting
 
-DATA_KINDS = ("folder", "acdc", "series", "brain", "qmri")  # model.training.datasets' sources
+# model.training.datasets' sources
+DATA_KINDS = ("folder", "acdc", "series", "brain", "brain-real", "qmri")
 WEIGHTS = ("uniform", "exponential")
 # --best-by -> the validation metric and its sign in a higher-is-better score
 BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}
@@ -31,7 +32,8 @@ class TrainConfig:
         "",
         "the data: a folder with img/ (+ label/) NIfTI images (folder), the ACDC .h5 folder "
         "(acdc), a 4-D NIfTI series or a folder of them (series), the SynthSeg label-map folder "
-        "(brain), or molli / msasha for simulated series with known motion (qmri)",
+        "(brain), a folder with oasis/ and ixi/ real brains, each img/ + label/ (brain-real: "
+        "evaluation only), or molli / msasha for simulated series with known motion (qmri)",
         metavar="PATH",
         group="data",
     )

@@ -15,6 +15,8 @@ Sources of pairs (``PairSource``):
   directions for training; evaluated ES -> ED.
 - ``SeriesPairs``: frames of 4-D NIfTI series (qMRI), a frame registered to another frame.
 - ``SynthBrainPairs``: SynthMorph-style brain pairs from label maps (``synthesis.py``).
+- ``RealBrainPairs``: real T1 brains (OASIS and IXI) with labels, to choose and score the
+  brain models trained on synthesis; validation and test only.
 - ``SimulatedSeriesPairs``: simulated MOLLI / mSASHA series with known respiratory motion
   (``qmri.py``); its pairs carry the true displacement, so an evaluation scores the field.
 
@@ -660,11 +662,94 @@ class SimulatedSeriesPairs(PairSource):
         return out[:count] if count is not None else out
 
 
+# IXI's DLMUSE labels (MUSE / Neuromorphometrics numbering) -> the FreeSurfer ids of the same
+# structures, for the structures the two protocols share; every other MUSE label becomes
+# background, so Dice on IXI pairs is over these.
+MUSE_TO_FREESURFER: dict[int, int] = {
+    47: 53, 48: 17, 31: 54, 32: 18, 36: 50, 37: 11, 57: 51, 58: 12, 55: 52, 56: 13,
+    59: 49, 60: 10, 51: 43, 52: 4, 4: 14, 11: 15, 35: 16, 61: 60, 62: 28, 23: 58, 30: 26,
+    38: 47, 39: 8, 40: 46, 41: 7,
+}  # fmt: skip
+
+
+class RealBrainPairs(PairSource):
+    """Real T1 brains for choosing and scoring whole-brain models trained on synthesis: a
+    folder with ``oasis/{img,label}`` (skull-stripped brains in one affine space, FreeSurfer
+    labels) and ``ixi/{img,label}`` (whole heads where the scanner put them, MUSE labels mapped
+    by ``MUSE_TO_FREESURFER``). Pairs stay within a collection. Validation: the OASIS brains
+    and the first ``ixi_val`` IXI scans (sorted by name); test: the other IXI scans. It has no
+    training pairs: these few brains only choose and score."""
+
+    def __init__(self, root: str | os.PathLike, *, ixi_val: int = 4, split_seed: int = 0):
+        from model.training.synthesis import standard_labels
+
+        if split_seed:  # the split is by collection and name, so that it never moves
+            raise InputError("real brains have a fixed split: leave --split-seed at 0")
+        root = Path(root)
+        self.collection: dict[str, str] = {}
+        self.subjects: dict[str, Subject] = {}
+        for part in ("oasis", "ixi"):
+            images = _nifti_files(root / part / "img")
+            labels = _nifti_files(root / part / "label")
+            for name in sorted(set(images) & set(labels)):
+                image = imageio.read_image(images[name], f"image {name}")
+                label = imageio.read_labels(labels[name], f"labels {name}", image)
+                if part == "ixi":
+                    label = _relabel(label, MUSE_TO_FREESURFER)
+                self.subjects[name] = Subject(name, image, label)
+                self.collection[name] = part
+        oasis = [n for n, c in self.collection.items() if c == "oasis"]
+        ixi = [n for n, c in self.collection.items() if c == "ixi"]
+        if len(oasis) + len(ixi) < 2:
+            raise InputError(f"'{root}' holds no pair of labelled brains in oasis/ or ixi/")
+        split = Split([], oasis + ixi[:ixi_val], ixi[ixi_val:])
+        super().__init__(
+            "real-brains",
+            3,
+            split,
+            tuple(standard_labels()),
+            {
+                "kind": "brain-real",
+                "root": str(root),
+                "ixi_val": ixi_val,
+                "brains": {k: len(split[k]) for k in SPLITS},
+            },
+        )
+
+    def sample(self, rng: np.random.Generator) -> SubjectPair:
+        raise InputError("real brains only choose and score models: train on --data-kind brain")
+
+    def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
+        """Ordered pairs of distinct brains of ``split`` within one collection, OASIS first:
+        all of them, or the first ``count``."""
+        names = self.split[split]
+        every = [
+            SubjectPair(self.subjects[f], self.subjects[m])
+            for m in names
+            for f in names
+            if m != f and self.collection[m] == self.collection[f]
+        ]
+        every.sort(key=lambda p: self.collection[p.fixed.name] != "oasis")
+        return every[:count] if count is not None else every
+
+
+def _relabel(labels: sitk.Image, table: dict[int, int]) -> sitk.Image:
+    array = sitk.GetArrayFromImage(labels)
+    lookup = np.zeros(int(array.max()) + 1, np.int32)
+    for old, new in table.items():
+        if old < len(lookup):
+            lookup[old] = new
+    out = sitk.GetImageFromArray(lookup[np.clip(array, 0, None)])
+    out.CopyInformation(labels)
+    return out
+
+
 SOURCES: dict[str, type] = {
     "folder": FolderPairs,
     "acdc": AcdcPairs,
     "series": SeriesPairs,
     "brain": SynthBrainPairs,
+    "brain-real": RealBrainPairs,
     "qmri": SimulatedSeriesPairs,
 }
 

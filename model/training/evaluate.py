@@ -396,7 +396,7 @@ def ship(
         "version": meta.get("version"),
         "arch": payload["arch"],
         "spatial_dims": payload["config"]["spatial_dims"],
-        "description": meta.get("description", ""),
+        "description": meta.get("description") or _default_description(payload, training),
         "preprocessing": meta.get("preprocessing", {}),
         "metrics": {
             "split": evaluation.get("split", "test"),
@@ -417,6 +417,18 @@ def ship(
     table = (Path(evaluation_dir) / "summary.md").read_text()
     (weights_dir / f"{name}.md").write_text(_card_markdown(card, payload, evaluation, table))
     return weights_dir / f"{name}.pt"
+
+
+def _default_description(payload: dict[str, Any], training: dict[str, Any]) -> str:
+    """The card's first line when ``riir train`` had no ``--description``: what the checkpoint
+    itself says of the model and its data."""
+    data = training.get("data", {})
+    where = data.get("root") or data.get("signal_model") or "?"  # simulations have no folder
+    return (
+        f"{payload['arch']} ({payload['config']['spatial_dims']}-D) trained on "
+        f"{data.get('kind', 'unknown')} data from `{where}` (no description was given at "
+        "training)"
+    )
 
 
 def _init_line(origin: dict[str, Any] | None) -> list[str]:

@@ -538,17 +538,19 @@ def train(
         tick = time.perf_counter()
         pairs = stream.take(iteration)
         optimizer.zero_grad(set_to_none=True)
-        loss_value, parts = 0.0, {}
+        loss_value, parts = 0.0, {}  # parts: each logged term's mean over the batch
         pretraining = iteration <= cfg.segmentation_pretraining
         with_labels = cfg.dice_weight > 0 or cfg.segmentation_weight > 0 or pretraining
         for batch in to_batches(pairs, labels, device, with_labels):
             if pretraining:
-                loss, parts = pretraining_loss(model, batch)
+                loss, terms = pretraining_loss(model, batch)
             else:
-                loss, parts = registration_loss(model, batch, cfg, similarity)
+                loss, terms = registration_loss(model, batch, cfg, similarity)
             share = batch.fixed.shape[0] / len(pairs)
             (loss * share).backward()
             loss_value += loss.item() * share
+            for key, value in terms.items():  # the batch's mean, over its groups of one shape
+                parts[key] = parts.get(key, 0.0) + value * share
         optimizer.step()
         seconds = time.perf_counter() - tick
         elapsed += seconds
