@@ -131,7 +131,7 @@ def test_series_pairs_register_frames_to_the_template(tmp_path):
     assert all(p.fixed.name.endswith("f003") for p in pairs)
 
 
-def test_real_brains_pair_within_a_collection_and_map_ixi_labels(tmp_path, capsys):
+def test_real_brains_pair_within_a_collection_and_map_ixi_labels(tmp_path):
     root = tmp_path / "brain_real"
     for part, names, label_ids in (
         ("oasis", ["oas_a", "oas_b"], (17, 53)),  # FreeSurfer hippocampi

@@ -720,8 +720,8 @@ class RealBrainPairs(PairSource):
         raise InputError("real brains only choose and score models: train on --data-kind brain")
 
     def pairs(self, split: str, count: int | None = None, seed: int = 0) -> list[SubjectPair]:
-        """Ordered pairs of distinct brains of ``split`` within one collection, OASIS first:
-        all of them, or the first ``count``."""
+        """Ordered pairs of distinct brains of ``split`` within one collection, OASIS first
+        (the split lists them first): all of them, or the first ``count``."""
         names = self.split[split]
         every = [
             SubjectPair(self.subjects[f], self.subjects[m])
@@ -729,7 +729,6 @@ class RealBrainPairs(PairSource):
             for f in names
             if m != f and self.collection[m] == self.collection[f]
         ]
-        every.sort(key=lambda p: self.collection[p.fixed.name] != "oasis")
         return every[:count] if count is not None else every
 
 
