@@ -341,6 +341,25 @@ def test_a_resumed_run_trains_what_an_uninterrupted_one_does(folder, tmp_path):
     assert not torch.equal(a["cell.conv_out.weight"], torch.zeros_like(a["cell.conv_out.weight"]))
 
 
+def test_grad_clip_bounds_the_step_that_a_gradient_drives(folder, tmp_path):
+    """--grad-clip scales the gradient to the norm before Adam's step: clipped to ~0, the
+    step is Adam's epsilon's, a hundredth of the unclipped one or less."""
+    common = ["--data", str(folder), "--iterations", "1", "--validate-every", "100", *TINY]
+    start = tmp_path / "start"
+    assert main(["train", "--out", str(start), *common]) == 0
+    init = ["--init", str(start / "checkpoint.pt")]
+    moved = {}
+    for name, clip in (("free", []), ("clipped", ["--grad-clip", "1e-12"])):
+        assert main(["train", "--out", str(tmp_path / name), *init, *clip, *common]) == 0
+        before = read_checkpoint(start / "checkpoint.pt")["state_dict"]
+        after = read_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"]
+        moved[name] = sum(float((after[k] - before[k]).abs().sum()) for k in before)
+    assert moved["free"] > 0
+    assert moved["clipped"] < 0.01 * moved["free"]
+    config = json.loads((tmp_path / "clipped" / "config.json").read_text())
+    assert config["grad_clip"] == 1e-12
+
+
 def test_fine_tuning_starts_from_a_model_and_can_grow_it(folder, tmp_path, capsys):
     first = tmp_path / "first"
     assert (

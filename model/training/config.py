@@ -118,6 +118,13 @@ class TrainConfig:
     )
     # optimisation
     lr: float = setting(8e-4, "Adam learning rate", group="optimisation")
+    grad_clip: float | None = setting(
+        None,
+        "clip the gradient's global norm to this before each step (RAFT clips at 1): a joint "
+        "encoder and cell can otherwise blow the encoder's features up; off when unset",
+        metavar="NORM",
+        group="optimisation",
+    )
     batch_size: int = setting(1, "pairs per iteration", group="optimisation")
     iterations: int = setting(
         1000, "training iterations (the length of the run)", metavar="N", group="optimisation"

@@ -551,6 +551,8 @@ def train(
             loss_value += loss.item() * share
             for key, value in terms.items():  # the batch's mean, over its groups of one shape
                 parts[key] = parts.get(key, 0.0) + value * share
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         seconds = time.perf_counter() - tick
         elapsed += seconds
