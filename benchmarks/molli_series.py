@@ -14,8 +14,11 @@ template, scored the same way: a classical reference for what these metrics rewa
 ``--refine N`` passes ``--refine N`` to ``register-series``.
 
 ``--motion-free K`` adds K simulated MOLLI series without motion (``model.training.qmri``,
-seeds from ``--seed``, the test split's by default): frames that are already aligned, so a
-method should leave D_PCA1 where it is; any fall is noise fitted, any rise motion added.
+seeds from ``--seed``, the test split's by default): frames that are already aligned.
+D_PCA1 still falls a little for any method that resamples them (linear interpolation smooths
+the noise), so on these series it shows how much a method smooths, not the motion it adds;
+``riir evaluate --data-kind qmri --data-option motion_mm=0`` measures that against the zero
+field.
 """
 
 from __future__ import annotations

@@ -32,8 +32,8 @@ STAGE=${STAGE:-.gpu-stage}  # and RUNS, where run trains: settable for the tests
 # the coarse-to-fine RIIR on a segmenting U-Net encoder, `--arch c2f`, the gradient clipped)
 # or grow it: the same recipe at batch 4; with a full-resolution last level and a 3×3×3 GRU;
 # with a wider encoder (its head's Dice bounds what the features tell the cell); and the
-# shipped weights trained further. All use the label term, and the target's smoothness limit (std log|J| ≤ 0.10)
-# decides which validation becomes best.pt.
+# shipped weights trained further. All use the label term, and the target's smoothness limit
+# (std log|J| ≤ 0.10) decides which validation becomes best.pt.
 COMMON="--batch-size 4 --validate-every 100 --val-pairs 6 --checkpoint-every 200
         --iterations 100000 --best-max-std-log-jacobian 0.10 --seed 0"
 C2F="--arch c2f --encoder-depth 3 --segmentation-classes 3 --segmentation-weight 1

@@ -348,10 +348,10 @@ def test_grad_clip_bounds_the_step_that_a_gradient_drives(folder, tmp_path):
     start = tmp_path / "start"
     assert main(["train", "--out", str(start), *common]) == 0
     init = ["--init", str(start / "checkpoint.pt")]
+    before = read_checkpoint(start / "checkpoint.pt")["state_dict"]
     moved = {}
     for name, clip in (("free", []), ("clipped", ["--grad-clip", "1e-12"])):
         assert main(["train", "--out", str(tmp_path / name), *init, *clip, *common]) == 0
-        before = read_checkpoint(start / "checkpoint.pt")["state_dict"]
         after = read_checkpoint(tmp_path / name / "checkpoint.pt")["state_dict"]
         moved[name] = sum(float((after[k] - before[k]).abs().sum()) for k in before)
     assert moved["free"] > 0
