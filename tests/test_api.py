@@ -177,6 +177,17 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     assert riir.register(fixed, moving, model=str(still), device="cpu").metrics["refine"] == 3
     with pytest.raises(InputError, match="refine"):
         riir.register(fixed, moving, model=str(still), refine=-1)
+    # The model's own refinement settings apply over the request's: a stiff correction
+    # (λ 10⁴ on it) leaves the shift mostly unregistered.
+    stiff = tmp_path / "stiff.pt"
+    meta["preprocessing"] = {"refine": 40, "refine_settings": {"lam": 1e4}}
+    save_checkpoint(stiff, model, "descent", meta)
+    held = sitk.GetArrayFromImage(riir.register(fixed, moving, model=str(stiff)).displacement)
+    assert np.abs(held[14:34, 14:34]).mean() < 0.3 * np.abs(vectors).mean()
+    meta["preprocessing"] = {"refine": 2, "refine_settings": {"lamda": 1.0}}
+    save_checkpoint(stiff, model, "descent", meta)
+    with pytest.raises(ValueError, match="lamda"):
+        riir.register(fixed, moving, model=str(stiff))
     paths = []
     for name, array in (("fixed", fixed), ("moving", moving)):
         paths.append(str(tmp_path / f"{name}.nii.gz"))

@@ -24,7 +24,8 @@ The correction may be a voxel field (``stride`` 1) or a coarse one upsampled lin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,21 @@ class RefineConfig:
 REQUEST = RefineConfig(
     steps=0, similarity="ncc", stride=4, lam=10.0, regularise="correction", feature_weight=5.0
 )
+
+
+def for_model(settings: Mapping[str, Any] | None, steps: int) -> RefineConfig:
+    """What a model's ``steps`` of refinement run: ``REQUEST`` with the model's own settings
+    over it (``meta.preprocessing.refine_settings``, chosen on that model's validation split:
+    a 2-D cardiac slice wants a stiffer correction than a 64³ hippocampus crop)."""
+    settings = dict(settings or {})
+    known = {f.name for f in dataclasses.fields(RefineConfig)} - {"steps"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown refinement settings {unknown} in the model's refine_settings; "
+            f"known: {sorted(known)}"
+        )
+    return dataclasses.replace(REQUEST, **settings, steps=steps)
 
 
 def real_box(image: torch.Tensor) -> list[slice]:

@@ -8,7 +8,6 @@ fixed grid, where it is the ITK displacement field of the artifact contract.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,6 +66,13 @@ class Engine:
         if options.refine is not None:
             return options.refine
         return int(self.preprocessing.get("refine") or 0)
+
+    def refinement(self, options: RegistrationOptions) -> refine_config.RefineConfig:
+        """The refinement a request runs: ``refine_steps`` steps, with the model's own
+        settings (``meta.preprocessing.refine_settings``) over the request's defaults."""
+        return refine_config.for_model(
+            self.preprocessing.get("refine_settings"), self.refine_steps(options)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -166,7 +172,7 @@ def register_images(
             f"model '{described['name']}' ({described['arch']}) has no similarity to choose: "
             "it registers with the one it was trained on; leave similarity unset"
         )
-    refinement = dataclasses.replace(refine_config.REQUEST, steps=engine.refine_steps(options))
+    refinement = engine.refinement(options)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     pre = engine.preprocessing
