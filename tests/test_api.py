@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from helpers import blobs, shifted
 
 import riir
-from conventions.errors import InputError
+from conventions.errors import InputError, ModelNotFoundError
 from model.networks.checkpoint import save_checkpoint
 from model.networks.descent import Descent, DescentConfig
 from riir.cli import main
@@ -184,10 +184,18 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     save_checkpoint(stiff, model, "descent", meta)
     held = sitk.GetArrayFromImage(riir.register(fixed, moving, model=str(stiff)).displacement)
     assert np.abs(held[14:34, 14:34]).mean() < 0.3 * np.abs(vectors).mean()
-    meta["preprocessing"] = {"refine": 2, "refine_settings": {"lamda": 1.0}}
-    save_checkpoint(stiff, model, "descent", meta)
-    with pytest.raises(ValueError, match="lamda"):
-        riir.register(fixed, moving, model=str(stiff))
+    # A model file whose refinement could not run is refused when it loads, whatever the
+    # request asks (even no refinement), naming what is wrong.
+    for preprocessing, wrong in (
+        ({"refine": 2, "refine_settings": {"lamda": 1.0}}, "lamda"),
+        ({"refine": 2, "refine_settings": {"similarity": "nmi", "stride": 0}}, "stride must"),
+        ({"refine": -2}, "refine must"),
+        ({"refine": 2, "refine_settings": ["lam"]}, "refinement settings"),
+    ):
+        meta["preprocessing"] = preprocessing
+        save_checkpoint(stiff, model, "descent", meta)
+        with pytest.raises(ModelNotFoundError, match=wrong):
+            riir.register(fixed, moving, model=str(stiff), refine=0)
     paths = []
     for name, array in (("fixed", fixed), ("moving", moving)):
         paths.append(str(tmp_path / f"{name}.nii.gz"))

@@ -36,6 +36,7 @@ from model.networks.losses import diffusion, local_ncc
 from model.networks.warp import warp_window
 
 SIMILARITIES = ("mse", "ncc")
+REGULARISED = ("field", "correction")
 
 
 @dataclass
@@ -52,6 +53,35 @@ class RefineConfig:
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
     regularise: str = "field"
+
+    def __post_init__(self) -> None:
+        """Refuse settings that could not run (ValueError): they come from requests and from
+        model files, and a bad one should say so before any work, not fail in the middle."""
+        problems = []
+        for name, low, strict in (
+            ("steps", 0, False),
+            ("lr", 0, True),
+            ("lam", 0, False),
+            ("ncc_window", 1, False),
+            ("stride", 1, False),
+            ("feature_weight", 0, False),
+            ("margin", 0, False),
+        ):
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or value < low or (strict and value == low):
+                problems.append(f"{name} must be a number {'>' if strict else '>='} {low}")
+        for name in ("steps", "ncc_window", "stride", "margin"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be a whole number")
+        if self.similarity not in SIMILARITIES:
+            problems.append(f"similarity must be one of {SIMILARITIES}")
+        if self.regularise not in REGULARISED:
+            problems.append(f"regularise must be one of {REGULARISED}")
+        if not isinstance(self.masked, bool):
+            problems.append("masked must be true or false")
+        if problems:
+            raise ValueError("bad refinement settings: " + "; ".join(dict.fromkeys(problems)))
 
 
 # What a request's ``refine`` steps run (worker.inference.engine): of the settings measured on

@@ -113,6 +113,23 @@ class TrainConfig:
         group="outer loss",
     )
     flip: bool = setting(False, "augmentation: each training pair flipped along random axes")
+    affine_rotate: float = setting(
+        0.0,
+        "augmentation: each training pair (both images and labels) rotated by up to this "
+        "many degrees about each axis",
+        metavar="DEG",
+    )
+    affine_scale: float = setting(
+        0.0,
+        "augmentation: each training pair scaled by a factor in [1 - S, 1 + S], e.g. 0.1",
+        metavar="S",
+    )
+    intensity_gamma: float = setting(
+        0.0,
+        "augmentation: each training image's intensities raised to exp(u), u uniform in "
+        "[-G, G], e.g. 0.3",
+        metavar="G",
+    )
     both_directions: bool = setting(
         False, "each training pair also registered the other way in the same step"
     )
@@ -186,6 +203,10 @@ class TrainConfig:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
         if self.lam < 0 or self.dice_weight < 0 or self.segmentation_weight < 0:
             raise InputError("lam, dice_weight and segmentation_weight must not be negative")
+        if not 0 <= self.affine_scale < 1:
+            raise InputError(f"affine_scale must lie in [0, 1); got {self.affine_scale}")
+        if self.affine_rotate < 0 or self.intensity_gamma < 0:
+            raise InputError("affine_rotate and intensity_gamma must not be negative")
         if self.segmentation_pretraining < 0:
             raise InputError("segmentation_pretraining must not be negative")
         segments = self.segmentation_weight > 0 or self.segmentation_pretraining > 0

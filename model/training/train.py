@@ -52,6 +52,7 @@ from model.networks.checkpoint import (
 )
 from model.networks.losses import diffusion, similarity_loss, soft_dice
 from model.networks.warp import resize, warp
+from model.training.augment import affine_augmented, flipped, gamma_augmented, reversed_pair
 from model.training.config import TrainConfig, model_config
 from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
 
@@ -235,31 +236,6 @@ def to_batches(
     return batches
 
 
-def flipped(pair: Pair, rng: np.random.Generator) -> Pair:
-    """The pair flipped along each axis with probability 1/2 (images and labels alike)."""
-    axes = tuple(a for a in range(pair.fixed.ndim) if rng.random() < 0.5)
-    if not axes or pair.truth is not None:  # a true field would need its components flipped
-        return pair
-
-    def flip(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.ascontiguousarray(np.flip(a, axes))
-
-    return Pair(
-        flip(pair.moving),
-        flip(pair.fixed),
-        flip(pair.moving_labels),
-        flip(pair.fixed_labels),
-        spacing=pair.spacing,
-    )
-
-
-def reversed_pair(pair: Pair) -> Pair:
-    """Moving and fixed swapped."""
-    return Pair(
-        pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels, spacing=pair.spacing
-    )
-
-
 class PairStream:
     """The training pairs of each iteration, drawn one iteration ahead in a background thread:
     preparing them (resampling on the CPU, ~25 ms a 64³ pair) then overlaps the step, which
@@ -280,6 +256,8 @@ class PairStream:
             pair = pair.crop(self.cfg.crop, rng) if self.cfg.crop else pair
             if self.cfg.flip:
                 pair = flipped(pair, rng)
+            pair = affine_augmented(pair, rng, self.cfg.affine_rotate, self.cfg.affine_scale)
+            pair = gamma_augmented(pair, rng, self.cfg.intensity_gamma)
             pairs.append(pair)
             if self.cfg.both_directions:
                 pairs.append(reversed_pair(pair))

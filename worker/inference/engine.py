@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from conventions import catalog
-from conventions.errors import InputError
+from conventions.errors import InputError, ModelNotFoundError
 from conventions.grid import Grid, model_grid
 from conventions.intensity import normalize
 from conventions.options import RegistrationOptions
@@ -87,7 +87,20 @@ class Engine:
 def _load(path: str, modified_ns: int, device: str) -> Engine:
     """Cached per (file, version on disk, device): a replaced checkpoint is loaded afresh."""
     model, meta = load_checkpoint(path, device)
-    return Engine(model, meta, Path(path), torch.device(device))
+    engine = Engine(model, meta, Path(path), torch.device(device))
+    # The model's default refinement is checked here, once, so a bad model file is refused
+    # as such when it loads rather than failing each request that uses it.
+    refine = engine.preprocessing.get("refine")
+    try:
+        if refine is not None and (not isinstance(refine, int) or refine < 0):
+            raise ValueError(f"refine must be a whole number >= 0, not {refine!r}")
+        engine.refinement(RegistrationOptions())
+    except (ValueError, TypeError) as exc:
+        raise ModelNotFoundError(
+            f"model file '{Path(path).name}' has unusable refinement settings "
+            f"(meta.preprocessing): {exc}"
+        ) from None
+    return engine
 
 
 def load_engine(
