@@ -1,8 +1,8 @@
-"""The Dice a label map keeps on a coarser grid: the ceiling of a segmentation head (or a
-field) that lives at 1/s of the working grid.
+"""The Dice a label map keeps on a coarser grid: the ceiling of a segmentation head that
+lives at 1/s of the working grid.
 
 Each image's labels are one-hot encoded, average-pooled to 1/s of the grid and interpolated
-back (``model.networks.warp.resize``, the path a c2f head's logits take to the image in
+back (``model.training.train.label_map``, the path a c2f head's logits take to the image in
 validation), then scored against the original labels (``model.networks.metrics.dice``).
 A head at 1/s can do no better than this even when it is perfect on its own grid.
 
@@ -20,7 +20,7 @@ import torch
 from model.networks.metrics import dice
 from model.networks.warp import resize
 from model.training.datasets import Preprocessing, open_source, prepare_pair
-from model.training.train import one_hot
+from model.training.train import label_map, one_hot
 
 
 def main() -> None:
@@ -33,7 +33,6 @@ def main() -> None:
     args = p.parse_args()
     source = open_source(args.data_kind, args.data)
     values = source.label_values
-    scores: dict[int, list[float]] = {s: [] for s in args.strides}
     per_label: dict[int, list[list[float]]] = {s: [] for s in args.strides}
     for subject_pair in source.pairs(args.split, args.pairs):
         labels = prepare_pair(subject_pair, Preprocessing()).fixed_labels
@@ -42,16 +41,14 @@ def main() -> None:
         onehot = one_hot(torch.from_numpy(labels)[None, None], values)
         for s in args.strides:
             shape = tuple(max(1, -(-n // s)) for n in labels.shape)
-            back = resize(resize(onehot, shape), labels.shape).argmax(1)[0].numpy()
-            restored = np.asarray([0, *values])[back]
-            d = dice(restored, labels, values)
+            d = dice(label_map(resize(onehot, shape), labels.shape, values), labels, values)
             per_label[s].append([d[v] for v in values])
-            scores[s].append(float(np.nanmean(list(d.values()))))
     print(f"| grid | images | Dice | {' | '.join(f'label {v}' for v in values)} |")
     print(f"|---|---:|---:|{'---:|' * len(values)}")
     for s in args.strides:
-        columns = " | ".join(f"{x:.3f}" for x in np.nanmean(per_label[s], 0))
-        print(f"| 1/{s} | {len(scores[s])} | {np.mean(scores[s]):.3f} | {columns} |")
+        scores = np.asarray(per_label[s])  # (images, labels)
+        columns = " | ".join(f"{x:.3f}" for x in np.nanmean(scores, 0))
+        print(f"| 1/{s} | {len(scores)} | {np.nanmean(scores, 1).mean():.3f} | {columns} |")
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def validate(
             dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
             # The head's logits of the fixed image, from the forward above (c2f with a head).
             fixed_logits = getattr(model, "last_logits", (None, None))[1]
-            segmented = _segmentation(fixed_logits, tuple(fixed.shape[2:]), labels)
+            segmented = label_map(fixed_logits, tuple(fixed.shape[2:]), labels)
             if segmented is not None:
                 scores = metrics.dice(pair.fixed_labels, segmented, labels or None)
                 segmentation_dice.append(np.nanmean(list(scores.values())) if scores else np.nan)
@@ -330,7 +330,7 @@ def validate(
     return out
 
 
-def _segmentation(
+def label_map(
     logits: torch.Tensor | None, shape: tuple[int, ...], labels: Sequence[int]
 ) -> np.ndarray | None:
     """The label map of a segmentation head's logits (1, 1 + K, …), upsampled to the image's
