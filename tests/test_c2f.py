@@ -61,6 +61,23 @@ def test_refinement_lowers_its_objective(start, stride):
     assert torch.equal(refined[..., 0], initial[..., 0])
 
 
+def test_refinement_on_a_shrunk_grid_finds_the_shift_in_the_full_grids_voxels():
+    """``shrink`` 2 solves on a grid half as fine; the field it returns is on the full grid
+    in its voxels: a scaling slip between the grids would find half or twice the shift."""
+    blob = blobs((40, 36), seed=2, count=6)
+    moving, fixed = as_tensor(shifted(blob, (2.0, -3.0))), as_tensor(blob)
+    start = 0.2 * torch.ones(1, 2, 40, 36)
+    cfg = RefineConfig(steps=0, similarity="mse", masked=False, shrink=2, lam=0.01, lr=0.1)
+    assert torch.allclose(refine(moving, fixed, start, cfg), start, atol=1e-6)
+    for shrink in (1, 2):
+        found = refine(moving, fixed, None, dataclasses.replace(cfg, steps=150, shrink=shrink))
+        assert found.shape == (1, 2, 40, 36)
+        inner = found[0, :, 10:30, 10:26].mean(dim=(1, 2))
+        assert torch.allclose(inner, torch.tensor([-2.0, 3.0]), atol=0.4), (shrink, inner)
+    with pytest.raises(ValueError, match="shrink"):
+        RefineConfig(shrink=0)
+
+
 def test_refinement_follows_the_anatomy_features_where_intensities_say_nothing():
     """Flat images, shifted class probabilities: only the features' term moves the field,
     towards the shift; a model with a segmentation head supplies them (``anatomy``)."""

@@ -20,6 +20,13 @@ anatomy the network's encoder sees pulls the refinement, as it drives the networ
 
 The correction may be a voxel field (``stride`` 1) or a coarse one upsampled linearly
 (``stride`` s > 1): fewer unknowns and an implicitly smoother field.
+
+With ``shrink`` f > 1 the whole problem is solved on a grid f times coarser (both images,
+the features and the start averaged onto it, as ANTs' shrink factors do): a step then costs
+about 1/f^D of one on the full grid, and the correction found there is brought back by
+linear interpolation (``model.networks.warp.resize_displacement``, the networks' owner of
+moves between grids). ``stride``, ``ncc_window`` and ``margin`` count voxels of the grid the
+problem is solved on.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from model.networks.losses import diffusion, local_ncc
-from model.networks.warp import warp_window
+from model.networks.warp import resize, resize_displacement, warp_window
 
 SIMILARITIES = ("mse", "ncc")
 REGULARISED = ("field", "correction")
@@ -50,6 +57,7 @@ class RefineConfig:
     masked: bool = True  # the similarity on the real image (``real_box``), else everywhere
     feature_weight: float = 0.0  # weight of the features' MSE (needs ``features``)
     margin: int = 4  # voxels of the window beyond the mask
+    shrink: int = 1  # solve on a grid this many times coarser (1: the model's own grid)
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
     regularise: str = "field"
@@ -66,12 +74,13 @@ class RefineConfig:
             ("stride", 1, False),
             ("feature_weight", 0, False),
             ("margin", 0, False),
+            ("shrink", 1, False),
         ):
             value = getattr(self, name)
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not number or value < low or (strict and value == low):
                 problems.append(f"{name} must be a number {'>' if strict else '>='} {low}")
-        for name in ("steps", "ncc_window", "stride", "margin"):
+        for name in ("steps", "ncc_window", "stride", "margin", "shrink"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be a whole number")
         if self.similarity not in SIMILARITIES:
@@ -241,6 +250,28 @@ def refine(
     cfg = cfg or RefineConfig()
     shape = fixed.shape[2:]
     start = fixed.new_zeros(fixed.shape[0], len(shape), *shape) if phi is None else phi.detach()
+    if cfg.shrink == 1:
+        return _optimise(moving, fixed, start, cfg, progress, features)
+    coarse = tuple(max(1, -(-n // cfg.shrink)) for n in shape)
+    start_coarse = resize_displacement(start, coarse)
+    if features is not None:
+        features = (resize(features[0], coarse), resize(features[1], coarse))
+    found = _optimise(
+        resize(moving, coarse), resize(fixed, coarse), start_coarse, cfg, progress, features
+    )
+    return start + resize_displacement(found - start_coarse, tuple(shape))
+
+
+def _optimise(
+    moving: torch.Tensor,
+    fixed: torch.Tensor,
+    start: torch.Tensor,
+    cfg: RefineConfig,
+    progress: Callable[[int, int], None] | None,
+    features: tuple[torch.Tensor, torch.Tensor] | None,
+) -> torch.Tensor:
+    """``refine`` on the grid of ``fixed``: the Adam steps from ``start``."""
+    shape = fixed.shape[2:]
     problem = Problem(moving, fixed, start, cfg, features)
     correction = start.new_zeros(
         start.shape[0], len(shape), *problem.correction_shape(), requires_grad=True

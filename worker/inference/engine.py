@@ -127,6 +127,9 @@ class Registration:
     initial: sitk.Image  # moving on the fixed grid before registration (initial alignment)
     init_transform: sitk.Transform | None
     model_shape: tuple[int, ...]
+    # ``field`` on the model's working grid, where it was made: the fixed-grid field is its
+    # linear interpolation, so its inverse is found here, at a fraction of the voxels.
+    model_field: sitk.Image
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
 
@@ -239,4 +242,6 @@ def register_images(
     warped = resample_through(displacement, moving)
     initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
     timings["postprocess"] = time.perf_counter() - start
-    return Registration(displacement, warped, initial, init_transform, grid.shape, timings)
+    return Registration(
+        displacement, warped, initial, init_transform, grid.shape, field_model, timings
+    )

@@ -2,11 +2,17 @@
 
 ``field`` u lives on the fixed grid and maps a fixed point x to the moving point x + u(x).
 Its inverse v maps a moving point y to the fixed point y + v(y): ITK's fixed-point iteration
-(``InvertDisplacementField``) finds it on the fixed grid's lattice, where u(x) + v(x + u(x))
-vanishes, and it is then resampled onto the moving image's grid (0 outside the fixed field of
-view, where u says nothing). The inverse-consistency error is |u(x) + v(x + u(x))| in mm over
-the fixed grid (where x + u(x) stays on it): 0 for an exact inverse, large where the field
-folds or is not invertible.
+(``InvertDisplacementField``) finds it on a lattice over the fixed field of view, where
+u(x) + v(x + u(x)) vanishes, and it is then resampled onto the moving image's grid (0 outside
+the fixed field of view, where u says nothing). The lattice is the model's working grid when
+the caller gives u there (``solved_on``): the fixed-grid field is that one interpolated
+linearly, and on a 1 mm brain the model's 2 mm grid has 1/8 of the voxels (the inversion took
+9 of a registration's 30 s on the full grid); the inverse is then interpolated between its
+nodes, which adds ~0.015 mm to the mean inverse-consistency error of a smooth field.
+
+The inverse-consistency error is |u(x) + v(x + u(x))| in mm over the fixed grid (where
+x + u(x) stays on it): 0 for an exact inverse, large where the field folds or is not
+invertible.
 """
 
 from __future__ import annotations
@@ -29,10 +35,15 @@ class Inverse:
     consistency: dict[str, Any]  # the inverse-consistency error on the fixed grid (mm)
 
 
-def invert(field: sitk.Image, moving: sitk.Image) -> Inverse:
-    """``field``'s inverse on ``moving``'s grid, and the inverse-consistency error."""
+def invert(field: sitk.Image, moving: sitk.Image, solved_on: sitk.Image | None = None) -> Inverse:
+    """``field``'s inverse on ``moving``'s grid, and the inverse-consistency error on
+    ``field``'s grid. ``solved_on``: the same field on the model's grid, where the inversion
+    runs instead when that grid is the coarser."""
+    lattice = field
+    if solved_on is not None and np.prod(solved_on.GetSize()) < np.prod(field.GetSize()):
+        lattice = solved_on
     on_fixed = sitk.InvertDisplacementField(
-        field,
+        lattice,
         maximumNumberOfIterations=ITERATIONS,
         maxErrorToleranceThreshold=MAX_ERROR_MM,
         meanErrorToleranceThreshold=MAX_ERROR_MM / 10,

@@ -162,7 +162,7 @@ def register_files(
     imageio.write_displacement(field, out_dir / artifacts.filename("displacement"))
     imageio.write_transform(field, out_dir / artifacts.filename("transform"))
     started = time.perf_counter()
-    inverse = invert(reg.field, inputs.moving)
+    inverse = invert(reg.field, inputs.moving, solved_on=reg.model_field)
     reg.seconds["inverse"] = time.perf_counter() - started
     imageio.write_displacement(
         imageio.restore_layout(inverse.field, inputs.moving_as_read),
