@@ -78,6 +78,33 @@ def test_refinement_on_a_shrunk_grid_finds_the_shift_in_the_full_grids_voxels():
         RefineConfig(shrink=0)
 
 
+def test_fine_steps_continue_the_shrunk_grids_answer_on_the_full_grid():
+    """``fine_steps`` after the coarse ones: the progress counts both stages in one run, and
+    the fine steps, starting from the coarse answer, lower the objective on the full grid."""
+    fixed_np = blobs((40, 36), seed=3, count=10)
+    moving, fixed = as_tensor(shifted(fixed_np, (1.5, -2.0))), as_tensor(fixed_np)
+    cfg = RefineConfig(steps=40, similarity="mse", masked=False, shrink=2, lam=0.01, lr=0.1)
+    coarse_only = refine(moving, fixed, None, cfg)
+    seen: list[tuple[int, int]] = []
+    both = refine(
+        moving,
+        fixed,
+        None,
+        dataclasses.replace(cfg, fine_steps=30),
+        lambda k, n: seen.append((k, n)),
+    )
+    assert seen == [(k, 70) for k in range(1, 71)]
+    zero = torch.zeros(1, 2, 40, 36)
+    on_full_grid = dataclasses.replace(cfg, shrink=1)
+    after_coarse = Problem(moving, fixed, coarse_only, on_full_grid).loss(zero).item()
+    after_both = Problem(moving, fixed, both, on_full_grid).loss(zero).item()
+    assert after_both < 0.9 * after_coarse, (after_coarse, after_both)
+    assert dataclasses.replace(cfg, fine_steps=30).total_steps == 70
+    assert dataclasses.replace(cfg, steps=0, fine_steps=30).total_steps == 0  # refine 0: none
+    with pytest.raises(ValueError, match="fine_steps needs shrink"):
+        RefineConfig(fine_steps=5)
+
+
 def test_refinement_follows_the_anatomy_features_where_intensities_say_nothing():
     """Flat images, shifted class probabilities: only the features' term moves the field,
     towards the shift; a model with a segmentation head supplies them (``anatomy``)."""

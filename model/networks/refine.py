@@ -26,7 +26,9 @@ the features and the start averaged onto it, as ANTs' shrink factors do): a step
 about 1/f^D of one on the full grid, and the correction found there is brought back by
 linear interpolation (``model.networks.warp.resize_displacement``, the networks' owner of
 moves between grids). ``stride``, ``ncc_window`` and ``margin`` count voxels of the grid the
-problem is solved on.
+problem is solved on. ``fine_steps`` then continue on the model's own grid from what the
+coarse grid found: a two-level pyramid, whose cheap coarse steps make the large corrections
+and whose few fine ones the detail the coarse grid cannot see.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class RefineConfig:
     feature_weight: float = 0.0  # weight of the features' MSE (needs ``features``)
     margin: int = 4  # voxels of the window beyond the mask
     shrink: int = 1  # solve on a grid this many times coarser (1: the model's own grid)
+    fine_steps: int = 0  # then this many on the model's own grid (needs shrink > 1)
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
     regularise: str = "field"
@@ -75,14 +78,17 @@ class RefineConfig:
             ("feature_weight", 0, False),
             ("margin", 0, False),
             ("shrink", 1, False),
+            ("fine_steps", 0, False),
         ):
             value = getattr(self, name)
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not number or value < low or (strict and value == low):
                 problems.append(f"{name} must be a number {'>' if strict else '>='} {low}")
-        for name in ("steps", "ncc_window", "stride", "margin", "shrink"):
+        for name in ("steps", "ncc_window", "stride", "margin", "shrink", "fine_steps"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be a whole number")
+        if self.fine_steps and self.shrink == 1:
+            problems.append("fine_steps needs shrink > 1 (on the model's grid, give steps)")
         if self.similarity not in SIMILARITIES:
             problems.append(f"similarity must be one of {SIMILARITIES}")
         if self.regularise not in REGULARISED:
@@ -91,6 +97,12 @@ class RefineConfig:
             problems.append("masked must be true or false")
         if problems:
             raise ValueError("bad refinement settings: " + "; ".join(dict.fromkeys(problems)))
+
+    @property
+    def total_steps(self) -> int:
+        """The Adam steps a refinement runs in all (what its progress counts); none without
+        ``steps``."""
+        return self.steps + self.fine_steps if self.steps else 0
 
 
 # What a request's ``refine`` steps run (worker.inference.engine): of the settings measured on
@@ -244,22 +256,39 @@ def refine(
     progress: Callable[[int, int], None] | None = None,
     features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """phi after ``cfg.steps`` Adam steps on L (phi None: start from the identity);
-    ``progress(k, steps)`` after each; ``features``: (moving, fixed) maps (B, C, *S) whose
-    MSE joins the similarity with ``cfg.feature_weight``."""
+    """phi after ``cfg.total_steps`` Adam steps on L (phi None: start from the identity);
+    ``progress(k, total_steps)`` after each; ``features``: (moving, fixed) maps (B, C, *S)
+    whose MSE joins the similarity with ``cfg.feature_weight``."""
     cfg = cfg or RefineConfig()
     shape = fixed.shape[2:]
     start = fixed.new_zeros(fixed.shape[0], len(shape), *shape) if phi is None else phi.detach()
     if cfg.shrink == 1:
         return _optimise(moving, fixed, start, cfg, progress, features)
+    total = cfg.total_steps
+
+    def counted(offset: int) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, _: progress(offset + done, total)
+
     coarse = tuple(max(1, -(-n // cfg.shrink)) for n in shape)
     start_coarse = resize_displacement(start, coarse)
+    coarse_features = None
     if features is not None:
-        features = (resize(features[0], coarse), resize(features[1], coarse))
+        coarse_features = (resize(features[0], coarse), resize(features[1], coarse))
     found = _optimise(
-        resize(moving, coarse), resize(fixed, coarse), start_coarse, cfg, progress, features
+        resize(moving, coarse),
+        resize(fixed, coarse),
+        start_coarse,
+        cfg,
+        counted(0),
+        coarse_features,
     )
-    return start + resize_displacement(found - start_coarse, tuple(shape))
+    found = start + resize_displacement(found - start_coarse, tuple(shape))
+    if not cfg.fine_steps or not cfg.steps:
+        return found
+    fine = dataclasses.replace(cfg, steps=cfg.fine_steps, shrink=1, fine_steps=0)
+    return _optimise(moving, fixed, found, fine, counted(cfg.steps), features)
 
 
 def _optimise(

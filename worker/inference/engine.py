@@ -204,11 +204,11 @@ def register_images(
     kwargs = {"inner_loss": similarity} if similarity is not None else {}
     network_steps = steps or engine.steps
     # One progress count over the network's steps and then the refinement's.
-    overall = network_steps + refinement.steps
+    overall = network_steps + refinement.total_steps
 
     def network_progress(done: int, total: int) -> None:
         if progress is not None:
-            progress(done, total + refinement.steps)
+            progress(done, total + refinement.total_steps)
 
     def refine_progress(done: int, total: int) -> None:
         if progress is not None:

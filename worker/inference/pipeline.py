@@ -239,7 +239,7 @@ def register_series_file(
     template %= n
     fixed = frames[template]
     engine = _engine(options, device, fixed, series=True)
-    per_frame = (options.steps or engine.steps) + engine.refine_steps(options)
+    per_frame = (options.steps or engine.steps) + engine.refinement(options).total_steps
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
     grid = Grid.of(fixed)
