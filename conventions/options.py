@@ -53,8 +53,8 @@ HELP = {
     "from its field (Adam on the local NCC over the fixed image's extent without padding, "
     "plus smoothness of the change, or of the whole field where the model's settings say "
     "so); 0: none. About 0.1 s a step for a 64^3 pair on one CPU core, reported as "
-    "seconds.refine (default: the model's own: 20 for cardiac-2d and qmri-2d, 25 for "
-    "brain-3d on a grid twice as coarse and then 5 on its own; 0 for hippocampus-3d, whose "
+    "seconds.refine (default: the model's own: 20 for qmri-2d; 20 for cardiac-2d and 25 for "
+    "brain-3d, on a grid twice as coarse, then 5 on their own; 0 for hippocampus-3d, whose "
     "Dice gain came with a rougher field)",
     "template": "index of the template frame, negative counts from the end (default: -1, "
     "the last frame, as in the RIIR paper)",
