@@ -1,11 +1,16 @@
 """Time ``riir register`` on a full 160×192×224 1-mm brain with the shipped ``brain-3d``.
 
-Real OASIS brains are not available here, so the pair is synthesised: two held-out SynthSeg
-label maps rendered with T1-like contrast on the 2-mm working grid (``SynthBrainPairs``, test
-split) and resampled linearly onto the 1-mm 160×192×224 box, written as NIfTI. The command then
-runs exactly as a user runs it (reading, working-grid resampling, the model, the field back on
-the 1-mm grid, every artifact written), and the script prints its wall time and the model's.
+The pair is a real one (``--pair FIXED MOVING``, optionally ``--pair-labels``: for example the
+two OASIS brains), or one synthesised from two held-out SynthSeg label maps (``--labels``)
+rendered with T1-like contrast on the 2-mm working grid (``SynthBrainPairs``, test split) and
+resampled linearly onto the 1-mm box. The command runs exactly as a user runs it (reading, the
+initial affine, working-grid resampling, the model, its refinement, the field back on the 1-mm
+grid, the inverse, every artifact written); the script prints a table of each run's wall time
+and the engine's stages (``metrics.json``'s ``seconds``). "registration" is what the field
+itself costs: preprocess (affine and resampling), model, refine and postprocess.
 
+    python benchmarks/eval_brain_inference.py --pair fixed.nii.gz moving.nii.gz \
+        --out runs/brain-timing
     python benchmarks/eval_brain_inference.py --labels ../shared/data/synthseg_labels \
         --cache runs/cache --out runs/brain-timing
 """
@@ -33,69 +38,71 @@ def one_mm(image: sitk.Image, interpolator: int) -> sitk.Image:
     return fine.resample(image, interpolator=interpolator, extrapolate=False)
 
 
+def synthesised(
+    folder: Path, cache: Path | None, out: Path
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """A held-out synthetic pair on the 1-mm box, written into ``out``: images, label maps."""
+    pair = SynthBrainPairs(folder, cache_dir=cache).pairs("test", 1, seed=0)[0]
+    paths, labels = {}, {}
+    for role, subject in (("fixed", pair.fixed), ("moving", pair.moving)):
+        paths[role], labels[role] = out / f"{role}.nii.gz", out / f"{role}_labels.nii.gz"
+        sitk.WriteImage(one_mm(subject.image, sitk.sitkLinear), str(paths[role]))
+        sitk.WriteImage(one_mm(subject.labels, sitk.sitkNearestNeighbor), str(labels[role]))
+    return paths, labels
+
+
+REGISTRATION = ("preprocess", "model", "refine", "postprocess")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, required=True, help="SynthSeg label-map folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pair", type=Path, nargs=2, metavar=("FIXED", "MOVING"))
+    source.add_argument("--labels", type=Path, help="SynthSeg label-map folder to synthesise from")
+    parser.add_argument(
+        "--pair-labels", type=Path, nargs=2, metavar=("FIXED", "MOVING"), help="label maps"
+    )
     parser.add_argument("--cache", type=Path, help="cache folder of the aligned label maps")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model", default="brain-3d")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    if not args.labels.is_dir():
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.pair is not None:
+        paths = dict(zip(("fixed", "moving"), args.pair, strict=True))
+        labels = dict(zip(("fixed", "moving"), args.pair_labels or (), strict=False))
+    elif args.labels.is_dir():
+        paths, labels = synthesised(args.labels, args.cache, args.out)
+    else:
         print(
             f"label folder '{args.labels}' not found (see ../shared/data/README.md)",
             file=sys.stderr,
         )
         return 1
-    source = SynthBrainPairs(args.labels, cache_dir=args.cache)
-    pair = source.pairs("test", 1, seed=0)[0]
-    args.out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for role, subject in (("fixed", pair.fixed), ("moving", pair.moving)):
-        paths[role] = args.out / f"{role}.nii.gz"
-        sitk.WriteImage(one_mm(subject.image, sitk.sitkLinear), str(paths[role]))
-        sitk.WriteImage(
-            one_mm(subject.labels, sitk.sitkNearestNeighbor),
-            str(args.out / f"{role}_labels.nii.gz"),
-        )
     shape = sitk.ReadImage(str(paths["fixed"])).GetSize()
-    times = []
+    command = ["riir", "register", str(paths["fixed"]), str(paths["moving"])]
+    command += ["--model", args.model, "--out", str(args.out / "result"), "--quiet"]
+    if labels:
+        command += ["--fixed-labels", str(labels["fixed"])]
+        command += ["--moving-labels", str(labels["moving"])]
+    rows = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        subprocess.run(
-            [
-                "riir",
-                "register",
-                str(paths["fixed"]),
-                str(paths["moving"]),
-                "--model",
-                args.model,
-                "--out",
-                str(args.out / "result"),
-                "--quiet",
-                "--fixed-labels",
-                str(args.out / "fixed_labels.nii.gz"),
-                "--moving-labels",
-                str(args.out / "moving_labels.nii.gz"),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        times.append(time.perf_counter() - start)
-    report = json.loads((args.out / "result" / "metrics.json").read_text())
-    print(
-        json.dumps(
-            {
-                "input_shape": shape,
-                "model_grid": report["model_grid_shape"],
-                "command_seconds": [round(t, 2) for t in times],
-                "engine_seconds": report["seconds"],
-                "dice_before": report["labels"]["before"]["dice_mean"],
-                "dice_after": report["labels"]["after"]["dice_mean"],
-            },
-            indent=2,
-        )
-    )
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        report = json.loads((args.out / "result" / "metrics.json").read_text())
+        rows.append((wall, report["seconds"]))
+    stages = list(rows[0][1])
+    print(f"input {shape}, model grid {report['model_grid_shape']}, model {args.model}")
+    if "labels" in report:
+        dice = report["labels"]["before"]["dice_mean"], report["labels"]["after"]["dice_mean"]
+        print(f"mean Dice over the labels: {dice[0]:.3f} -> {dice[1]:.3f}")
+    print("| run | command (s) | registration (s) | " + " | ".join(stages) + " |")
+    print("|---" * (len(stages) + 3) + "|")
+    for k, (wall, seconds) in enumerate(rows, 1):
+        registration = sum(seconds.get(name, 0.0) for name in REGISTRATION)
+        cells = [f"{seconds[name]:.2f}" for name in stages]
+        print(f"| {k} | {wall:.2f} | {registration:.2f} | " + " | ".join(cells) + " |")
     return 0
 
 

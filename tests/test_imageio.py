@@ -1,10 +1,13 @@
-"""The header check reads the voxels where the header says they start."""
+"""The header check reads the voxels where the header says they start; the transform file
+is compressed and reads back as written."""
 
+import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
-from conventions import header
+from conventions import header, imageio
 from conventions.errors import InputError
 
 
@@ -86,3 +89,17 @@ def test_messages_name_the_file_but_not_its_folder(tmp_path):
         header.inspect_header(path, "fixed image")
     assert "fixed.nii" in str(caught.value)
     assert str(folder) not in str(caught.value) and "secret-id" not in str(caught.value)
+
+
+def test_the_transform_file_is_shuffled_gzip_that_itk_reads_back(tmp_path):
+    values = np.random.default_rng(2).normal(size=(6, 7, 8, 3)).astype(np.float32)
+    field = sitk.GetImageFromArray(values.astype(np.float64), isVector=True)
+    field.SetSpacing((1.5, 1.0, 2.0))
+    path = imageio.write_transform(field, tmp_path / "transform.h5")
+    with h5py.File(path) as h5:
+        large = []
+        h5.visititems(lambda _, n: large.append(n) if getattr(n, "size", 0) > 64 else None)
+        assert large and all(d.compression == "gzip" and d.shuffle for d in large)
+    read = sitk.DisplacementFieldTransform(sitk.ReadTransform(str(path)))
+    back = sitk.GetArrayFromImage(read.GetDisplacementField())
+    np.testing.assert_array_equal(back, values)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,15 +160,18 @@ def register_files(
         )
 
     field = imageio.restore_layout(reg.field, inputs.fixed)  # the dimension ITK reads it in
-    imageio.write_displacement(field, out_dir / artifacts.filename("displacement"))
-    imageio.write_transform(field, out_dir / artifacts.filename("transform"))
-    started = time.perf_counter()
-    inverse = invert(reg.field, inputs.moving, solved_on=reg.model_field)
-    reg.seconds["inverse"] = time.perf_counter() - started
-    imageio.write_displacement(
-        imageio.restore_layout(inverse.field, inputs.moving_as_read),
-        out_dir / artifacts.filename("inverse_displacement"),
-    )
+    # The field's two files are compressed while its inverse is found: SimpleITK and HDF5
+    # release the GIL, so on two cores most of their ~3 s (a brain) hides behind the inverse.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        written = writer.submit(_write_field, field, out_dir)
+        started = time.perf_counter()
+        inverse = invert(reg.field, inputs.moving, solved_on=reg.model_field)
+        reg.seconds["inverse"] = time.perf_counter() - started
+        imageio.write_displacement(
+            imageio.restore_layout(inverse.field, inputs.moving_as_read),
+            out_dir / artifacts.filename("inverse_displacement"),
+        )
+        written.result()  # its error, if any, is this request's
     report["inverse_consistency"] = inverse.consistency
     write(reg.warped, "warped")
     write(_jacobian_image(det, reg.field), "jacobian")
@@ -197,6 +201,12 @@ def register_files(
     report["seconds"]["total"] = round(time.perf_counter() - start, 4)
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
     return report
+
+
+def _write_field(field: sitk.Image, out_dir: Path) -> None:
+    """The displacement field as a NIfTI image and as an ITK transform file."""
+    imageio.write_displacement(field, out_dir / artifacts.filename("displacement"))
+    imageio.write_transform(field, out_dir / artifacts.filename("transform"))
 
 
 def _label_report(
