@@ -70,7 +70,11 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.pair is not None:
         paths = dict(zip(("fixed", "moving"), args.pair, strict=True))
-        labels = dict(zip(("fixed", "moving"), args.pair_labels or (), strict=False))
+        labels = (
+            dict(zip(("fixed", "moving"), args.pair_labels, strict=True))
+            if args.pair_labels
+            else {}
+        )
     elif args.labels.is_dir():
         paths, labels = synthesised(args.labels, args.cache, args.out)
     else:

@@ -88,9 +88,6 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
     """Cached per (file, version on disk, device): a replaced checkpoint is loaded afresh."""
     model, meta = load_checkpoint(path, device)
     engine = Engine(model, meta, Path(path), torch.device(device))
-    # A process's first Adam imports torch._dynamo (0.7 s on a 2-core CPU): made here, once,
-    # it is not paid inside the first request's test-time refinement.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     # The model's default refinement is checked here, once, so a bad model file is refused
     # as such when it loads rather than failing each request that uses it.
     refine = engine.preprocessing.get("refine")
@@ -103,6 +100,10 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
             f"model file '{Path(path).name}' has unusable refinement settings "
             f"(meta.preprocessing): {exc}"
         ) from None
+    if refine:
+        # A process's first Adam imports torch._dynamo (0.7 s on a 2-core CPU): for a model
+        # that refines by default it is paid here, once, not inside its first request.
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     return engine
 
 
