@@ -1,0 +1,68 @@
+"""How well a c2f model's segmentation head segments images it trained on and images it did
+not: whether the head over-fits (a gap between the splits) or under-fits (both low).
+
+The head's logits of each fixed image of ``--pairs`` pairs per split (the model's own
+preprocessing, ``model.training.datasets.prepare_pair``) become a label map the way
+validation reads them (``model.training.train.label_map``) and are scored against the image's
+labels (``model.networks.metrics.dice``), as ``val_segmentation_dice`` is during training.
+An image is scored once even when it is the fixed image of several pairs.
+
+PYTHONPATH=. python benchmarks/head_dice.py --model hippocampus-3d \
+    --data ../data/hippocampus/train --splits train val --pairs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from conventions import catalog
+from model.networks.checkpoint import load_checkpoint
+from model.networks.metrics import dice
+from model.training.datasets import Preprocessing, open_source, prepare_pair
+from model.training.train import label_map
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model name or checkpoint (a c2f with a head)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--data-kind", default="folder")
+    p.add_argument("--splits", nargs="+", default=["train", "val"])
+    p.add_argument("--pairs", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    # A name or a path: the dimensions only choose a default model, and one is given.
+    model, meta = load_checkpoint(catalog.resolve(args.model, 0, 0))
+    if getattr(model, "segmentation", None) is None:
+        raise SystemExit(f"{args.model} has no segmentation head")
+    pre = Preprocessing(
+        **{k: meta["preprocessing"].get(k) for k in ("spacing_mm", "shape_multiple", "max_voxels")}
+    )
+    source = open_source(args.data_kind, args.data)
+    values = source.label_values
+    print(f"| split | images | Dice | {' | '.join(f'label {v}' for v in values)} |")
+    print(f"|---|---:|---:|{'---:|' * len(values)}")
+    for split in args.splits:
+        scores, seen = [], set()
+        for subject_pair in source.pairs(split, args.pairs):
+            pair = prepare_pair(subject_pair, pre)
+            key = float(pair.fixed.sum())
+            if pair.fixed_labels is None or key in seen:
+                continue
+            seen.add(key)
+            with torch.no_grad():
+                _, logits = model.encode(torch.from_numpy(pair.fixed)[None, None].float())
+            segmented = label_map(logits, pair.fixed.shape, values)
+            d = dice(pair.fixed_labels, segmented, values)
+            scores.append([d[v] for v in values])
+        table = np.asarray(scores)  # (images, labels)
+        columns = " | ".join(f"{x:.3f}" for x in np.nanmean(table, 0))
+        print(f"| {split} | {len(table)} | {np.nanmean(table, 1).mean():.3f} | {columns} |")
+
+
+if __name__ == "__main__":
+    main()
