@@ -14,6 +14,7 @@ PYTHONPATH=. python benchmarks/head_dice.py --model hippocampus-3d \
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
@@ -39,9 +40,9 @@ def main() -> None:
     model, meta = load_checkpoint(catalog.resolve(args.model, 0, 0))
     if getattr(model, "segmentation", None) is None:
         raise SystemExit(f"{args.model} has no segmentation head")
-    pre = Preprocessing(
-        **{k: meta["preprocessing"].get(k) for k in ("spacing_mm", "shape_multiple", "max_voxels")}
-    )
+    # The model's grid settings, by the fields Preprocessing owns (meta holds more).
+    names = [f.name for f in dataclasses.fields(Preprocessing)]
+    pre = Preprocessing(**{k: meta["preprocessing"].get(k) for k in names})
     source = open_source(args.data_kind, args.data)
     values = source.label_values
     print(f"| split | images | Dice | {' | '.join(f'label {v}' for v in values)} |")
@@ -49,11 +50,12 @@ def main() -> None:
     for split in args.splits:
         scores, seen = [], set()
         for subject_pair in source.pairs(split, args.pairs):
-            pair = prepare_pair(subject_pair, pre)
-            key = float(pair.fixed.sum())
-            if pair.fixed_labels is None or key in seen:
+            if subject_pair.fixed.name in seen:
                 continue
-            seen.add(key)
+            seen.add(subject_pair.fixed.name)
+            pair = prepare_pair(subject_pair, pre)
+            if pair.fixed_labels is None:
+                continue
             with torch.no_grad():
                 _, logits = model.encode(torch.from_numpy(pair.fixed)[None, None].float())
             segmented = label_map(logits, pair.fixed.shape, values)
