@@ -745,3 +745,14 @@ def test_steps_is_t_and_a_training_length_there_is_refused(folder, tmp_path, cap
     err = capsys.readouterr().err
     assert "recurrent steps T" in err and "--iterations" in err
     assert not out.exists()
+
+
+def test_the_cpu_flushes_subnormal_floats_once_a_device_is_chosen():
+    # Subnormal gradients made training steps five times slower on the CPU (docs/method.md).
+    from worker.inference.device import select_device
+
+    torch.set_flush_denormal(False)
+    tiny = torch.finfo(torch.float32).tiny
+    assert (torch.tensor([tiny]) / 4).item() > 0  # a subnormal number, kept
+    select_device("cpu")
+    assert (torch.tensor([tiny]) / 4).item() == 0.0

@@ -10,6 +10,13 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def select_device(request: str = "auto") -> torch.device:
+    """The device for ``request``; the CPU's subnormal floats are flushed to zero on the way.
+
+    Training and refinement backpropagate through softmaxes and sigmoids whose gradients, once
+    the losses are small, fall below float32's normal range; x86 CPUs compute on such numbers
+    up to ten times slower (an ACDC segmentation step went from 0.39 s to 2 s as its loss fell).
+    They are far below any difference these models resolve, so zero loses nothing."""
+    torch.set_flush_denormal(True)
     if request not in DEVICES and not request.startswith("cuda:"):
         raise InputError(f"unknown device '{request}'; choose auto, cpu, cuda or cuda:N")
     if request == "auto":
