@@ -12,7 +12,7 @@ import torch
 from helpers import as_tensor, blobs, labelled_folder, shifted
 
 from model.networks.c2f import C2FRIIR, C2FConfig
-from model.networks.checkpoint import load_checkpoint
+from model.networks.checkpoint import load_checkpoint, read_checkpoint
 from model.networks.encoder import FeatureEncoder, feature_gradient
 from model.networks.losses import mse
 from model.networks.refine import Problem, RefineConfig, anatomy, real_box, refine
@@ -283,6 +283,45 @@ def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_pa
     wrong = [*base, "--out", str(tmp_path / "wrong"), "--segmentation-classes", "2"]
     assert main([*wrong, "--segmentation-weight", "1"]) != 0
     assert "set --segmentation-classes 3" in capsys.readouterr().err
+
+
+def test_a_separately_pretrained_encoder_joins_a_run_under_its_cell(tmp_path, capsys):
+    """``--init-encoder`` takes E and its head from another run and keeps the cell that
+    ``--init`` (or random initialisation) gave; the card says where they came from, and an
+    encoder of another shape is refused with the flags to set."""
+    from model.training.train import transplant_encoder
+
+    folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
+    base = ["train", "--data", str(folder), "--arch", "c2f", "--iterations", "2"]
+    base += ["--validate-every", "2", "--val-pairs", "1", "--hidden-channels", "4", "4"]
+    base += ["--segmentation-classes", "3", "--segmentation-weight", "1"]
+    base += ["--encoder-depth", "1", "--threads", "1", "--quiet"]
+    small = [*base, "--encoder-channels", "2"]
+    pre = tmp_path / "pre"
+    assert main([*small, "--out", str(pre), "--segmentation-pretraining", "2"]) == 0
+    pretrained = read_checkpoint(pre / "checkpoint.pt")["state_dict"]
+
+    torch.manual_seed(1)
+    model, _ = load_checkpoint(pre / "checkpoint.pt")
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    cell = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("cells.")}
+    origin = transplant_encoder(model, str(pre / "checkpoint.pt"), 3)
+    state = model.state_dict()
+    assert origin["iterations"] == 2
+    assert all(torch.equal(state[k], v) for k, v in pretrained.items() if k.startswith("encoder."))
+    assert all(torch.equal(state[k], v) for k, v in cell.items())
+
+    joined = tmp_path / "joined"
+    argv = [*small, "--out", str(joined), "--init-encoder", str(pre / "checkpoint.pt")]
+    assert main(argv) == 0
+    _, meta = load_checkpoint(joined / "checkpoint.pt")
+    assert meta["training"]["init"]["encoder"]["iterations"] == 2
+    assert main([*argv[:-2], "--resume", "--init-encoder", str(pre / "checkpoint.pt")]) != 0
+    assert "--init-encoder starts a new run" in capsys.readouterr().err
+    wide = [*base, "--encoder-channels", "3", "--out", str(tmp_path / "wide")]
+    assert main([*wide, "--init-encoder", str(pre / "checkpoint.pt")]) != 0
+    assert "--encoder-channels" in capsys.readouterr().err
 
 
 def test_the_cpu_conv3d_pads_channels_without_changing_the_answer():

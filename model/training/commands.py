@@ -174,11 +174,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     base = None
     if args.resume:
-        if getattr(args, "train.init"):
-            raise InputError(
-                "--init starts a new run from a model's weights; --resume "
-                "continues the run in --out from its checkpoint: give one"
-            )
+        for flag in ("init", "init_encoder"):
+            if getattr(args, f"train.{flag}"):
+                raise InputError(
+                    f"--{flag.replace('_', '-')} starts a new run from a model's weights; "
+                    "--resume continues the run in --out from its checkpoint: give one"
+                )
         saved = args.out / "config.json"
         if not saved.is_file():
             raise InputError(f"nothing to resume in '{args.out}' (no config.json)")

@@ -81,6 +81,15 @@ class TrainConfig:
         metavar="NAME|PATH",
         group="model",
     )
+    init_encoder: str | None = setting(
+        None,
+        "then take the c2f encoder and its segmentation head from this shipped model or "
+        "checkpoint (for example a run of --segmentation-pretraining alone), keeping the "
+        "cell that --init or random initialisation gave: a head trained on its own, under a "
+        "trained cell",
+        metavar="NAME|PATH",
+        group="model",
+    )
     # outer loss
     similarity: str = setting(
         "mse", "outer-loss similarity", choices=SIMILARITIES, group="outer loss"

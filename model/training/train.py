@@ -95,6 +95,40 @@ def initial_model(
     }
 
 
+ENCODER_PARTS = ("encoder.", "segmentation.")  # a c2f model's image side: E and its head
+
+
+def transplant_encoder(model: nn.Module, spec: str, spatial_dims: int) -> dict[str, Any]:
+    """Load the encoder and segmentation head of model ``spec`` (``cfg.init_encoder``) into
+    ``model``, which must share their shapes; returns where they came from, for the card."""
+    from conventions.catalog import resolve
+
+    payload = read_checkpoint(resolve(spec, spatial_dims, 0))
+    theirs = {k: v for k, v in payload["state_dict"].items() if k.startswith(ENCODER_PARTS)}
+    ours = {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PARTS)}
+    if not ours:
+        raise InputError("--init-encoder needs a model with an encoder (--arch c2f)")
+    differ = sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if k not in theirs or k not in ours or theirs[k].shape != ours[k].shape
+    )
+    if differ:
+        raise InputError(
+            f"--init-encoder {spec}: its encoder or head differs from this run's "
+            f"({len(differ)} tensors, e.g. '{differ[0]}'); give the same --encoder-channels, "
+            "--encoder-depth, --encoder-stride and --segmentation-classes"
+        )
+    model.load_state_dict(theirs, strict=False)
+    meta = payload["meta"]
+    return {
+        "model": spec,
+        "name": meta.get("name"),
+        "version": meta.get("version"),
+        "iterations": meta.get("training", {}).get("iterations"),
+    }
+
+
 def step_weights(count: int, scheme: str) -> torch.Tensor:
     """w_1 … w_T: uniform 1/T, or exponential 10^((t-1)/(T-1)) normalised to sum to 1."""
     if scheme == "uniform" or count == 1:
@@ -483,6 +517,11 @@ def train(
             model, origin = initial_model(cfg.init, cfg, source.spatial_dims)
         else:
             model = build_model(cfg.arch, model_config(cfg, source.spatial_dims))
+        if cfg.init_encoder:
+            origin = {
+                **(origin or {}),
+                "encoder": transplant_encoder(model, cfg.init_encoder, source.spatial_dims),
+            }
         model.to(device)
     model.train()
     pre = Preprocessing(cfg.spacing_mm, int(getattr(model, "shape_multiple", 1)), cfg.max_voxels)
