@@ -747,12 +747,22 @@ def test_steps_is_t_and_a_training_length_there_is_refused(folder, tmp_path, cap
     assert not out.exists()
 
 
-def test_the_cpu_flushes_subnormal_floats_once_a_device_is_chosen():
-    # Subnormal gradients made training steps five times slower on the CPU (docs/method.md).
-    from worker.inference.device import select_device
+def test_training_flushes_subnormal_floats_and_then_gives_the_setting_back(
+    folder, tmp_path, monkeypatch
+):
+    # Subnormal gradients made training steps five times slower on the CPU (docs/method.md);
+    # the setting is the process's, so the host program gets its floats back afterwards.
+    import model.training.train as training
 
-    torch.set_flush_denormal(False)
     tiny = torch.finfo(torch.float32).tiny
-    assert (torch.tensor([tiny]) / 4).item() > 0  # a subnormal number, kept
-    select_device("cpu")
-    assert (torch.tensor([tiny]) / 4).item() == 0.0
+    seen = []
+    real = training._train
+    monkeypatch.setattr(
+        training,
+        "_train",
+        lambda *a: seen.append((torch.tensor([tiny]) / 4).item()) or real(*a),
+    )
+    cfg = TrainConfig(data=str(folder), iterations=1, val_pairs=1, threads=1)
+    training.train(cfg, tmp_path / "r", progress=False)
+    assert seen == [0.0]  # flushed while it trained
+    assert (torch.tensor([tiny]) / 4).item() > 0  # a subnormal number again, after it

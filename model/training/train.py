@@ -490,6 +490,21 @@ def train(
     ``time_limit_s`` ends this call early, after the first iteration that passes it, with a
     validation and a checkpoint there, so a run fits a fixed slot (a lent GPU, a night) and
     ``resume`` continues it. It belongs to the call, not to the run's settings."""
+    from worker.inference.device import subnormals_flushed
+
+    with subnormals_flushed():
+        return _train(cfg, out, resume, command, progress, source, time_limit_s)
+
+
+def _train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    resume: bool,
+    command: str,
+    progress: bool,
+    source: PairSource | None,
+    time_limit_s: float | None,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from worker.inference.device import select_device
