@@ -21,23 +21,25 @@
 #
 # The command takes about MINUTES + 3 minutes (unpacking, a 1-minute benchmark, the arms'
 # last validations and evaluations); the machine's start and the transfer come on top.
-# ONLY="name ..." runs some arms. `DEVICE=cpu OUT=/tmp/o PAIRS=2 BENCHMARK_S=1 ONLY=grown-0.6.0`
+# ONLY="name ..." runs some arms. `DEVICE=cpu OUT=/tmp/o PAIRS=2 BENCHMARK_S=1 ONLY=grown-0.7.0`
 # runs it here, with the installed packages (a smoke test; nothing is unpacked then; four
 # full-resolution arms at once need ~50 GB, more than this machine's memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${STAGE:-.gpu-stage}  # and RUNS, where run trains: settable for the tests
 
-# One line per arm: a name, then `riir train` flags. All train the shipped design (0.6.0:
-# the coarse-to-fine RIIR on a segmenting U-Net encoder, `--arch c2f`, the gradient clipped)
-# or grow it: the same recipe at batch 4; with a full-resolution last level and a 3×3×3 GRU;
+# One line per arm: a name, then `riir train` flags. All train the shipped design (0.7.0:
+# the coarse-to-fine RIIR on a segmenting U-Net encoder, `--arch c2f`, the gradient clipped,
+# no flips but rotations, scaling and gamma, which keep the anatomy's orientation) or grow
+# it: the same recipe at batch 4; with a full-resolution last level and a 3×3×3 GRU;
 # with a wider encoder (its head's Dice bounds what the features tell the cell); and the
 # shipped weights trained further. All use the label term, and the target's smoothness limit
 # (std log|J| ≤ 0.10) decides which validation becomes best.pt.
 COMMON="--batch-size 4 --validate-every 100 --val-pairs 6 --checkpoint-every 200
         --iterations 100000 --best-max-std-log-jacobian 0.10 --seed 0"
 C2F="--arch c2f --encoder-depth 3 --segmentation-classes 3 --segmentation-weight 1
-     --masked-similarity --flip --lam 32 --dice-weight 4 --hidden-channels 16 16 --grad-clip 1"
+     --masked-similarity --no-flip --affine-rotate 15 --affine-scale 0.15 --intensity-gamma 0.3
+     --lam 32 --dice-weight 4 --hidden-channels 16 16 --grad-clip 1"
 ARMS=(
   "c2f            $C2F --gru-kernel 1 --encoder-channels 16 --segmentation-pretraining 2500
                   --model-option levels=[4,2] --model-option level_steps=[3,3] --lr 5e-4"
@@ -45,7 +47,7 @@ ARMS=(
                   --model-option levels=[4,2,1] --model-option level_steps=[2,2,2] --lr 5e-4"
   "c2f-e32        $C2F --gru-kernel 1 --encoder-channels 32 --segmentation-pretraining 2500
                   --model-option levels=[4,2] --model-option level_steps=[3,3] --lr 5e-4"
-  "grown-0.6.0    $C2F --init hippocampus-3d --lam 64 --lr 2e-4"
+  "grown-0.7.0    $C2F --init hippocampus-3d --lam 100 --lr 2e-4"
 )
 
 prepare() {

@@ -317,6 +317,12 @@ def test_a_separately_pretrained_encoder_joins_a_run_under_its_cell(tmp_path, ca
     assert main(argv) == 0
     _, meta = load_checkpoint(joined / "checkpoint.pt")
     assert meta["training"]["init"]["encoder"]["iterations"] == 2
+    evaluation = ["evaluate", "--data", str(folder), "--model", str(joined / "checkpoint.pt")]
+    evaluation += ["--pairs", "1", "--out", str(tmp_path / "eval"), "--threads", "1", "--quiet"]
+    assert main([*evaluation, "--ship", str(tmp_path / "weights")]) == 0
+    card = (tmp_path / "weights" / "riir-model.md").read_text()
+    assert f"- Encoder and segmentation head from: `{pre / 'checkpoint.pt'}`" in card
+    assert "Initialised from" not in card  # no --init: the cell started from random weights
     assert main([*argv[:-2], "--resume", "--init-encoder", str(pre / "checkpoint.pt")]) != 0
     assert "--init-encoder starts a new run" in capsys.readouterr().err
     wide = [*base, "--encoder-channels", "3", "--out", str(tmp_path / "wide")]

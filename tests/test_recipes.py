@@ -29,7 +29,7 @@ def test_the_gpu_recipe_trains_scores_and_packs_its_arms(tmp_path):
         "PAIRS": "1",
         "BENCHMARK_S": "1",
         "PYTHON": sys.executable,
-        "ONLY": "c2f-full grown-0.6.0",
+        "ONLY": "c2f-full grown-0.7.0",
         "PYTHONPATH": str(ROOT),
     }
     env.pop("RIIR_MODELS_DIR", None)  # the service tests' stand-ins: this needs the shipped ones
@@ -44,13 +44,13 @@ def test_the_gpu_recipe_trains_scores_and_packs_its_arms(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
 
     summary = (out / "summary.md").read_text()
-    for arm in ("c2f-full", "grown-0.6.0"):  # trained, stopped by the limit, scored
+    for arm in ("c2f-full", "grown-0.7.0"):  # trained, stopped by the limit, scored
         assert f"trained hippocampus-3d-{arm} (c2f) for 1 iterations" in summary
         assert f"# {arm}" in summary and "| last | 1 |" in summary
     assert "c2f-e32" not in summary  # ONLY picked the arms
     with tarfile.open(out / "runs.tar.gz") as packed:
         names = set(packed.getnames())
-    assert {"./c2f-full/checkpoint.pt", "./grown-0.6.0/eval-val/summary.md"} <= names
+    assert {"./c2f-full/checkpoint.pt", "./grown-0.7.0/eval-val/summary.md"} <= names
     assert (out / "benchmark.md").is_file()
 
 

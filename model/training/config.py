@@ -121,7 +121,13 @@ class TrainConfig:
         "differ): the hippocampus crops are half edge-repeat padding",
         group="outer loss",
     )
-    flip: bool = setting(False, "augmentation: each training pair flipped along random axes")
+    flip: bool = setting(
+        False,
+        "augmentation: each training pair flipped along random axes. It shows the network "
+        "mirrored anatomy; leave it off where every image shows the anatomy the same way "
+        "round (benchmarks/label_orientation.py): the hippocampus head generalised better "
+        "without it",
+    )
     affine_rotate: float = setting(
         0.0,
         "augmentation: each training pair (both images and labels) rotated by up to this "

@@ -432,15 +432,26 @@ def _default_description(payload: dict[str, Any], training: dict[str, Any]) -> s
 
 
 def _init_line(origin: dict[str, Any] | None) -> list[str]:
-    """The card's line for a model fine-tuned from another (``riir train --init``)."""
+    """The card's lines for a model that started from other weights: the whole model
+    (``riir train --init``) and, for a c2f, its encoder and head (``--init-encoder``)."""
     if not origin:
         return []
-    grown = f"; grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
-    return [
-        f"- Initialised from: `{origin.get('model')}` ({origin.get('name')} "
-        f"{origin.get('version')}, {origin.get('iterations')} iterations){grown}; the "
-        "iterations below count from there"
-    ]
+
+    def named(source: dict[str, Any]) -> str:
+        return (
+            f"`{source.get('model')}` ({source.get('name')} {source.get('version')}, "
+            f"{source.get('iterations')} iterations)"
+        )
+
+    lines = []
+    if origin.get("model"):
+        grown = f"; grown: {', '.join(origin['grown'])}" if origin.get("grown") else ""
+        lines.append(
+            f"- Initialised from: {named(origin)}{grown}; the iterations below count from there"
+        )
+    if origin.get("encoder"):
+        lines.append(f"- Encoder and segmentation head from: {named(origin['encoder'])}")
+    return lines
 
 
 def _card_markdown(
