@@ -28,7 +28,7 @@ def centroid_step(labels: np.ndarray, start: int, end: int) -> np.ndarray | None
     a, b = np.argwhere(labels == start), np.argwhere(labels == end)
     if not len(a) or not len(b):
         return None
-    return np.asarray(b.mean(0) - a.mean(0))
+    return b.mean(0) - a.mean(0)
 
 
 def orientation_table(
