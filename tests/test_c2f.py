@@ -12,7 +12,7 @@ import torch
 from helpers import as_tensor, blobs, labelled_folder, shifted
 
 from model.networks.c2f import C2FRIIR, C2FConfig
-from model.networks.checkpoint import load_checkpoint, read_checkpoint
+from model.networks.checkpoint import load_checkpoint, load_state_grown, read_checkpoint
 from model.networks.encoder import FeatureEncoder, feature_gradient
 from model.networks.losses import mse
 from model.networks.refine import Problem, RefineConfig, anatomy, real_box, refine
@@ -188,6 +188,44 @@ def test_c2f_runs_in_2d_and_3d_and_returns_fields_on_the_grid(d, share):
     assert model(moving, fixed, return_all=False)[-1].shape == (1, d, *shape)
     phis[-1].pow(2).mean().backward()
     assert model.encoder.net[0].weight.grad.abs().sum() > 0  # E learns through the cell
+
+
+def test_the_anatomy_gradient_grows_from_a_model_without_it_and_reaches_the_cell():
+    """``anatomy_gradient`` gives the cell ∇ of the head's probability MSE as its own input. A
+    model grown into it computes what its source did (the new columns start at zero), and
+    training reaches those columns; without a head it is refused."""
+    config = C2FConfig(
+        spatial_dims=3,
+        levels=(2, 1),
+        level_steps=(1, 1),
+        hidden_channels=(4, 4),
+        encoder_channels=3,
+        encoder_depth=1,
+        segmentation_classes=3,
+    )
+    torch.manual_seed(0)
+    source = C2FRIIR(config)
+    for cell in source.cells:
+        torch.nn.init.normal_(cell.conv_out.weight, std=0.05)
+    model = C2FRIIR(dataclasses.replace(config, anatomy_gradient=True))
+    assert load_state_grown(model, source) == ["anatomy_log_scale", "cells.0.conv_in.weight"]
+    moving, fixed = as_tensor(blobs(SHAPES[3], seed=1)), as_tensor(blobs(SHAPES[3], seed=0))
+    with torch.no_grad():
+        assert torch.allclose(model(moving, fixed)[-1], source(moving, fixed)[-1], atol=1e-6)
+    model(moving, fixed)[-1].pow(2).mean().backward()
+    weight = model.cells[0].conv_in.weight
+    d = 3  # [phi, ∇ intensity MSE, ∇ feature MSE, ∇ probability MSE]: its columns 3d … 4d
+    assert weight.shape[1] == 4 * d and weight.grad[:, 3 * d :].abs().sum() > 0
+    with pytest.raises(ValueError, match="segmentation head"):
+        C2FRIIR(dataclasses.replace(config, segmentation_classes=0, anatomy_gradient=True))
+
+
+def test_the_anatomy_gradient_without_a_head_is_an_input_error(tmp_path, capsys):
+    folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
+    argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--arch", "c2f"]
+    assert main([*argv, "--anatomy-gradient", "--iterations", "1", "--quiet"]) != 0
+    assert "--segmentation-classes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):

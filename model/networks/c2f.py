@@ -6,6 +6,9 @@
         phi ← phi of the coarser level, upsampled (0 at the first level), hidden states too
         repeat ``level_steps`` times:
             x = [phi, ∇_phi MSE(I_mov∘phi, I_fix), ∇_phi MSE(E_m∘phi, E_f)]   (at level s)
+                (``anatomy_gradient``: and ∇_phi MSE(P_m∘phi, P_f) of the head's foreground
+                probabilities P alone, so the pull of the anatomy is not summed into that of
+                the other features and the cell can weigh it on its own)
             {Δphi, h} = g_θ(x, h);  phi ← phi + Δphi
 
 Most steps run on coarse grids, where a step costs 1/s^D of a full-resolution one, and the
@@ -42,7 +45,11 @@ class C2FRIIR(nn.Module):
         classes = config.segmentation_classes
         self.segmentation = segmentation_head(d, c, classes) if classes else None
         features = c + classes
-        in_channels = 3 * d + (2 * features if config.explicit_features else 0)
+        if config.anatomy_gradient and classes < 2:
+            raise ValueError("anatomy_gradient needs a segmentation head: segmentation_classes ≥ 2")
+        anatomy = d if config.anatomy_gradient else 0
+        explicit = 2 * features if config.explicit_features else 0
+        in_channels = 3 * d + anatomy + explicit
         cell_config = RIIRConfig(
             spatial_dims=d,
             hidden_channels=config.hidden_channels,
@@ -51,10 +58,18 @@ class C2FRIIR(nn.Module):
         )
         count = 1 if config.share_cell else len(config.levels)
         self.cells = nn.ModuleList(RIIRCell(in_channels, cell_config) for _ in range(count))
-        for cell in self.cells:  # [phi, ∇ intensity MSE, ∇ feature MSE, features]
-            cell.input_blocks = [d, 2 * d, in_channels - 3 * d]
+        # [phi, ∇ intensity and feature MSE, ∇ probability MSE, features]: blocks kept apart
+        # when a checkpoint grows into a model with more of them (load_state_grown).
+        for cell in self.cells:
+            cell.input_blocks = [d, 2 * d, anatomy, explicit]
         start = math.log(config.gradient_scale)
         self.log_scales = nn.Parameter(torch.full((2,), start))
+        if config.anatomy_gradient:
+            self.anatomy_log_scale = nn.Parameter(torch.full((1,), start))
+
+    # A model grown with the anatomy gradient computes what its source did: the cell's new
+    # input columns start at zero, so this scale may start anywhere.
+    starts_neutral = ("anatomy_log_scale",)
 
     # The engine and training resample to a multiple of this: adaptive pooling handles any
     # grid, so none is needed.
@@ -78,6 +93,13 @@ class C2FRIIR(nn.Module):
         g_image = inner_gradient("mse", level["moving"], level["fixed"], phi.detach())
         g_feat = feature_gradient(level["moving_features"], level["fixed_features"], phi)
         parts = [phi, g_image * scales[0], g_feat * scales[1]]
+        if self.config.anatomy_gradient:
+            classes = self.config.segmentation_classes
+            foreground = slice(-(classes - 1), None)  # the features end with the probabilities
+            g_anatomy = feature_gradient(
+                level["moving_features"][:, foreground], level["fixed_features"][:, foreground], phi
+            )
+            parts.append(g_anatomy * self.anatomy_log_scale.exp() / stride)
         if self.config.explicit_features:
             parts += [warp(level["moving_features"], phi.detach()), level["fixed_features"]]
         return torch.cat(parts, 1)

@@ -158,6 +158,11 @@ class C2FConfig:
     explicit_features: bool = setting(
         False, "c2f: also give the cell the warped and fixed features themselves"
     )
+    anatomy_gradient: bool = setting(
+        False,
+        "c2f: give the cell the gradient of the head's class probabilities' MSE as an input of "
+        "its own (with its own learned scale), besides the gradient over all the features",
+    )
     share_cell: bool = setting(True, "c2f: one cell for every level (else one per level)")
     # Both gradients enter the cell ×scale (learned, as a log, from this start); see
     # RIIRConfig.gradient_scale for why ~30 suits the MSE of [0, 1] images.

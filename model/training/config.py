@@ -230,6 +230,13 @@ class TrainConfig:
                 "--segmentation-weight and --segmentation-pretraining train a segmentation "
                 "head: give --arch c2f --segmentation-classes N (background + labels)"
             )
+        if self.model.get("anatomy_gradient") and not (
+            self.init or self.model.get("segmentation_classes")
+        ):
+            raise InputError(
+                "--anatomy-gradient reads a segmentation head's probabilities: give --arch c2f "
+                "--segmentation-classes N (background + labels)"
+            )
         if not self.data:
             raise InputError("no training data given (--data PATH)")
         if self.best_by not in BEST_BY:

@@ -78,8 +78,9 @@ def initial_model(
             f"--init {spec} is a {payload['config'].get('spatial_dims')}-D "
             f"model; the data are {spatial_dims}-D"
         )
-    model = build_model(cfg.arch, {**payload["config"], **model_config(cfg, spatial_dims)})
+    config = {**payload["config"], **model_config(cfg, spatial_dims)}
     try:
+        model = build_model(cfg.arch, config)
         source = build_model(payload["arch"], payload["config"])
         source.load_state_dict(payload["state_dict"])
         grown = load_state_grown(model, source)
