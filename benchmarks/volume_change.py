@@ -9,9 +9,12 @@ variation inside a structure. A pair whose estimate is near a smoothness target 
 both that target and a high Dice on its changing structures, whatever the method.
 
     python benchmarks/volume_change.py FIXED_LABELS MOVING_LABELS [MORE_FIXED MORE_MOVING ...]
+    python benchmarks/volume_change.py --data ../shared/data/acdc --data-kind acdc --split val
 
-Label maps on one grid per pair (NIfTI); prints, for each pair and both directions, the
-estimate over the whole grid and the structures that contribute most to it.
+Label maps on one grid per pair (NIfTI): prints, for each pair and both directions, the
+estimate over the whole grid and the structures that contribute most to it. A dataset: the
+pairs ``riir evaluate`` draws from it (moving onto fixed, as it registers them), the estimate's
+mean over them, as the evaluation's std log|J| column averages the pairs'.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+
+from model.training.datasets import open_source
 
 
 def volume_log_ratio(fixed: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
@@ -55,11 +61,38 @@ def report(fixed: np.ndarray, moving: np.ndarray, title: str, top: int) -> None:
         )
 
 
+def dataset(args: argparse.Namespace) -> None:
+    """The estimate for each pair ``riir evaluate`` draws, and its mean."""
+    estimates = []
+    for pair in open_source(args.data_kind, args.data).pairs(args.split, args.pairs):
+        if pair.fixed.labels is None or pair.moving.labels is None:
+            raise SystemExit(f"pair {pair.name} has no labels")
+        fixed, moving = (sitk.GetArrayFromImage(s.labels) for s in (pair.fixed, pair.moving))
+        painted, _ = volume_log_ratio(fixed, moving)
+        estimates.append(painted.std())
+    values = np.array(estimates)
+    print(
+        f"{args.split}: {len(values)} pairs, std log|J| implied by the volumes: mean "
+        f"{values.mean():.3f}, median {np.median(values):.3f}, max {values.max():.3f}; "
+        f"{(values > args.limit).sum()} pairs above {args.limit}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("maps", nargs="+", type=Path, help="label maps: fixed moving [...]")
+    parser.add_argument("maps", nargs="*", type=Path, help="label maps: fixed moving [...]")
     parser.add_argument("--top", type=int, default=3, help="structures listed per direction")
+    parser.add_argument("--data", help="a dataset instead, as riir evaluate takes it")
+    parser.add_argument("--data-kind", default="folder", help="as riir evaluate's --data-kind")
+    parser.add_argument("--split", default="val", help="val or test (default: val)")
+    parser.add_argument("--pairs", type=int, default=None, help="as riir evaluate's --pairs")
+    parser.add_argument("--limit", type=float, default=0.15, help="a smoothness target to count")
     args = parser.parse_args()
+    if bool(args.data) == bool(args.maps):
+        parser.error("give either label maps (FIXED MOVING ...) or --data")
+    if args.data:
+        dataset(args)
+        return 0
     if len(args.maps) % 2:
         parser.error("give the label maps in pairs: FIXED MOVING")
     for first, second in zip(args.maps[::2], args.maps[1::2], strict=True):
