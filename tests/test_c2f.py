@@ -252,6 +252,8 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
                 "4",
                 "--dice-weight",
                 "1",
+                "--volume-weight",
+                "10",
                 "--masked-similarity",
                 "--flip",
                 "--affine-rotate",
@@ -275,6 +277,9 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
     model, meta = load_checkpoint(run / "checkpoint.pt")
     assert meta["arch"] == "c2f" and model.config.level_steps == (1, 1)
     assert "val_dice" in meta["training"]["final_metrics"]
+    rows = (run / "log.csv").read_text().splitlines()
+    column = rows[0].split(",").index("volume_change")
+    assert all(float(row.split(",")[column]) >= 0 for row in rows[1:])  # logged every iteration
 
 
 @pytest.mark.parametrize("d", [2, 3])

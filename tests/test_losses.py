@@ -1,8 +1,21 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 from helpers import as_tensor, blobs
 
-from model.networks.losses import diffusion, inner_gradient, local_ncc, mse, nmi, soft_dice
+from model.networks.losses import (
+    diffusion,
+    inner_gradient,
+    local_ncc,
+    log_jacobian,
+    mse,
+    nmi,
+    soft_dice,
+    volume_change,
+)
+from model.networks.metrics import jacobian_determinant
 from model.networks.warp import warp
 
 SHAPES = [(20, 22), (12, 14, 10)]
@@ -43,6 +56,22 @@ def test_diffusion_of_linear_field():
     phi = torch.stack([0.5 * x, torch.zeros(6, 5)])[None]
     assert diffusion(phi).item() == pytest.approx(0.0625)
     assert diffusion(torch.zeros(1, 2, 6, 5)).item() == 0
+
+
+def test_volume_change_charges_scaling_and_leaves_a_shear_free():
+    """A shear keeps every voxel's volume (det J = 1): the volume term is 0 where diffusion
+    charges it. A uniform scaling by s costs (D log s)²; log|J| agrees with the metrics'."""
+    grid = torch.stack(
+        torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in (8, 9, 10)), indexing="ij")
+    )
+    shear = torch.zeros(1, 3, 8, 9, 10)
+    shear[0, 0] = 0.3 * grid[1]  # u_0 = 0.3 x_1
+    assert volume_change(shear) < 1e-10 and diffusion(shear) > 0
+    scaled = 0.1 * grid[None]  # x -> 1.1 x
+    assert torch.isclose(volume_change(scaled), torch.tensor((3 * math.log(1.1)) ** 2))
+    phi = torch.randn(1, 3, 8, 9, 10, generator=torch.Generator().manual_seed(0)) * 0.2
+    det = jacobian_determinant(phi[0].double().numpy())
+    assert np.allclose(log_jacobian(phi)[0].numpy(), np.log(np.clip(det, 1e-2, None)), atol=1e-5)
 
 
 def test_soft_dice_perfect_and_disjoint():

@@ -107,6 +107,23 @@ def diffusion(displacement: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def log_jacobian(displacement: torch.Tensor, floor: float = 1e-2) -> torch.Tensor:
+    """log det(I + ∇phi) per voxel (B, *S) of a voxel displacement (B, D, *S), with the
+    central differences the evaluation's Jacobian uses (``model.networks.metrics``) and the
+    determinant clamped at ``floor`` so folded voxels stay finite."""
+    d = displacement.dim() - 2
+    grad = spatial_gradient(displacement)  # (B, D components, D axes, *S)
+    jacobian = grad.movedim((1, 2), (-2, -1)) + torch.eye(d, device=grad.device, dtype=grad.dtype)
+    return torch.linalg.det(jacobian).clamp_min(floor).log()
+
+
+def volume_change(displacement: torch.Tensor) -> torch.Tensor:
+    """Mean (log|J|)² of a voxel displacement: a regulariser of local volume change alone.
+    Shears and rotations cost it nothing, where the diffusion term charges every gradient of
+    phi; the evaluation's roughness (std log|J|) measures exactly this change."""
+    return log_jacobian(displacement).pow(2).mean()
+
+
 def soft_dice(
     warped_onehot: torch.Tensor, fixed_onehot: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:

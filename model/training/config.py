@@ -101,6 +101,12 @@ class TrainConfig:
         "β, weight of a soft-Dice label term (0: unsupervised, the paper's setting)",
         group="outer loss",
     )
+    volume_weight: float = setting(
+        0.0,
+        "weight of a penalty on local volume change, mean (log|J|)², beside λ's diffusion "
+        "term: it leaves shears and rotations free, which the diffusion term charges",
+        group="outer loss",
+    )
     segmentation_weight: float = setting(
         0.0,
         "γ, weight of the auxiliary segmentation loss (soft Dice + cross-entropy) of the "
@@ -216,8 +222,9 @@ class TrainConfig:
         for name in ("iterations", "batch_size", "checkpoint_every", "validate_every"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if self.lam < 0 or self.dice_weight < 0 or self.segmentation_weight < 0:
-            raise InputError("lam, dice_weight and segmentation_weight must not be negative")
+        weights = ("lam", "dice_weight", "volume_weight", "segmentation_weight")
+        if any(getattr(self, name) < 0 for name in weights):
+            raise InputError(f"{', '.join(weights)} must not be negative")
         if not 0 <= self.affine_scale < 1:
             raise InputError(f"affine_scale must lie in [0, 1); got {self.affine_scale}")
         if self.affine_rotate < 0 or self.intensity_gamma < 0:

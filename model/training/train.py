@@ -50,7 +50,7 @@ from model.networks.checkpoint import (
     save_atomically,
     save_checkpoint,
 )
-from model.networks.losses import diffusion, similarity_loss, soft_dice
+from model.networks.losses import diffusion, similarity_loss, soft_dice, volume_change
 from model.networks.warp import resize, warp
 from model.training.augment import affine_augmented, flipped, gamma_augmented, reversed_pair
 from model.training.config import TrainConfig, model_config
@@ -182,9 +182,10 @@ def outer_loss(
     lam: float,
     dice_weight: float = 0.0,
     mask: torch.Tensor | None = None,
+    volume_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Σ_t w_t (L_sim + λ L_reg + β L_dice) and the terms at the last iterate (for the log);
-    with a ``mask``, L_sim is measured on it only (``masked``)."""
+    """Σ_t w_t (L_sim + λ L_reg + β L_dice + ν L_vol) and the terms at the last iterate (for
+    the log); with a ``mask``, L_sim is measured on it only (``masked``)."""
     total = batch.fixed.new_zeros(())
     parts: dict[str, float] = {}
     if mask is not None:
@@ -199,6 +200,10 @@ def outer_loss(
             term = term + dice_weight * dice
         total = total + w * term
         parts = {"similarity": sim.item(), "regularisation": reg.item()}
+        if volume_weight > 0:
+            vol = volume_change(phi)
+            total = total + w * volume_weight * vol
+            parts["volume_change"] = vol.item()
         if dice is not None:
             parts["dice_loss"] = dice.item()
     return total, parts
@@ -232,7 +237,9 @@ def registration_loss(
     phis = model(batch.moving, batch.fixed)
     mask = real_mask(batch.fixed) if cfg.masked_similarity else None
     weights = step_weights(len(phis), cfg.weights).to(batch.fixed.device)
-    loss, parts = outer_loss(phis, batch, weights, similarity, cfg.lam, cfg.dice_weight, mask)
+    loss, parts = outer_loss(
+        phis, batch, weights, similarity, cfg.lam, cfg.dice_weight, mask, cfg.volume_weight
+    )
     if cfg.segmentation_weight > 0 and batch.fixed_onehot is not None:
         seg = segmentation_loss(model.last_logits, batch)
         loss = loss + cfg.segmentation_weight * seg
@@ -388,6 +395,7 @@ class CsvLog:
         "loss",
         "similarity",
         "regularisation",
+        "volume_change",
         "dice_loss",
         "segmentation_loss",
         "seconds",
