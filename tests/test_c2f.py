@@ -280,6 +280,10 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
     rows = (run / "log.csv").read_text().splitlines()
     column = rows[0].split(",").index("volume_change")
     assert all(float(row.split(",")[column]) >= 0 for row in rows[1:])  # logged every iteration
+    evaluation = ["evaluate", "--data", str(folder), "--model", str(run / "checkpoint.pt")]
+    evaluation += ["--pairs", "1", "--out", str(tmp_path / "eval"), "--threads", "1", "--quiet"]
+    assert main([*evaluation, "--ship", str(tmp_path / "weights")]) == 0
+    assert "volume change ν = 10.0" in (tmp_path / "weights" / "riir-model.md").read_text()
 
 
 @pytest.mark.parametrize("d", [2, 3])

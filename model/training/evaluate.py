@@ -475,7 +475,8 @@ def _card_markdown(
         f"{training.get('device')} (torch {training.get('torch')})",
         f"- Outer loss: similarity `{config.get('similarity')}`, λ = {config.get('lam')}, "
         f"weights `{config.get('weights')}`, label supervision (Dice weight) "
-        f"{config.get('dice_weight')}",
+        f"{config.get('dice_weight')}"
+        + (f", volume change ν = {nu}" if (nu := config.get("volume_weight")) else ""),
         f"- Validation at the end of training: `{json.dumps(training.get('final_metrics', {}))}`",
         "",
         "## Evaluation",

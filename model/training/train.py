@@ -6,9 +6,11 @@ Outer loss over the iterates phi_1 … phi_T of any architecture (the paper's Eq
 
 with uniform (1/T) or exponential (10^((t-1)/(T-1)), normalised) weights ``w_t``, the diffusion
 regulariser ``L_reg`` and an optional soft-Dice term on the warped one-hot labels (``β`` =
-``dice_weight``, 0 by default: the paper's unsupervised setting). A model whose encoder has a
-segmentation head (``c2f`` with ``segmentation_classes``) adds ``γ L_seg`` of both images'
-labels (``segmentation_weight``), so its features learn the anatomy.
+``dice_weight``, 0 by default: the paper's unsupervised setting); ``volume_weight`` ν adds
+ν L_vol(phi_t), the mean squared log Jacobian determinant (local volume change alone). A
+model whose encoder has a segmentation head (``c2f`` with ``segmentation_classes``) adds
+``γ L_seg`` of both images' labels (``segmentation_weight``), so its features learn the
+anatomy.
 
 A run lives in one folder: ``config.json`` (the resolved ``TrainConfig``), ``checkpoint.pt``
 (the model, rebuilt by ``model.networks.checkpoint.load_checkpoint``, with the ``meta`` inference
