@@ -13,11 +13,12 @@
 
 Most steps run on coarse grids, where a step costs 1/s^D of a full-resolution one, and the
 first steps of a large displacement are taken where it is a few voxels long. The feature
-MSE's gradient is analytic (``model.networks.encoder.feature_gradient``), so E learns through the
-cell's input with first-order meta-gradients only. The cell is ``model.networks.riir.RIIRCell``,
-shared by the levels (``share_cell``) or one per level. phi lives in voxels of its level
-inside the loop; every returned iterate is on the working grid in its voxels, as
-``RIIR.forward`` returns them, so training, validation and the engine treat it like RIIR.
+MSE's gradient is analytic (``model.networks.encoder.feature_gradient_terms``), so E learns
+through the cell's input with first-order meta-gradients only. The cell is
+``model.networks.riir.RIIRCell``, shared by the levels (``share_cell``) or one per level. phi
+lives in voxels of its level inside the loop; every returned iterate is on the working grid
+in its voxels, as ``RIIR.forward`` returns them, so training, validation and the engine treat
+it like RIIR.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 
 from model.networks.configs import C2FConfig, RIIRConfig
-from model.networks.encoder import build_encoder, feature_gradient, segmentation_head
+from model.networks.encoder import build_encoder, feature_gradient_terms, segmentation_head
 from model.networks.losses import inner_gradient
 from model.networks.riir import ProgressCallback, RIIRCell
 from model.networks.warp import resize, resize_displacement, warp
@@ -91,15 +92,12 @@ class C2FRIIR(nn.Module):
         # the shared cell sees inputs of one scale at every level.
         scales = self.log_scales.exp() / stride
         g_image = inner_gradient("mse", level["moving"], level["fixed"], phi.detach())
-        g_feat = feature_gradient(level["moving_features"], level["fixed_features"], phi)
-        parts = [phi, g_image * scales[0], g_feat * scales[1]]
+        terms = feature_gradient_terms(level["moving_features"], level["fixed_features"], phi)
+        parts = [phi, g_image * scales[0], terms.mean(1) * scales[1]]
         if self.config.anatomy_gradient:
-            classes = self.config.segmentation_classes
-            foreground = slice(-(classes - 1), None)  # the features end with the probabilities
-            g_anatomy = feature_gradient(
-                level["moving_features"][:, foreground], level["fixed_features"][:, foreground], phi
-            )
-            parts.append(g_anatomy * self.anatomy_log_scale.exp() / stride)
+            # The features end with the head's probabilities: their foreground channels' mean.
+            foreground = terms[:, -(self.config.segmentation_classes - 1) :]
+            parts.append(foreground.mean(1) * self.anatomy_log_scale.exp() / stride)
         if self.config.explicit_features:
             parts += [warp(level["moving_features"], phi.detach()), level["fixed_features"]]
         return torch.cat(parts, 1)

@@ -99,14 +99,25 @@ def segmentation_head(spatial_dims: int, channels: int, classes: int) -> nn.Modu
     return conv_class(spatial_dims)(channels, classes, 1)
 
 
-def feature_gradient(
+def feature_gradient_terms(
     moving_features: torch.Tensor, fixed_features: torch.Tensor, phi: torch.Tensor
 ) -> torch.Tensor:
-    """∂L_feat/∂phi per voxel (B, D, *S): 2/C Σ_c (E_m∘phi - E_f)(∇E_m)∘phi, phi in voxels of
-    the features' grid. Differentiable in the features; phi is taken as given."""
+    """Each channel's term of the feature MSE's gradient, (B, C, D, *S): 2 (E_m∘phi - E_f)
+    (∇E_m)∘phi, phi in voxels of the features' grid. The gradient of the MSE over any set of
+    channels is the mean of their terms, so a caller that needs several sets (the c2f
+    cell's ``anatomy_gradient``) warps the features once. Differentiable in the features;
+    phi is taken as given."""
     phi = phi.detach()
     channels = moving_features.shape[1]
     residual = warp(moving_features, phi) - fixed_features  # (B, C, *S)
     grad_m = spatial_gradient(moving_features).flatten(1, 2)  # (B, C·D, *S)
     warped_grad = warp(grad_m, phi).unflatten(1, (channels, -1))  # (B, C, D, *S)
-    return 2.0 * (residual.unsqueeze(2) * warped_grad).sum(1) / channels
+    return 2.0 * residual.unsqueeze(2) * warped_grad
+
+
+def feature_gradient(
+    moving_features: torch.Tensor, fixed_features: torch.Tensor, phi: torch.Tensor
+) -> torch.Tensor:
+    """∂L_feat/∂phi per voxel (B, D, *S): 2/C Σ_c (E_m∘phi - E_f)(∇E_m)∘phi, the mean of
+    ``feature_gradient_terms`` over all channels."""
+    return feature_gradient_terms(moving_features, fixed_features, phi).mean(1)
