@@ -15,25 +15,22 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import SimpleITK as sitk
 
-from model.training.datasets import open_source
+from model.training import flags
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="the dataset, as riir evaluate takes it")
-    parser.add_argument("--data-kind", default="folder", help="as riir evaluate's --data-kind")
-    parser.add_argument("--split", default="val", help="val or test (default: val)")
-    parser.add_argument("--pairs", type=int, default=None, help="as riir evaluate's --pairs")
+    flags.add_pair_options(parser, split="val")
     args = parser.parse_args()
-    pairs = open_source(args.data_kind, args.data).pairs(args.split, args.pairs)
+    _, pairs = flags.chosen_pairs(args)
     shares, missing, total = [], 0, 0
     for pair in pairs:
-        if pair.fixed.labels is None or pair.moving.labels is None:
-            parser.error(f"pair {pair.name} has no labels")
-        fixed = sitk.GetArrayFromImage(pair.fixed.labels)
-        moving = set(np.unique(sitk.GetArrayFromImage(pair.moving.labels)).tolist())
+        try:
+            fixed, moving_map = pair.label_arrays()
+        except ValueError as exc:
+            parser.error(str(exc))
+        moving = set(np.unique(moving_map).tolist())
         present = [v for v in np.unique(fixed).tolist() if v != 0]
         absent = [v for v in present if v not in moving]
         if absent:

@@ -24,9 +24,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
-from model.training.datasets import open_source
+from model.training import flags
 
 
 def volume_log_ratio(fixed: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, dict[int, float]]:
@@ -49,11 +48,16 @@ def report(fixed: np.ndarray, moving: np.ndarray, title: str, top: int) -> None:
     painted, logs = volume_log_ratio(fixed, moving)
     total = painted.size
     mean = painted.mean()
-    # Each structure's share of the grid's variance of log|J| (they add up to std²).
-    shares = {v: float(((painted[fixed == v] - mean) ** 2).sum() / total) for v in logs}
+    # Each structure's voxels and share of the grid's variance of log|J| (the shares add up
+    # to std²).
+    voxels, shares = {}, {}
+    for value in logs:
+        inside = fixed == value
+        voxels[value] = int(inside.sum())
+        shares[value] = float(((painted[inside] - mean) ** 2).sum() / total)
     print(f"{title}: std log|J| implied by the volumes {painted.std():.3f}")
     for value in sorted(shares, key=shares.get, reverse=True)[:top]:
-        n = int((fixed == value).sum())
+        n = voxels[value]
         print(
             f"  label {value:>5}: {n:>8} voxels ({100 * n / total:.2f} % of the grid), "
             f"volume × {np.exp(logs[value]):.2f}, {100 * shares[value] / painted.var():.0f} % "
@@ -64,10 +68,11 @@ def report(fixed: np.ndarray, moving: np.ndarray, title: str, top: int) -> None:
 def dataset(args: argparse.Namespace) -> None:
     """The estimate for each pair ``riir evaluate`` draws, and its mean."""
     estimates = []
-    for pair in open_source(args.data_kind, args.data).pairs(args.split, args.pairs):
-        if pair.fixed.labels is None or pair.moving.labels is None:
-            raise SystemExit(f"pair {pair.name} has no labels")
-        fixed, moving = (sitk.GetArrayFromImage(s.labels) for s in (pair.fixed, pair.moving))
+    for pair in flags.chosen_pairs(args)[1]:
+        try:
+            fixed, moving = pair.label_arrays()
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from None
         painted, _ = volume_log_ratio(fixed, moving)
         estimates.append(painted.std())
     values = np.array(estimates)
@@ -82,15 +87,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("maps", nargs="*", type=Path, help="label maps: fixed moving [...]")
     parser.add_argument("--top", type=int, default=3, help="structures listed per direction")
-    parser.add_argument("--data", help="a dataset instead, as riir evaluate takes it")
-    parser.add_argument("--data-kind", default="folder", help="as riir evaluate's --data-kind")
-    parser.add_argument("--split", default="val", help="val or test (default: val)")
-    parser.add_argument("--pairs", type=int, default=None, help="as riir evaluate's --pairs")
+    flags.add_pair_options(parser, split="val")  # --data: a dataset instead of maps
     parser.add_argument("--limit", type=float, default=0.15, help="a smoothness target to count")
     args = parser.parse_args()
-    if bool(args.data) == bool(args.maps):
+    data = getattr(args, "train.data")
+    if bool(data) == bool(args.maps):
         parser.error("give either label maps (FIXED MOVING ...) or --data")
-    if args.data:
+    if data:
         dataset(args)
         return 0
     if len(args.maps) % 2:

@@ -5,6 +5,7 @@ synthetic images (never real data)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -103,6 +104,38 @@ def test_fine_steps_continue_the_shrunk_grids_answer_on_the_full_grid():
     assert dataclasses.replace(cfg, steps=0, fine_steps=30).total_steps == 0  # refine 0: none
     with pytest.raises(ValueError, match="fine_steps needs shrink"):
         RefineConfig(fine_steps=5)
+
+
+def test_the_refinements_volume_term_charges_volume_change_and_not_shear():
+    """``volume_weight`` ν adds ν mean (log|J|)² (its pseudo-Huber with ``volume_scale``) of
+    what ``regularise`` names: the whole field, or the change the correction makes to the
+    start's log|J|. A shear changes no volume and
+    costs it nothing; a dilation does; a start that dilates costs the field, not the
+    correction. On a flat image the similarity is the same for every field."""
+    flat = torch.full((1, 1, 24, 20), 0.5)
+    y, x = torch.meshgrid(torch.arange(24.0), torch.arange(20.0), indexing="ij")
+    shear = torch.stack([0.2 * x, torch.zeros_like(x)])[None]
+    dilation = torch.stack([0.1 * (y - 12), 0.1 * (x - 10)])[None]
+    zero = torch.zeros(1, 2, 24, 20)
+    for mode in ("field", "correction"):
+        cfg = RefineConfig(steps=1, similarity="mse", lam=0.0, regularise=mode, volume_weight=1.0)
+        bare = Problem(flat, flat, zero, cfg)
+        assert bare.loss(shear).item() == pytest.approx(bare.loss(zero).item(), abs=1e-6)
+        # log 1.1² per pixel inside; one-sided differences at the border change nothing here
+        expected = bare.loss(zero).item() + (2 * math.log(1.1)) ** 2
+        assert bare.loss(dilation).item() == pytest.approx(expected, rel=1e-4)
+        # ``volume_scale`` δ: the pseudo-Huber of log|J| instead of its square
+        robust = Problem(flat, flat, zero, dataclasses.replace(cfg, volume_scale=0.05))
+        x = 2 * math.log(1.1)
+        expected = bare.loss(zero).item() + 2 * 0.05**2 * (math.sqrt(1 + (x / 0.05) ** 2) - 1)
+        assert robust.loss(dilation).item() == pytest.approx(expected, rel=1e-4)
+    dilated = Problem(flat, flat, dilation, dataclasses.replace(cfg, regularise="field"))
+    kept = Problem(flat, flat, dilation, cfg)  # regularise="correction"
+    assert dilated.loss(zero).item() > kept.loss(zero).item() + 0.03
+    with pytest.raises(ValueError, match="volume_weight"):
+        RefineConfig(volume_weight=-1.0)
+    with pytest.raises(ValueError, match="volume_scale"):
+        RefineConfig(volume_scale=-0.1)
 
 
 def test_refinement_follows_the_anatomy_features_where_intensities_say_nothing():
@@ -225,6 +258,10 @@ def test_the_anatomy_gradient_without_a_head_is_an_input_error(tmp_path, capsys)
     argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--arch", "c2f"]
     assert main([*argv, "--anatomy-gradient", "--iterations", "1", "--quiet"]) != 0
     assert "--segmentation-classes" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    # What only the architecture can refuse is an input error as well, not a traceback.
+    assert main([*argv, "--levels", "4", "2", "--level-steps", "3", "--iterations", "1"]) == 1
+    assert "levels and level_steps must be as long as each other" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -48,3 +48,22 @@ def test_paths_are_accepted_and_checked(tmp_path, monkeypatch):
     assert catalog.resolve(str(tmp_path / "mine.pt"), 3, 1) == tmp_path / "mine.pt"
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         catalog.resolve(str(tmp_path / "other.pt"), 3, 1)
+
+
+@pytest.mark.parametrize("name", sorted(catalog.names()))
+def test_every_shipped_model_loads_with_the_refinement_its_card_states(name):
+    """The weights a release ships must load, and their default refinement must be settings
+    this code accepts (a setting of a newer refinement in an older engine fails here, not in
+    a user's request); the card's summary states the same preprocessing."""
+    import torch
+
+    from model.networks.checkpoint import load_checkpoint
+    from model.networks.refine import for_model
+
+    path = catalog.weights_dir() / f"{name}.pt"
+    _, meta = load_checkpoint(path, torch.device("cpu"))
+    pre = meta.get("preprocessing", {})
+    cfg = for_model(pre.get("refine_settings"), int(pre.get("refine") or 0))
+    assert cfg.steps == int(pre.get("refine") or 0)
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["preprocessing"] == pre and card["version"] == meta["version"]

@@ -12,6 +12,7 @@ from model.networks.losses import (
     log_jacobian,
     mse,
     nmi,
+    pseudo_huber,
     soft_dice,
     volume_change,
 )
@@ -70,8 +71,21 @@ def test_volume_change_charges_scaling_and_leaves_a_shear_free():
     scaled = 0.1 * grid[None]  # x -> 1.1 x
     assert torch.isclose(volume_change(scaled), torch.tensor((3 * math.log(1.1)) ** 2))
     phi = torch.randn(1, 3, 8, 9, 10, generator=torch.Generator().manual_seed(0)) * 0.2
-    det = jacobian_determinant(phi[0].double().numpy())
-    assert np.allclose(log_jacobian(phi)[0].numpy(), np.log(np.clip(det, 1e-2, None)), atol=1e-5)
+    for field in (phi, phi[:, :2, 0]):  # 3-D, and a 2-D slice's
+        det = jacobian_determinant(field[0].double().numpy())
+        expected = np.log(np.clip(det, 1e-2, None))
+        assert np.allclose(log_jacobian(field)[0].numpy(), expected, atol=1e-5)
+
+
+def test_pseudo_huber_is_the_square_near_zero_and_linear_far_out():
+    """The refinement's robust volume term: x² for |x| much below the scale, about 2 s |x|
+    far beyond it, so one large change costs less than its square; scale 0 is the square."""
+    x = torch.tensor([0.01, -0.02, 4.0, -8.0])
+    assert torch.equal(pseudo_huber(x, 0.0), x.pow(2))
+    robust = pseudo_huber(x, 0.25)
+    assert torch.allclose(robust[:2], x[:2].pow(2), rtol=1e-2)
+    assert torch.allclose(robust[2:], 2 * 0.25 * x[2:].abs(), rtol=0.1)
+    assert robust[3] < 2.1 * robust[2] and (robust[2:] < x[2:].pow(2) / 5).all()
 
 
 def test_soft_dice_perfect_and_disjoint():

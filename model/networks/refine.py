@@ -2,12 +2,17 @@
 
 Given the network's displacement phi (B, D, *S, voxels, as RIIR returns it), minimise
 
-    L(phi) = L_sim(M · (I_mov ∘ phi), M · I_fix) + λ L_reg(phi)
+    L(phi) = L_sim(M · (I_mov ∘ phi), M · I_fix) + λ L_reg(phi) + ν L_vol(phi)
 
 by ``steps`` Adam steps starting from it, with ``L_sim`` MSE or local NCC averaged over a
 mask M of the real image (``real_box``: the hippocampus crops are half edge-repeat padding,
-whose streaks would pull the field), and ``L_reg`` the diffusion regulariser of
-``model.networks.losses``. Starting from phi = 0 instead is plain instance optimisation.
+whose streaks would pull the field), ``L_reg`` the diffusion regulariser of
+``model.networks.losses`` and ``L_vol`` (``volume_weight`` ν, off by default) the mean
+(log|J|)² of local volume change, or its pseudo-Huber (``volume_scale``). Diffusion charges
+every gradient of the field, shears included; L_vol charges only what the evaluation's std
+log|J| measures, so a lower λ with some ν buys more similarity at the same std log|J| (the
+whole-brain measurements, docs/method.md).
+Starting from phi = 0 instead is plain instance optimisation.
 
 Only a window around the real image (``margin`` voxels wider) is optimised: outside it the
 similarity is not measured, so the field would move there only through the regulariser.
@@ -41,7 +46,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model.networks.losses import diffusion, local_ncc
+from model.networks.losses import diffusion, local_ncc, log_jacobian, pseudo_huber
 from model.networks.warp import resize, resize_displacement, warp_window
 
 SIMILARITIES = ("mse", "ncc")
@@ -64,6 +69,14 @@ class RefineConfig:
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
     regularise: str = "field"
+    # ν of L_vol, mean (log|J|)² of what ``regularise`` names: of the whole field, or of the
+    # change the correction makes to the start's log|J| (the network's own volume change,
+    # a heart's contraction say, then costs nothing).
+    volume_weight: float = 0.0
+    # δ of L_vol: 0 charges (log|J|)²; δ > 0 the pseudo-Huber of log|J|, quadratic below δ
+    # and linear beyond it, so the few voxels whose anatomy asks for a large change (one
+    # brain's ventricles four times another's) cost less than the many small changes.
+    volume_scale: float = 0.0
 
     def __post_init__(self) -> None:
         """Refuse settings that could not run (ValueError): they come from requests and from
@@ -79,6 +92,8 @@ class RefineConfig:
             ("margin", 0, False),
             ("shrink", 1, False),
             ("fine_steps", 0, False),
+            ("volume_weight", 0, False),
+            ("volume_scale", 0, False),
         ):
             value = getattr(self, name)
             number = isinstance(value, int | float) and not isinstance(value, bool)
@@ -208,6 +223,12 @@ class Problem:
         self.mask = box_mask(fixed, box)[_index(self.window)]
         self.start_window = start[_index(self.window)]
         self.start_rim = start[_index(self.rim)]
+        # What L_vol of the correction alone measures from (computed once, where it is used).
+        self.start_log_jacobian = (
+            log_jacobian(self.start_rim)
+            if cfg.volume_weight and cfg.regularise == "correction"
+            else None
+        )
         self.features = None
         if features is not None and cfg.feature_weight > 0:
             self.features = (features[0], features[1][_index(self.window)])
@@ -225,9 +246,16 @@ class Problem:
             sim = sim + self.cfg.feature_weight * masked_mse(
                 warped_features, fixed_features, self.mask
             )
+        change = F.pad(fine, self.pad)
         base = self.start_rim if self.cfg.regularise == "field" else 0.0
-        reg = diffusion(base + F.pad(fine, self.pad))
-        return sim + self.cfg.lam * reg
+        loss = sim + self.cfg.lam * diffusion(base + change)
+        if not self.cfg.volume_weight:
+            return loss
+        log_j = log_jacobian(self.start_rim + change)  # the whole field's volume change …
+        if self.start_log_jacobian is not None:  # … or what the correction adds to the start's
+            log_j = log_j - self.start_log_jacobian
+        volume = pseudo_huber(log_j, self.cfg.volume_scale).mean()
+        return loss + self.cfg.volume_weight * volume
 
     def field(self, correction: torch.Tensor) -> torch.Tensor:
         out = self.start.clone()

@@ -68,21 +68,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "% folding, seconds per pair) and OUT/dice.png.",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
-    flags.add_data_options(p)
-    p.add_argument(
-        "--split",
-        default="test",
-        choices=("train", "val", "test"),
-        help="which split's pairs (default test)",
-    )
-    p.add_argument("--pairs", type=int, metavar="N", help="at most N pairs (seeded choice)")
-    p.add_argument("--pair-seed", type=int, default=0, help="seed of the pair choice")
-    p.add_argument(
-        "--direction",
-        default="ES->ED",
-        choices=("ES->ED", "ED->ES"),
-        help="ACDC: moving->fixed phase (default ES->ED)",
-    )
+    flags.add_pair_options(p)
     p.add_argument(
         "--model",
         action="append",
@@ -210,24 +196,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.training import evaluate as ev
-    from model.training.datasets import open_source
 
-    data = getattr(args, "train.data")
-    if not data:
+    if not getattr(args, "train.data"):
         raise InputError("no evaluation data given (--data PATH)")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    given = flags.settings(args)
-    source = open_source(
-        given.get("data_kind", "folder"),
-        data,
-        split_seed=given.get("split_seed", 0),
-        **given.get("data_options", {}),
-    )
-    pair_options = {"direction": args.direction} if source.description["kind"] == "acdc" else {}
-    pairs = source.pairs(args.split, args.pairs, seed=args.pair_seed, **pair_options)
+    source, pairs = flags.chosen_pairs(args)
     methods = []
     for spec in args.model:
         label, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
@@ -253,7 +229,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "split": args.split,
             "command": _command_line(args),
             "data": source.description,
-            **({"direction": args.direction} if pair_options else {}),
+            **({"direction": args.direction} if source.description["kind"] == "acdc" else {}),
         },
     )
     print((args.out / "summary.md").read_text())

@@ -86,6 +86,16 @@ class SubjectPair:
     def name(self) -> str:
         return f"{self.moving.name}->{self.fixed.name}"
 
+    def label_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (fixed, moving) label maps as arrays on their own grids (numpy order), for
+        diagnostics that compare the anatomy itself; ValueError where either has none."""
+        if self.fixed.labels is None or self.moving.labels is None:
+            raise ValueError(f"pair {self.name} has no labels")
+        return (
+            sitk.GetArrayFromImage(self.fixed.labels),
+            sitk.GetArrayFromImage(self.moving.labels),
+        )
+
 
 @dataclass
 class Pair:

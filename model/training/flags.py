@@ -15,11 +15,15 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from conventions.errors import InputError
 from model.networks import architectures
 from model.networks.configs import default_of
 from model.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from model.training.datasets import PairSource, SubjectPair
 
 TRAIN, MODEL = "train.", "model."
 GROUPS = ("data", "data for training", "model", "outer loss", "optimisation", "result")
@@ -133,6 +137,45 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.metadata.get("group") == "data":
             _add(group, f, hints[f.name], TRAIN + f.name, default_of(f), set())
+
+
+def add_pair_options(p: argparse.ArgumentParser, split: str = "test") -> None:
+    """The flags that choose a dataset's pairs as ``riir evaluate`` draws them: the data
+    flags, the split, how many, their seed and the ACDC direction. Benchmarks that score or
+    inspect pairs take the same (``chosen_pairs``), so their pairs are evaluate's."""
+    add_data_options(p)
+    group = p.add_argument_group("pairs")
+    group.add_argument(
+        "--split",
+        default=split,
+        choices=("train", "val", "test"),
+        help=f"which split's pairs (default {split})",
+    )
+    group.add_argument("--pairs", type=int, metavar="N", help="at most N pairs (seeded choice)")
+    group.add_argument("--pair-seed", type=int, default=0, help="seed of the pair choice")
+    group.add_argument(
+        "--direction",
+        default="ES->ED",
+        choices=("ES->ED", "ED->ES"),
+        help="ACDC: moving->fixed phase (default ES->ED)",
+    )
+
+
+def chosen_pairs(args: argparse.Namespace) -> tuple[PairSource, list[SubjectPair]]:
+    """The data source and the pairs that ``add_pair_options``' flags choose."""
+    from model.training.datasets import open_source
+
+    given = settings(args)
+    if not given.get("data"):
+        raise InputError("no data given (--data PATH)")
+    source = open_source(
+        given.get("data_kind", "folder"),
+        given["data"],
+        split_seed=given.get("split_seed", 0),
+        **given.get("data_options", {}),
+    )
+    options = {"direction": args.direction} if source.description["kind"] == "acdc" else {}
+    return source, source.pairs(args.split, args.pairs, seed=args.pair_seed, **options)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -98,6 +98,16 @@ def initial_model(
     }
 
 
+def fresh_model(cfg: TrainConfig, spatial_dims: int) -> nn.Module:
+    """The architecture this run's options describe, from random weights; options the
+    architecture refuses (levels and level steps of different lengths, say) are the user's
+    input error, reported before the run folder is touched."""
+    try:
+        return build_model(cfg.arch, model_config(cfg, spatial_dims))
+    except ValueError as exc:
+        raise InputError(f"cannot build --arch {cfg.arch} with these options: {exc}") from None
+
+
 ENCODER_PARTS = ("encoder.", "segmentation.")  # a c2f model's image side: E and its head
 
 
@@ -542,7 +552,7 @@ def _train(
         if cfg.init:
             model, origin = initial_model(cfg.init, cfg, source.spatial_dims)
         else:
-            model = build_model(cfg.arch, model_config(cfg, source.spatial_dims))
+            model = fresh_model(cfg, source.spatial_dims)
         if cfg.init_encoder:
             origin = {
                 **(origin or {}),
