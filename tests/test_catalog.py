@@ -51,7 +51,7 @@ def test_paths_are_accepted_and_checked(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(catalog.names()))
-def test_every_shipped_model_loads_with_the_refinement_its_card_states(name):
+def test_every_shipped_model_loads_with_the_refinement_its_card_states(name, monkeypatch):
     """The weights a release ships must load, and their default refinement must be settings
     this code accepts (a setting of a newer refinement in an older engine fails here, not in
     a user's request); the card's summary states the same preprocessing."""
@@ -60,6 +60,7 @@ def test_every_shipped_model_loads_with_the_refinement_its_card_states(name):
     from model.networks.checkpoint import load_checkpoint
     from model.networks.refine import for_model
 
+    monkeypatch.delenv("RIIR_MODELS_DIR", raising=False)  # the package's own, not a test's
     path = catalog.weights_dir() / f"{name}.pt"
     _, meta = load_checkpoint(path, torch.device("cpu"))
     pre = meta.get("preprocessing", {})

@@ -766,3 +766,35 @@ def test_training_flushes_subnormal_floats_and_then_gives_the_setting_back(
     training.train(cfg, tmp_path / "r", progress=False)
     assert seen == [0.0]  # flushed while it trained
     assert (torch.tensor([tiny]) / 4).item() > 0  # a subnormal number again, after it
+
+
+def test_evaluation_spends_the_first_registrations_costs_on_an_untimed_warm_up(folder, tmp_path):
+    """The first model registers the first pair once before any clock runs, so the process's
+    one-time costs do not land in the seconds of whichever method runs first; the other
+    methods (no registration here) are not run twice, and every timed row is kept."""
+    from model.training import evaluate as ev
+    from model.training.datasets import open_source
+
+    source = open_source("folder", folder)
+    pairs = source.pairs("test", 2)
+    calls: dict[str, int] = {"model": 0, "identity": 0}
+
+    def counted(kind: str) -> ev.Method:
+        plain = ev.identity_method()
+
+        def register(pair):
+            calls[kind] += 1
+            return plain.register(pair)
+
+        return ev.Method(kind, register, {"kind": kind})
+
+    ev.evaluate(
+        [counted("identity"), counted("model")],
+        pairs,
+        source.label_values,
+        tmp_path / "e",
+        progress=False,
+    )
+    assert calls == {"model": len(pairs) + 1, "identity": len(pairs)}
+    rows = list(csv.DictReader((tmp_path / "e" / "pairs.csv").open()))
+    assert [r["method"] for r in rows] == ["identity"] * len(pairs) + ["model"] * len(pairs)
