@@ -34,7 +34,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
 from conventions import catalog
 from conventions.grid import Grid, model_grid
@@ -46,6 +45,7 @@ from model.networks.warp import warp
 from model.training import evaluate as ev
 from model.training import flags
 from model.training.datasets import SubjectPair
+from model.training.train import one_hot
 from worker.inference.engine import resample_through
 
 Maps = Callable[[SubjectPair, Grid], tuple[torch.Tensor, torch.Tensor]]
@@ -69,12 +69,8 @@ def fit(
 def true_labels(labels: list[int]) -> Maps:
     """The (fixed, moving) one-hot maps of the pair's own labels, on the fixed grid."""
 
-    def onehot(array: np.ndarray) -> torch.Tensor:
-        index = np.zeros(array.shape, np.int64)  # background 0 (and any unscored value)
-        for k, value in enumerate(labels, start=1):
-            index[array == value] = k
-        hot = F.one_hot(torch.from_numpy(index), len(labels) + 1)
-        return hot.movedim(-1, 0)[None].float()
+    def onehot(array: np.ndarray) -> torch.Tensor:  # channel 0: background and unscored
+        return one_hot(torch.from_numpy(array.astype(np.int64))[None, None], labels)
 
     def maps(pair: SubjectPair, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
         assert pair.fixed.labels is not None and pair.moving.labels is not None

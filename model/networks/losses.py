@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conventions.options import SIMILARITIES
+from model.networks.metrics import determinant
 from model.networks.warp import warp
 
 
@@ -113,17 +114,10 @@ def log_jacobian(displacement: torch.Tensor, floor: float = 1e-2) -> torch.Tenso
     determinant clamped at ``floor`` so folded voxels stay finite."""
     d = displacement.dim() - 2
     grad = spatial_gradient(displacement)  # (B, D components, D axes, *S)
-    # j[c][k] = d(x_c + phi_c) / d x_k. The determinant written out, as the evaluation's
-    # is: on a 2-mm brain grid it costs ~0.6× of torch.linalg.det over 3×3 batches.
+    # j[c][k] = d(x_c + phi_c) / d x_k, its determinant written out by the evaluation's own
+    # formula: on a 2-mm brain grid ~0.6× the cost of torch.linalg.det over 3×3 batches.
     j = [[grad[:, c, k] + (1.0 if c == k else 0.0) for k in range(d)] for c in range(d)]
-    if d == 2:
-        det = j[0][0] * j[1][1] - j[0][1] * j[1][0]
-    else:
-        det = (
-            j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
-            - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
-            + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
-        )
+    det: torch.Tensor = determinant(j)
     return det.clamp_min(floor).log()
 
 

@@ -15,6 +15,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -200,7 +201,15 @@ def jacobian_determinant(phi: np.ndarray) -> np.ndarray:
         [np.gradient(phi[c], axis=d) + (1.0 if c == d else 0.0) for d in range(dim)]
         for c in range(dim)
     ]
-    if dim == 2:
+    return determinant(jac)
+
+
+def determinant(jac: Sequence[Sequence[Any]]) -> Any:
+    """det of a 2×2 or 3×3 matrix field given as nested lists of its entries' arrays
+    (``jac[c][d]``), written out: the same arithmetic for numpy arrays here and for torch
+    tensors in the training's and refinement's volume term (``losses.log_jacobian``), so the
+    term and the evaluation measure one determinant."""
+    if len(jac) == 2:
         return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
     return (
         jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])

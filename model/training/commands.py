@@ -199,8 +199,6 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from model.training import evaluate as ev
 
-    if not getattr(args, "train.data"):
-        raise InputError("no evaluation data given (--data PATH)")
     if args.threads:
         import torch
 
@@ -231,7 +229,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
             "split": args.split,
             "command": _command_line(args),
             "data": source.description,
-            **({"direction": args.direction} if source.description["kind"] == "acdc" else {}),
+            **flags.pair_options(args, source),
         },
     )
     print((args.out / "summary.md").read_text())

@@ -174,8 +174,14 @@ def chosen_pairs(args: argparse.Namespace) -> tuple[PairSource, list[SubjectPair
         split_seed=given.get("split_seed", 0),
         **given.get("data_options", {}),
     )
-    options = {"direction": args.direction} if source.description["kind"] == "acdc" else {}
+    options = pair_options(args, source)
     return source, source.pairs(args.split, args.pairs, seed=args.pair_seed, **options)
+
+
+def pair_options(args: argparse.Namespace, source: PairSource) -> dict[str, Any]:
+    """What of ``add_pair_options``' flags the source's ``pairs`` takes beyond the split and
+    count: the ACDC direction, for ACDC only (what the evaluation also records)."""
+    return {"direction": args.direction} if source.description["kind"] == "acdc" else {}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
