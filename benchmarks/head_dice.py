@@ -14,7 +14,6 @@ PYTHONPATH=. python benchmarks/head_dice.py --model hippocampus-3d \
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 import numpy as np
 import torch
@@ -40,9 +39,7 @@ def main() -> None:
     model, meta = load_checkpoint(catalog.resolve(args.model, 0, 0))
     if getattr(model, "segmentation", None) is None:
         raise SystemExit(f"{args.model} has no segmentation head")
-    # The model's grid settings, by the fields Preprocessing owns (meta holds more).
-    names = [f.name for f in dataclasses.fields(Preprocessing)]
-    pre = Preprocessing(**{k: meta["preprocessing"].get(k) for k in names})
+    pre = Preprocessing.of_meta(meta)
     source = open_source(args.data_kind, args.data)
     values = source.label_values
     print(f"| split | images | Dice | {' | '.join(f'label {v}' for v in values)} |")

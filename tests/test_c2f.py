@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import as_tensor, blobs, labelled_folder, shifted
 
+from conventions.errors import InputError
 from model.networks.c2f import C2FRIIR, C2FConfig
 from model.networks.checkpoint import load_checkpoint, load_state_grown, read_checkpoint
 from model.networks.encoder import FeatureEncoder, feature_gradient
@@ -431,3 +432,57 @@ def test_the_cpu_conv3d_pads_channels_without_changing_the_answer():
         assert torch.allclose(grad, expected, atol=1e-4)
     assert conv.PAD_FROM_CHANNELS <= 5 and conv.PAD_FROM_VOXELS <= 33 * 32 * 32  # it padded
     assert conv.conv(2) is torch.nn.Conv2d and conv.conv(3) is conv.Conv3d
+
+
+def test_pseudo_labels_lie_on_each_image_and_train_like_labels(tmp_path, capsys):
+    """``riir pseudo-label`` writes the head's label map of every image on that image's own
+    grid (an image stored in another orientation gets the same anatomy, its voxels permuted),
+    and ``riir train --unlabelled`` reads them as labels of training-only subjects."""
+    import SimpleITK as sitk
+
+    from model.training.datasets import FolderPairs, Preprocessing
+    from model.training.pseudo_labels import segment, write_pseudo_labels
+
+    folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
+    base = ["train", "--data", str(folder), "--arch", "c2f", "--validate-every", "2"]
+    base += ["--val-pairs", "1", "--hidden-channels", "4", "4", "--encoder-channels", "2"]
+    base += ["--encoder-depth", "1", "--segmentation-classes", "3", "--threads", "1", "--quiet"]
+    teacher = tmp_path / "teacher"
+    argv = [*base, "--out", str(teacher), "--iterations", "40", "--lr", "1e-2"]
+    argv += ["--segmentation-pretraining", "40"]
+    assert main(argv) == 0
+
+    images = tmp_path / "unlabelled"
+    images.mkdir()
+    lps = sitk.GetImageFromArray((blobs((16, 16, 16), seed=40) * 200).astype(np.uint8))
+    sitk.WriteImage(lps, str(images / "lps.nii.gz"))
+    flipped = sitk.Flip(lps, [True, False, False])  # same physical image, x axis stored reversed
+    sitk.WriteImage(flipped, str(images / "flipped.nii.gz"))
+    out = tmp_path / "pseudo"
+    pseudo = ["pseudo-label", "--model", str(teacher / "checkpoint.pt"), "--images", str(images)]
+    assert main([*pseudo, "--out", str(out), "--quiet"]) == 0
+    assert "wrote 2 label maps" in capsys.readouterr().out
+    model, meta = load_checkpoint(teacher / "checkpoint.pt")
+    for name, image in (("lps", lps), ("flipped", flipped)):
+        written = sitk.ReadImage(str(out / "label" / f"{name}.nii.gz"))
+        assert written.GetSize() == image.GetSize() and written.GetOrigin() == image.GetOrigin()
+        assert written.GetDirection() == image.GetDirection()
+        assert (out / "img" / f"{name}.nii.gz").resolve() == (images / f"{name}.nii.gz").resolve()
+    on_lps = sitk.GetArrayFromImage(segment(model, lps, Preprocessing.of_meta(meta), [1, 2]))
+    assert set(np.unique(on_lps)) <= {0, 1, 2}
+    assert not np.array_equal(on_lps, on_lps[..., ::-1])  # the flip below would hide nothing
+    from_flipped = sitk.ReadImage(str(out / "label" / "flipped.nii.gz"))
+    assert np.array_equal(
+        sitk.GetArrayFromImage(sitk.Flip(from_flipped, [True, False, False])), on_lps
+    )
+
+    source = FolderPairs(folder, val_count=1, unlabelled=[out])
+    assert source.subjects["unlabelled/lps"].labels is not None
+    student = [*base, "--out", str(tmp_path / "student"), "--iterations", "2"]
+    assert main([*student, "--unlabelled", str(out), "--dice-weight", "1"]) == 0
+    (out / "label" / "flipped.nii.gz").unlink()
+    with pytest.raises(InputError, match="no label map for flipped"):
+        FolderPairs(folder, val_count=1, unlabelled=[out])
+    headless = C2FRIIR(C2FConfig(spatial_dims=3, hidden_channels=(4, 4)))
+    with pytest.raises(InputError, match="no segmentation head"):
+        write_pseudo_labels(headless, meta, images, tmp_path / "again")

@@ -1,4 +1,5 @@
-"""``riir train``, ``riir evaluate`` and ``riir experiment``: the training module's commands.
+"""``riir train``, ``riir evaluate``, ``riir pseudo-label`` and ``riir experiment``: the
+training module's commands.
 
 Only argparse here; torch and the training code are imported when a command runs, so
 ``riir --help`` stays instant.
@@ -95,6 +96,21 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_evaluate)
+
+    p = subparsers.add_parser(
+        "pseudo-label",
+        help="label unlabelled images with a model's segmentation head",
+        description="Segment every NIfTI image of --images with the segmentation head of a "
+        "c2f model and write OUT/label/NAME (on the image's own grid) beside links "
+        "OUT/img/NAME: the folder 'riir train --unlabelled OUT' trains on as if the "
+        "label maps were labels (self-training).",
+    )
+    p.add_argument("--model", required=True, metavar="NAME|PATH", help="a model with a head")
+    p.add_argument("--images", type=Path, required=True, metavar="DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=run_pseudo_label)
 
     p = subparsers.add_parser(
         "experiment",
@@ -239,6 +255,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         shipped = ev.ship(methods[0].info["checkpoint"], args.out, args.ship, methods[0].name)
         print(f"shipped {shipped} with its model card")
     del summary
+    return 0
+
+
+def run_pseudo_label(args: argparse.Namespace) -> int:
+    import torch
+
+    from conventions import catalog
+    from model.networks.checkpoint import load_checkpoint
+    from model.training.pseudo_labels import write_pseudo_labels
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # A name or a path: the dimensions only choose a default model, and one is given.
+    model, meta = load_checkpoint(catalog.resolve(args.model, 0, 0))
+    count = write_pseudo_labels(model, meta, args.images, args.out, progress=not args.quiet)
+    print(f"wrote {count} label maps to {args.out / 'label'}")
     return 0
 
 

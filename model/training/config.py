@@ -45,7 +45,8 @@ class TrainConfig:
     split_seed: int = setting(0, "seed of the subject split", group="data")
     unlabelled: list[str] = setting(
         [],
-        "folder of extra unlabelled images for unsupervised training (folder data; repeatable)",
+        "folder of extra images for training only (folder data; repeatable): NIfTI files, or "
+        "img/ with label/ pseudo-labels from 'riir pseudo-label', which train like labels",
         metavar="DIR",
         action="append",
     )

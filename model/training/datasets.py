@@ -31,7 +31,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ class Preprocessing:
     spacing_mm: float | None = None  # working-grid spacing; None keeps the fixed image's
     shape_multiple: int = 1
     max_voxels: int | None = None
+
+    @classmethod
+    def of_meta(cls, meta: dict[str, Any]) -> Preprocessing:
+        """The settings a checkpoint's ``meta.preprocessing`` holds (it holds more, such as
+        the refinement)."""
+        return cls(**{f.name: meta["preprocessing"].get(f.name) for f in fields(cls)})
 
     def as_meta(self) -> dict[str, Any]:
         return {
@@ -230,7 +236,7 @@ def _nifti_name(path: Path) -> str | None:
     return None
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
+def nifti_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise InputError(f"folder '{folder}' not found")
     files = {}
@@ -241,9 +247,33 @@ def _nifti_files(folder: Path) -> dict[str, Path]:
     return files
 
 
+def _training_only(folder: Path) -> dict[str, tuple[sitk.Image, sitk.Image | None]]:
+    """The images of an ``unlabelled`` folder: NIfTI files, or ``img/`` with a ``label/`` of
+    pseudo-labels (``riir pseudo-label``), which train like labels; every image needs one."""
+    if not (folder / "img").is_dir():
+        return {
+            name: (imageio.slice_as_2d(imageio.read_image(path, f"image {name}")), None)
+            for name, path in nifti_files(folder).items()
+        }
+    images, labels = nifti_files(folder / "img"), nifti_files(folder / "label")
+    missing = sorted(set(images) - set(labels))
+    if labels and missing:
+        raise InputError(f"'{folder / 'label'}' has no label map for {', '.join(missing[:5])}")
+    read: dict[str, tuple[sitk.Image, sitk.Image | None]] = {}
+    for name, path in images.items():
+        image = imageio.read_image(path, f"image {name}")
+        label = imageio.read_labels(labels[name], f"labels {name}", image) if labels else None
+        read[name] = (
+            imageio.slice_as_2d(image),
+            None if label is None else imageio.slice_as_2d(label),
+        )
+    return read
+
+
 class FolderPairs(PairSource):
     """Inter-subject pairs of a folder with ``img/`` (and optionally ``label/``) NIfTI files of
-    the same names; ``unlabelled`` folders add images to the training pool only."""
+    the same names; ``unlabelled`` folders add images to the training pool only (with their
+    pseudo-labels where the folder has them)."""
 
     def __init__(
         self,
@@ -256,9 +286,9 @@ class FolderPairs(PairSource):
         unlabelled: Sequence[str | os.PathLike] = (),
     ):
         root = Path(root)
-        images = _nifti_files(root / "img")
+        images = nifti_files(root / "img")
         label_dir = root / "label"
-        labels = _nifti_files(label_dir) if label_dir.is_dir() else {}
+        labels = nifti_files(label_dir) if label_dir.is_dir() else {}
         if len(images) < 2:
             raise InputError(f"'{root / 'img'}' holds {len(images)} NIfTI images; need 2 or more")
         self.subjects: dict[str, Subject] = {}
@@ -279,10 +309,9 @@ class FolderPairs(PairSource):
         split = split_subjects(list(images), test_fraction, val_count, fraction, split_seed)
         self.extra: list[str] = []
         for folder in unlabelled:
-            for name, path in _nifti_files(Path(folder)).items():
+            for name, (image, label) in _training_only(Path(folder)).items():
                 key = f"unlabelled/{name}"
-                image = imageio.read_image(path, f"image {name}")
-                self.subjects[key] = Subject(key, imageio.slice_as_2d(image))
+                self.subjects[key] = Subject(key, image, label)
                 self.extra.append(key)
         dims = {imageio.spatial_dims(s.image) for s in self.subjects.values()}
         if len(dims) != 1:
@@ -436,7 +465,7 @@ class SeriesPairs(PairSource):
         template: int = -1,
     ):
         root = Path(root)
-        files = _nifti_files(root) if root.is_dir() else {_nifti_name(root) or root.name: root}
+        files = nifti_files(root) if root.is_dir() else {_nifti_name(root) or root.name: root}
         self.series: dict[str, list[Subject]] = {}
         for name, path in files.items():
             frames = [imageio.slice_as_2d(f) for f in imageio.read_series(path, f"series {name}")]
@@ -699,8 +728,8 @@ class RealBrainPairs(PairSource):
         self.collection: dict[str, str] = {}
         self.subjects: dict[str, Subject] = {}
         for part in ("oasis", "ixi"):
-            images = _nifti_files(root / part / "img")
-            labels = _nifti_files(root / part / "label")
+            images = nifti_files(root / part / "img")
+            labels = nifti_files(root / part / "label")
             for name in sorted(set(images) & set(labels)):
                 image = imageio.read_image(images[name], f"image {name}")
                 label = imageio.read_labels(labels[name], f"labels {name}", image)
