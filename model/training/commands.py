@@ -106,10 +106,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "label maps were labels (self-training).",
     )
     p.add_argument("--model", required=True, metavar="NAME|PATH", help="a model with a head")
-    p.add_argument("--images", type=Path, required=True, metavar="DIR")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument(
+        "--images", type=Path, required=True, metavar="DIR", help="folder of NIfTI images"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder for img/ and label/"
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run_pseudo_label)
 
     p = subparsers.add_parser(

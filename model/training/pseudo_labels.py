@@ -77,6 +77,7 @@ def write_pseudo_labels(
         image = imageio.read_image(path, f"image {name}")
         imageio.write_image(segment(model, image, pre, labels), out / "label" / path.name)
         link = out / "img" / path.name
-        if not link.exists():
-            link.symlink_to(path.resolve())
+        if link.is_symlink() or link.exists():  # a rerun on other images replaces the link
+            link.unlink()
+        link.symlink_to(path.resolve())
     return len(files)
