@@ -93,6 +93,15 @@ class Grid:
             f.SetTransform(transform)
         return f.Execute(image)
 
+    def image(self, array: np.ndarray, is_vector: bool = False) -> sitk.Image:
+        """``array`` (numpy order; vectors on the last axis when ``is_vector``) as an image
+        on this grid."""
+        image = sitk.GetImageFromArray(array, isVector=is_vector)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
     # -- displacement conversions ---------------------------------------------------------
 
     def voxel_to_field(self, phi: np.ndarray, offset_mm: np.ndarray | None = None) -> sitk.Image:
@@ -105,11 +114,7 @@ class Grid:
         vectors = index_steps @ self.index_to_physical.T
         if offset_mm is not None:
             vectors += np.asarray(offset_mm, dtype=np.float64)
-        field = sitk.GetImageFromArray(vectors, isVector=True)
-        field.SetSpacing(self.spacing)
-        field.SetOrigin(self.origin)
-        field.SetDirection(self.direction)
-        return field
+        return self.image(vectors, is_vector=True)
 
     def field_to_voxel(self, field: sitk.Image, dtype: type = np.float64) -> np.ndarray:
         """Physical field on this grid -> voxel displacement (dim, *shape), numpy axis order.

@@ -63,6 +63,10 @@ class Preprocessing:
         the refinement)."""
         return cls(**{f.name: meta["preprocessing"].get(f.name) for f in fields(cls)})
 
+    def grid(self, fixed: sitk.Image) -> Grid:
+        """The working grid these settings give the fixed image (``model_grid``)."""
+        return model_grid(fixed, self.spacing_mm, self.shape_multiple, self.max_voxels)
+
     def as_meta(self) -> dict[str, Any]:
         return {
             "spacing_mm": self.spacing_mm,
@@ -141,7 +145,7 @@ class Pair:
 
 def prepare_pair(pair: SubjectPair, pre: Preprocessing) -> Pair:
     """The engine's preprocessing (physical initialisation) applied to a pair of subjects."""
-    grid = model_grid(pair.fixed.image, pre.spacing_mm, pre.shape_multiple, pre.max_voxels)
+    grid = pre.grid(pair.fixed.image)
 
     def image(subject: Subject) -> np.ndarray:
         return normalize(sitk.GetArrayFromImage(grid.resample(subject.image)))
@@ -257,16 +261,13 @@ def _training_only(folder: Path) -> dict[str, tuple[sitk.Image, sitk.Image | Non
         }
     images, labels = nifti_files(folder / "img"), nifti_files(folder / "label")
     missing = sorted(set(images) - set(labels))
-    if labels and missing:
+    if missing:
         raise InputError(f"'{folder / 'label'}' has no label map for {', '.join(missing[:5])}")
     read: dict[str, tuple[sitk.Image, sitk.Image | None]] = {}
     for name, path in images.items():
         image = imageio.read_image(path, f"image {name}")
-        label = imageio.read_labels(labels[name], f"labels {name}", image) if labels else None
-        read[name] = (
-            imageio.slice_as_2d(image),
-            None if label is None else imageio.slice_as_2d(label),
-        )
+        label = imageio.read_labels(labels[name], f"labels {name}", image)
+        read[name] = (imageio.slice_as_2d(image), imageio.slice_as_2d(label))
     return read
 
 
@@ -559,14 +560,11 @@ class SynthBrainPairs(PairSource):
         )
 
     def _subject(self, name: str, image: np.ndarray, labels: np.ndarray) -> Subject:
-        def on_grid(array: np.ndarray) -> sitk.Image:
-            out = sitk.GetImageFromArray(array)
-            out.SetSpacing(self.grid.spacing)
-            out.SetOrigin(self.grid.origin)
-            out.SetDirection(self.grid.direction)
-            return out
-
-        return Subject(name, on_grid(image.astype(np.float32)), on_grid(labels.astype(np.int32)))
+        return Subject(
+            name,
+            self.grid.image(image.astype(np.float32)),
+            self.grid.image(labels.astype(np.int32)),
+        )
 
     def _draw(self, part: str, rng: np.random.Generator, name: str) -> SubjectPair:
         p = self.synth[part].pair(rng)

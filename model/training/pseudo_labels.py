@@ -5,10 +5,10 @@ label maps of images that have no expert labels can train a next model as if the
 labels (self-training): ``riir pseudo-label`` writes them as ``OUT/label/NAME`` beside links
 to the images in ``OUT/img/``, the layout ``riir train --unlabelled OUT`` reads.
 
-An image is seen as inference sees it: on the model's working grid (``model_grid`` with the
-model's preprocessing), intensities by ``normalize``. The head's label map
-(``train.label_map``, upsampled from the head's grid) is resampled back onto the image's own
-grid by nearest neighbour, so it lies on the image's voxels, as ``imageio.read_labels`` wants.
+An image is seen as inference sees it: on the model's working grid (``Preprocessing.grid``),
+intensities by ``normalize``. The head's label map (``train.label_map``, upsampled from the
+head's grid) is resampled back onto the image's own grid by nearest neighbour, so it lies on
+the image's voxels, as ``imageio.read_labels`` wants.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from conventions import imageio
 from conventions.errors import InputError
-from conventions.grid import Grid, model_grid
+from conventions.grid import Grid
 from conventions.intensity import normalize
 from model.training.datasets import Preprocessing, nifti_files
 from model.training.train import label_map
@@ -36,18 +36,16 @@ def segment(
 ) -> sitk.Image:
     """The head's label map of ``image``, on the image's own grid (values ``labels``, 0 for
     background)."""
-    grid = model_grid(image, pre.spacing_mm, pre.shape_multiple, pre.max_voxels)
+    grid = pre.grid(image)
     array = normalize(sitk.GetArrayFromImage(grid.resample(image)))
     with torch.no_grad():
         _, logits = model.encode(torch.from_numpy(array)[None, None].float())
     segmented = label_map(logits, array.shape, labels)
     assert segmented is not None  # the caller checked the head
-    on_grid = sitk.GetImageFromArray(segmented.astype(np.int16))
-    on_grid.SetSpacing(grid.spacing)
-    on_grid.SetOrigin(grid.origin)
-    on_grid.SetDirection(grid.direction)
     return Grid.of(image).resample(
-        on_grid, interpolator=sitk.sitkNearestNeighbor, extrapolate=False
+        grid.image(segmented.astype(np.int16)),
+        interpolator=sitk.sitkNearestNeighbor,
+        extrapolate=False,
     )
 
 

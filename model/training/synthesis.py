@@ -368,11 +368,7 @@ class BrainLabels:
     def image(self, array: np.ndarray) -> sitk.Image:
         """``array`` (a map, or an image synthesised from one) as an image on the working grid,
         ready to write as NIfTI and register with ``riir register`` in physical space."""
-        image = sitk.GetImageFromArray(np.asarray(array))
-        image.SetSpacing(self.grid.spacing)
-        image.SetOrigin(self.grid.origin)
-        image.SetDirection(self.grid.direction)
-        return image
+        return self.grid.image(np.asarray(array))
 
     def split(self, n_test: int = 4, seed: int = 0) -> tuple[list[str], list[str]]:
         """(train_ids, test_ids): ``n_test`` subjects held out by a seeded permutation of the
