@@ -14,11 +14,17 @@ template, scored the same way: a classical reference for what these metrics rewa
 ``--refine N`` passes ``--refine N`` to ``register-series``.
 
 ``--motion-free K`` adds K simulated MOLLI series without motion (``model.training.qmri``,
-seeds from ``--seed``, the test split's by default): frames that are already aligned.
-D_PCA1 still falls a little for any method that resamples them (linear interpolation smooths
-the noise), so on these series it shows how much a method smooths, not the motion it adds;
-``riir evaluate --data-kind qmri --data-option motion_mm=0`` measures that against the zero
-field.
+seeds from ``--seed``, the test split's by default): frames that are already aligned. For
+each, a control row resamples the frames through random smooth fields of the same size as
+the model's (per frame, the RMS of its displacement): what motion of that size, unrelated to
+the images, does to D_PCA1. ``riir evaluate --data-kind qmri --data-option motion_mm=0``
+measures the motion a method adds against the zero field.
+
+``--interpolator`` resamples every method's frames through its own fields with another
+interpolator before scoring (``register-series`` writes linear). Linear interpolation at a
+sub-pixel shift averages neighbouring pixels, which smooths noise and so lowers D_PCA1 by
+itself; B-spline and windowed-sinc interpolation smooth far less, so the rows then measure
+alignment more than smoothing.
 """
 
 from __future__ import annotations
@@ -32,9 +38,21 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import gaussian_filter
 
+from conventions import imageio
+from conventions.grid import Grid
 from model.networks.metrics import pca_groupwise
 from model.training import qmri
+from worker.inference.engine import resample_through
+
+# name: (SimpleITK's interpolator, antspyx's)
+INTERPOLATORS = {
+    "linear": (sitk.sitkLinear, "linear"),
+    "bspline": (sitk.sitkBSpline, "bSpline"),
+    "sinc": (sitk.sitkLanczosWindowedSinc, "lanczosWindowedSinc"),
+}
 
 
 def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -> None:
@@ -43,8 +61,11 @@ def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -
     nib.save(nib.Nifti1Image(frames[:, :, None, :].astype(np.float32), affine), path)
 
 
-def ants_pca(frames: np.ndarray, spacing: tuple[float, float]) -> tuple[dict, float]:
-    """D_PCA of the (H, W, N) frames after ANTs SyN of each to the last; and the seconds."""
+def ants_pca(
+    frames: np.ndarray, spacing: tuple[float, float], interpolator: str
+) -> tuple[dict, float]:
+    """D_PCA of the (H, W, N) frames after ANTs SyN of each to the last, resampled with
+    ``interpolator``; and the seconds."""
     import ants
 
     def image(frame: np.ndarray):
@@ -52,14 +73,57 @@ def ants_pca(frames: np.ndarray, spacing: tuple[float, float]) -> tuple[dict, fl
 
     tick = time.perf_counter()
     template = image(frames[..., -1])
-    after = [
-        ants.registration(template, image(frames[..., k]), type_of_transform="SyN")[
-            "warpedmovout"
-        ].numpy()
-        for k in range(frames.shape[-1] - 1)
-    ]
+    after = []
+    for k in range(frames.shape[-1] - 1):
+        moving = image(frames[..., k])
+        found = ants.registration(template, moving, type_of_transform="SyN")
+        after.append(
+            ants.apply_transforms(
+                template,
+                moving,
+                found["fwdtransforms"],
+                interpolator=INTERPOLATORS[interpolator][1],
+            ).numpy()
+        )
     after.append(frames[..., -1])  # the template stays where it is
     return pca_groupwise(np.stack(after)), time.perf_counter() - tick
+
+
+def frames_and_fields(series: Path, out: Path) -> tuple[list[sitk.Image], list[sitk.Image]]:
+    """The series' frames as the 2-D images ``register-series`` registered, and the in-plane
+    fields it wrote for them (``restore_layout``'s 3-component fields, third component 0)."""
+    frames = [imageio.slice_as_2d(frame) for frame in imageio.read_series(series)]
+    fields = []
+    for frame, path in zip(frames, sorted((out / "displacements").glob("frame_*")), strict=True):
+        vectors = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkVectorFloat64))
+        fields.append(Grid.of(frame).image(vectors.reshape(*vectors.shape[-3:])[..., :2], True))
+    return frames, fields
+
+
+def resampled_pca(frames: list[sitk.Image], fields: list[sitk.Image], interpolator: str) -> dict:
+    """D_PCA of the frames resampled through their fields with ``interpolator``."""
+    how = INTERPOLATORS[interpolator][0]
+    moved = [resample_through(f, frame, how) for frame, f in zip(frames, fields, strict=True)]
+    return pca_groupwise(np.stack([sitk.GetArrayFromImage(m) for m in moved]))
+
+
+def random_fields_like(fields: list[sitk.Image], seed: int) -> list[sitk.Image]:
+    """Smooth random fields (Gaussian-filtered noise, sigma 8 pixels), each scaled to the
+    RMS displacement of the field it stands in for: motion of that size that owes nothing
+    to the images."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for field in fields:
+        vectors = sitk.GetArrayFromImage(field)  # (H, W, 2) mm
+        rms = np.sqrt((vectors**2).sum(-1).mean())
+        noise = np.stack(
+            [gaussian_filter(rng.standard_normal(vectors.shape[:-1]), 8) for _ in range(2)], -1
+        )
+        noise *= rms / max(np.sqrt((noise**2).sum(-1).mean()), 1e-12)
+        random = sitk.GetImageFromArray(noise, isVector=True)
+        random.CopyInformation(field)
+        out.append(random)
+    return out
 
 
 def register_series(series: Path, out: Path, args: argparse.Namespace) -> tuple[dict, float]:
@@ -85,6 +149,13 @@ def main() -> int:
         "--motion-free", type=int, default=0, metavar="K", help="simulated still series"
     )
     parser.add_argument("--seed", type=int, default=0, help="first simulated series' seed")
+    parser.add_argument(
+        "--interpolator",
+        choices=sorted(INTERPOLATORS),
+        default="linear",
+        help="resample every method's frames with this before scoring (default: linear, "
+        "what register-series writes)",
+    )
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"{args.data}: not found (the MOLLI series is in ../shared/data/molli_kidney)")
@@ -106,12 +177,20 @@ def main() -> int:
     method = args.model + (f" --refine {args.refine}" if args.refine else "")
     rows = []
     for name, series, frames, pixel in cases:
-        metrics, seconds = register_series(series, args.out / series.name.split(".")[0], args)
-        rows.append((name, method, metrics["pca_before"], metrics["pca_after"], seconds))
+        out = args.out / series.name.split(".")[0]
+        metrics, seconds = register_series(series, out, args)
+        after = metrics["pca_after"]
+        images, fields = frames_and_fields(series, out)
+        if args.interpolator != "linear":
+            after = resampled_pca(images, fields, args.interpolator)
+        rows.append((name, method, metrics["pca_before"], after, seconds))
+        if name.startswith("motion-free"):
+            control = resampled_pca(images, random_fields_like(fields, seed=0), args.interpolator)
+            rows.append((name, "random fields of its size", metrics["pca_before"], control, 0.0))
         if args.ants:
-            after, seconds = ants_pca(frames, pixel)
+            after, seconds = ants_pca(frames, pixel, args.interpolator)
             rows.append((name, "ants-syn", metrics["pca_before"], after, seconds))
-    print("MOLLI series, every frame to the last\n")
+    print(f"MOLLI series, every frame to the last, resampled {args.interpolator}\n")
     print(
         "| series | method | D_PCA1 before | D_PCA1 after | D_PCA2 before | D_PCA2 after "
         "| seconds |"
