@@ -19,7 +19,6 @@ same model and request:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,16 +27,17 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-# This folder's (a script's folder is on its path): the kidney slices as register-series reads them.
-from molli_series import write_series
+# This folder's (a script's folder is on its path): the kidney series and register-series'
+# results read as the other MOLLI benchmark reads them.
+from molli_series import frames_and_fields, frames_of, read_kidney, write_series
 
-from conventions import imageio
 from conventions.grid import Grid
 from conventions.options import SeriesOptions
 from model.networks.metrics import pca_groupwise
 from model.training import qmri
 from worker.inference.engine import Engine, load_engine, register_images, resample_through
 from worker.inference.inverse import invert
+from worker.inference.pipeline import register_series_file
 
 
 def low_rank(stack: np.ndarray, rank: int) -> np.ndarray:
@@ -49,18 +49,6 @@ def low_rank(stack: np.ndarray, rank: int) -> np.ndarray:
     u, s, vt = np.linalg.svd((x - mean) / std, full_matrices=False)
     z = (u[:, :rank] * s[:rank]) @ vt[:rank]
     return (z * std + mean).reshape(stack.shape).astype(np.float32)
-
-
-def to_template(
-    engine: Engine, frames: list[sitk.Image], template: int, options: SeriesOptions
-) -> list[sitk.Image]:
-    """Every frame registered to the template frame (the template's own field is zero)."""
-    grid = Grid.of(frames[template])
-    zero = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
-    return [
-        zero if i == template else register_images(engine, frames[template], f, options).field
-        for i, f in enumerate(frames)
-    ]
 
 
 def to_low_rank(
@@ -116,11 +104,6 @@ def score(
     return d_pca1, float(np.linalg.norm(found - truth_mm, axis=-1).mean())
 
 
-def frames_of(path: Path) -> list[sitk.Image]:
-    """A series file's frames as the 2-D images ``riir register-series`` registers."""
-    return [imageio.slice_as_2d(frame) for frame in imageio.read_series(path)]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="molli_kidney.npz")
@@ -131,12 +114,8 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=2, help="simulated series of each kind")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"{args.data}: not found (the MOLLI series is in ../shared/data/molli_kidney)")
+    array, spacing = read_kidney(args.data)
     torch.set_num_threads(args.threads)
-    data = np.load(args.data)
-    array = np.clip(data["array"].astype(np.float32), 0, None)  # int16 wrap-around in fat
-    spacing = tuple(float(s) for s in data["pixel_spacing"])
     with tempfile.TemporaryDirectory() as folder:
         table(args, array, spacing, Path(folder))
     return 0
@@ -146,26 +125,30 @@ def table(args: argparse.Namespace, array: np.ndarray, spacing: tuple, scratch: 
     """Write the cases' series files into ``scratch``, register them both ways, print."""
     cases = []
     for s in range(array.shape[2]):
-        write_series(array[:, :, s, :], spacing, scratch / f"slice{s}.nii.gz")
-        cases.append((f"kidney slice {s}", frames_of(scratch / f"slice{s}.nii.gz"), None))
+        path = scratch / f"slice{s}.nii.gz"
+        write_series(array[:, :, s, :], spacing, path)
+        cases.append((f"kidney slice {s}", path, None))
     # still: no motion; moving: the simulator's default breathing (up to 8 mm)
     for kind, motion in (("still", {"motion_mm": 0.0}), ("moving", {})):
         for seed in range(args.series):
             series = qmri.simulate_series("molli", seed=seed, **motion)
             path = qmri.write_nifti(series, scratch / f"{kind}{seed}.nii.gz")
-            cases.append((f"{kind} MOLLI {seed}", frames_of(path), series.displacement_mm()))
+            cases.append((f"{kind} MOLLI {seed}", path, series.displacement_mm()))
     engine = load_engine(args.model, 2, int(np.prod(array.shape[:2])), torch.device("cpu"), True)
-    options = SeriesOptions()
+    options = SeriesOptions(model=args.model)
     print(f"Registration to the template frame and to low-rank targets (ranks {args.ranks})\n")
     print("| series | method | D_PCA1 before | D_PCA1 after | end-point error (mm) | seconds |")
     print("|---|---|---:|---:|---:|---:|")
-    for name, frames, truth in cases:
+    for name, path, truth in cases:
+        frames = frames_of(path)
         template = len(frames) - 1
         before = pca_groupwise(np.stack([sitk.GetArrayFromImage(f) for f in frames]))["d_pca1"]
         for method in ("template frame", "low-rank targets"):
             tick = time.perf_counter()
-            if method == "template frame":
-                fields = to_template(engine, frames, template, options)
+            if method == "template frame":  # what register-series does, read back from its files
+                out = scratch / f"{path.name.split('.')[0]}-registered"
+                register_series_file(path, out, options, device="cpu")
+                fields = frames_and_fields(path, out)[1]
             else:
                 fields = to_low_rank(engine, frames, template, options, args.ranks)
             seconds = time.perf_counter() - tick

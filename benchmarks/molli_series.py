@@ -55,6 +55,16 @@ INTERPOLATORS = {
 }
 
 
+def read_kidney(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """The kidney series (H, W, slice, frame), its wrapped-around fat clipped, and the pixel
+    spacing; exits with a pointer to the data when the file is missing."""
+    if not path.is_file():
+        sys.exit(f"{path}: not found (the MOLLI series is in ../shared/data/molli_kidney)")
+    data = np.load(path)
+    array = np.clip(data["array"].astype(np.float32), 0, None)  # int16 wrap-around in fat
+    return array, tuple(float(s) for s in data["pixel_spacing"])
+
+
 def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -> None:
     """(H, W, N) frames -> a (X, Y, 1, N) NIfTI with the pixel spacing."""
     affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
@@ -89,10 +99,15 @@ def ants_pca(
     return pca_groupwise(np.stack(after)), time.perf_counter() - tick
 
 
+def frames_of(series: Path) -> list[sitk.Image]:
+    """A series file's frames as the 2-D images ``register-series`` registers."""
+    return [imageio.slice_as_2d(frame) for frame in imageio.read_series(series)]
+
+
 def frames_and_fields(series: Path, out: Path) -> tuple[list[sitk.Image], list[sitk.Image]]:
-    """The series' frames as the 2-D images ``register-series`` registered, and the in-plane
-    fields it wrote for them (``restore_layout``'s 3-component fields, third component 0)."""
-    frames = [imageio.slice_as_2d(frame) for frame in imageio.read_series(series)]
+    """The series' frames as ``register-series`` registered them, and the in-plane fields it
+    wrote for them into ``out`` (``restore_layout``'s 3-component fields, third component 0)."""
+    frames = frames_of(series)
     fields = []
     for frame, path in zip(frames, sorted((out / "displacements").glob("frame_*")), strict=True):
         vectors = sitk.GetArrayFromImage(sitk.ReadImage(str(path), sitk.sitkVectorFloat64))
@@ -157,11 +172,7 @@ def main() -> int:
         "what register-series writes)",
     )
     args = parser.parse_args()
-    if not args.data.is_file():
-        sys.exit(f"{args.data}: not found (the MOLLI series is in ../shared/data/molli_kidney)")
-    data = np.load(args.data)
-    array = np.clip(data["array"].astype(np.float32), 0, None)  # int16 wrap-around in fat
-    spacing = tuple(float(s) for s in data["pixel_spacing"])
+    array, spacing = read_kidney(args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     # (name, path of the 4-D NIfTI, frames (H, W, N), pixel spacing)
     cases = []
@@ -179,12 +190,14 @@ def main() -> int:
     for name, series, frames, pixel in cases:
         out = args.out / series.name.split(".")[0]
         metrics, seconds = register_series(series, out, args)
-        after = metrics["pca_after"]
-        images, fields = frames_and_fields(series, out)
+        after = metrics["pca_after"]  # linear, as register-series resampled
+        still = name.startswith("motion-free")
+        if still or args.interpolator != "linear":
+            images, fields = frames_and_fields(series, out)
         if args.interpolator != "linear":
             after = resampled_pca(images, fields, args.interpolator)
         rows.append((name, method, metrics["pca_before"], after, seconds))
-        if name.startswith("motion-free"):
+        if still:
             control = resampled_pca(images, random_fields_like(fields, seed=0), args.interpolator)
             rows.append((name, "random fields of its size", metrics["pca_before"], control, 0.0))
         if args.ants:
