@@ -20,11 +20,11 @@ the model's (per frame, the RMS of its displacement): what motion of that size, 
 the images, does to D_PCA1. ``riir evaluate --data-kind qmri --data-option motion_mm=0``
 measures the motion a method adds against the zero field.
 
-``--interpolator`` resamples every method's frames through its own fields with another
-interpolator before scoring (``register-series`` writes linear). Linear interpolation at a
-sub-pixel shift averages neighbouring pixels, which smooths noise and so lowers D_PCA1 by
-itself; B-spline and windowed-sinc interpolation smooth far less, so the rows then measure
-alignment more than smoothing.
+``--interpolation`` resamples every method's frames with another interpolator: it is passed
+to ``register-series`` (its request option of that name) and to ANTs' ``apply_transforms``.
+Linear interpolation at a sub-pixel shift averages neighbouring pixels, which smooths noise
+and so lowers D_PCA1 by itself; B-spline and windowed-sinc interpolation smooth far less, so
+the rows then measure alignment more than smoothing.
 """
 
 from __future__ import annotations
@@ -42,17 +42,14 @@ import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
 from conventions import imageio
-from conventions.grid import Grid
+from conventions.grid import INTERPOLATORS, Grid
+from conventions.options import INTERPOLATIONS, Interpolation
 from model.networks.metrics import pca_groupwise
 from model.training import qmri
 from worker.inference.engine import resample_through
 
-# name: (SimpleITK's interpolator, antspyx's)
-INTERPOLATORS = {
-    "linear": (sitk.sitkLinear, "linear"),
-    "bspline": (sitk.sitkBSpline, "bSpline"),
-    "sinc": (sitk.sitkLanczosWindowedSinc, "lanczosWindowedSinc"),
-}
+# antspyx's name for each of the request's interpolations.
+ANTS_INTERPOLATORS = {"linear": "linear", "bspline": "bSpline", "sinc": "lanczosWindowedSinc"}
 
 
 def read_kidney(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -72,7 +69,7 @@ def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -
 
 
 def ants_pca(
-    frames: np.ndarray, spacing: tuple[float, float], interpolator: str
+    frames: np.ndarray, spacing: tuple[float, float], interpolator: Interpolation
 ) -> tuple[dict, float]:
     """D_PCA of the (H, W, N) frames after ANTs SyN of each to the last, resampled with
     ``interpolator``; and the seconds."""
@@ -92,7 +89,7 @@ def ants_pca(
                 template,
                 moving,
                 found["fwdtransforms"],
-                interpolator=INTERPOLATORS[interpolator][1],
+                interpolator=ANTS_INTERPOLATORS[interpolator],
             ).numpy()
         )
     after.append(frames[..., -1])  # the template stays where it is
@@ -115,9 +112,11 @@ def frames_and_fields(series: Path, out: Path) -> tuple[list[sitk.Image], list[s
     return frames, fields
 
 
-def resampled_pca(frames: list[sitk.Image], fields: list[sitk.Image], interpolator: str) -> dict:
+def resampled_pca(
+    frames: list[sitk.Image], fields: list[sitk.Image], interpolator: Interpolation
+) -> dict:
     """D_PCA of the frames resampled through their fields with ``interpolator``."""
-    how = INTERPOLATORS[interpolator][0]
+    how = INTERPOLATORS[interpolator]
     moved = [resample_through(f, frame, how) for frame, f in zip(frames, fields, strict=True)]
     return pca_groupwise(np.stack([sitk.GetArrayFromImage(m) for m in moved]))
 
@@ -146,6 +145,7 @@ def register_series(series: Path, out: Path, args: argparse.Namespace) -> tuple[
     tick = time.perf_counter()
     refine = ["--refine", str(args.refine)] if args.refine is not None else []
     command = ["register-series", str(series), "--out", str(out), "--model", args.model]
+    command += ["--interpolation", args.interpolation]
     subprocess.run([sys.executable, "-m", "riir.cli", *command, "--quiet", *refine], check=True)
     seconds = time.perf_counter() - tick
     return json.loads((out / "metrics.json").read_text()), seconds
@@ -165,11 +165,11 @@ def main() -> int:
     )
     parser.add_argument("--seed", type=int, default=0, help="first simulated series' seed")
     parser.add_argument(
-        "--interpolator",
-        choices=sorted(INTERPOLATORS),
+        "--interpolation",
+        choices=INTERPOLATIONS,
         default="linear",
-        help="resample every method's frames with this before scoring (default: linear, "
-        "what register-series writes)",
+        help="resample every method's frames with this (default: linear, register-series' "
+        "own default)",
     )
     args = parser.parse_args()
     array, spacing = read_kidney(args.data)
@@ -190,20 +190,15 @@ def main() -> int:
     for name, series, frames, pixel in cases:
         out = args.out / series.name.split(".")[0]
         metrics, seconds = register_series(series, out, args)
-        after = metrics["pca_after"]  # linear, as register-series resampled
-        still = name.startswith("motion-free")
-        if still or args.interpolator != "linear":
+        rows.append((name, method, metrics["pca_before"], metrics["pca_after"], seconds))
+        if name.startswith("motion-free"):
             images, fields = frames_and_fields(series, out)
-        if args.interpolator != "linear":
-            after = resampled_pca(images, fields, args.interpolator)
-        rows.append((name, method, metrics["pca_before"], after, seconds))
-        if still:
-            control = resampled_pca(images, random_fields_like(fields, seed=0), args.interpolator)
+            control = resampled_pca(images, random_fields_like(fields, seed=0), args.interpolation)
             rows.append((name, "random fields of its size", metrics["pca_before"], control, 0.0))
         if args.ants:
-            after, seconds = ants_pca(frames, pixel, args.interpolator)
+            after, seconds = ants_pca(frames, pixel, args.interpolation)
             rows.append((name, "ants-syn", metrics["pca_before"], after, seconds))
-    print(f"MOLLI series, every frame to the last, resampled {args.interpolator}\n")
+    print(f"MOLLI series, every frame to the last, resampled {args.interpolation}\n")
     print(
         "| series | method | D_PCA1 before | D_PCA1 after | D_PCA2 before | D_PCA2 after "
         "| seconds |"

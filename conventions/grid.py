@@ -19,6 +19,16 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from conventions.options import Interpolation
+
+# SimpleITK's interpolator for each way a warped image may be resampled (the request option
+# ``interpolation``): cubic B-spline, and the Lanczos-windowed sinc that elastix and ANTs offer.
+INTERPOLATORS: dict[Interpolation, int] = {
+    "linear": sitk.sitkLinear,
+    "bspline": sitk.sitkBSpline,
+    "sinc": sitk.sitkLanczosWindowedSinc,
+}
+
 
 @dataclass(frozen=True)
 class Grid:

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -32,6 +33,11 @@ INITS: tuple[str, ...] = get_args(Init)
 Similarity = Literal["mse", "ncc", "nmi"]
 # A similarity L_sim / L_inner (model.networks.losses implements exactly these).
 SIMILARITIES: tuple[str, ...] = get_args(Similarity)
+
+Interpolation = Literal["linear", "bspline", "sinc"]
+# How warped images are resampled through the field (conventions.grid.INTERPOLATORS holds
+# SimpleITK's interpolator for each); label maps are always resampled by nearest neighbour.
+INTERPOLATIONS: tuple[str, ...] = get_args(Interpolation)
 
 # How a model is chosen when none is named (the CLI's --model says it in its own words).
 MODEL_DEFAULT = (
@@ -56,6 +62,13 @@ HELP = {
     "seconds.refine (default: the model's own: 20 for qmri-2d; 20 for cardiac-2d and 25 for "
     "brain-3d, on a grid twice as coarse, then 5 on their own; 0 for hippocampus-3d, whose "
     "Dice gain came with a rougher field)",
+    "interpolation": "how the warped image is resampled through the field: 'linear' "
+    "averages neighbouring voxels, which smooths noise; 'bspline' (cubic B-spline) and 'sinc' "
+    "(Lanczos-windowed sinc, radius 3) keep the moving image's noise and edges, for maps fitted "
+    "to warped frames (qMRI), and may ring a little beyond its range at sharp edges. On two "
+    "CPU cores: a 256^2 slice costs milliseconds either way; a 160x192x224 brain 0.3 s "
+    "linear, 1.2 s bspline, ~50 s sinc. Label maps are always resampled by nearest neighbour "
+    "(default: linear)",
     "template": "index of the template frame, negative counts from the end (default: -1, "
     "the last frame, as in the RIIR paper)",
 }
@@ -72,12 +85,17 @@ class RegistrationOptions(BaseModel):
     init: Init | None = Field(default=None, description=HELP["init"])  # None: the model's
     similarity: Similarity | None = Field(default=None, description=HELP["similarity"])
     refine: int | None = Field(default=None, ge=0, le=MAX_REFINE, description=HELP["refine"])
+    interpolation: Interpolation = Field(default="linear", description=HELP["interpolation"])
 
-    @field_validator("model", "steps", "init", "similarity", "refine", mode="before")
+    @field_validator(
+        "model", "steps", "init", "similarity", "refine", "interpolation", mode="before"
+    )
     @classmethod
-    def _blank_is_default(cls, value: object) -> object:
+    def _blank_is_default(cls, value: object, info: ValidationInfo) -> object:
         """An empty form field (an HTML form's untouched input) means "the default"."""
-        return None if isinstance(value, str) and not value.strip() else value
+        if isinstance(value, str) and not value.strip():
+            return cls.model_fields[info.field_name or ""].default
+        return value
 
 
 class SeriesOptions(RegistrationOptions):
@@ -168,8 +186,9 @@ Options = TypeVar("Options", bound=RegistrationOptions)
 
 
 def check(kind: type[Options], values: dict[str, Any]) -> Options:
-    """``kind`` from plain values, or InputError with every reason."""
+    """``kind`` from plain values (None: the option's default, as a flag or keyword not
+    given), or InputError with every reason."""
     try:
-        return kind.model_validate(values)
+        return kind.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
         raise InputError(describe_errors(exc)) from None

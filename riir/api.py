@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from conventions import artifacts
 from conventions.errors import InputError
-from conventions.options import Init, RegistrationOptions, Similarity, check
+from conventions.options import Init, Interpolation, RegistrationOptions, Similarity, check
 
 if TYPE_CHECKING:
     import numpy as np
@@ -131,6 +131,7 @@ def register(
     init: Init | None = None,
     similarity: Similarity | None = None,
     refine: int | None = None,
+    interpolation: Interpolation | None = None,
     device: str = "auto",
     out: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -152,6 +153,7 @@ def register(
             "init": init,
             "similarity": similarity,
             "refine": refine,
+            "interpolation": interpolation,
         },
     )
     scratch = tempfile.TemporaryDirectory(prefix="riir-")

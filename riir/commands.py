@@ -11,6 +11,7 @@ from typing import Any
 from conventions.options import (
     HELP,
     INITS,
+    INTERPOLATIONS,
     MODEL_DEFAULT,
     SIMILARITIES,
     Options,
@@ -50,6 +51,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
     p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, help=HELP["interpolation"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -48,10 +48,16 @@ def test_pair_matches_the_command_line_path(
 ) -> None:
     fixed, moving = images[f"fixed{dims}"], images[f"moving{dims}"]
     refine = 3 if dims == 2 else 0  # test-time refinement steps, counted in the progress
+    interpolation = "sinc" if dims == 2 else "bspline"
     response = client.post(
         "/register",
         files=files_of(fixed=fixed, moving=moving),
-        data={"model": f"tiny-{dims}d", "steps": "2", "refine": str(refine)},
+        data={
+            "model": f"tiny-{dims}d",
+            "steps": "2",
+            "refine": str(refine),
+            "interpolation": interpolation,
+        },
     )
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
@@ -62,6 +68,7 @@ def test_pair_matches_the_command_line_path(
     assert job["status"] == "succeeded", job
     assert job["progress"] == {"done": 2 + refine, "total": 2 + refine}
     assert job["metrics"]["refine"] == refine
+    assert job["metrics"]["interpolation"] == interpolation
     assert set(job["artifacts"]) == PAIR_ARTIFACTS
     assert job["timings"]["run_seconds"] > 0
     assert job["metrics"]["model"]["name"] == f"tiny-{dims}d"
@@ -70,7 +77,9 @@ def test_pair_matches_the_command_line_path(
         fixed,
         moving,
         tmp_path / "local",
-        RegistrationOptions(model=f"tiny-{dims}d", steps=2, refine=refine),
+        RegistrationOptions(
+            model=f"tiny-{dims}d", steps=2, refine=refine, interpolation=interpolation
+        ),
         device="cpu",
     )
     for name in ("displacement", "inverse_displacement", "warped", "jacobian"):

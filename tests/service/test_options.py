@@ -31,8 +31,17 @@ def test_every_entry_point_reads_the_same_options() -> None:
 
 
 def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
-    asked = options.SeriesOptions(model="qmri-2d", steps=4, init="center", refine=5, template=2)
+    asked = options.SeriesOptions(
+        model="qmri-2d", steps=4, init="center", refine=5, interpolation="sinc", template=2
+    )
     assert options.check(options.SeriesOptions, asked.model_dump()) == asked
+
+
+def test_an_untouched_form_field_or_an_absent_flag_means_the_default() -> None:
+    blank = {name: "" for name in options.RegistrationOptions.model_fields}
+    assert options.check(options.RegistrationOptions, blank) == options.RegistrationOptions()
+    absent = {name: None for name in options.RegistrationOptions.model_fields}
+    assert options.check(options.RegistrationOptions, absent).interpolation == "linear"
 
 
 @pytest.mark.parametrize(
@@ -44,6 +53,7 @@ def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
         {"refine": options.MAX_REFINE + 1},
         {"init": "affine?"},
         {"similarity": "ssd"},
+        {"interpolation": "cubic"},
         {"unknown": 1},
     ],
 )

@@ -23,7 +23,7 @@ from torch import nn
 
 from conventions import catalog
 from conventions.errors import InputError, ModelNotFoundError
-from conventions.grid import Grid, model_grid
+from conventions.grid import INTERPOLATORS, Grid, model_grid
 from conventions.intensity import normalize
 from conventions.options import RegistrationOptions
 from model.networks import refine as refine_config
@@ -243,7 +243,7 @@ def register_images(
     displacement = sitk.Cast(
         sitk.Cast(fixed_grid.resample(field_model), sitk.sitkVectorFloat32), sitk.sitkVectorFloat64
     )
-    warped = resample_through(displacement, moving)
+    warped = resample_through(displacement, moving, INTERPOLATORS[options.interpolation])
     initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
     timings["postprocess"] = time.perf_counter() - start
     return Registration(
