@@ -78,16 +78,7 @@ def to_low_rank(
             [sitk.DisplacementFieldTransform(sitk.Image(field)),
              sitk.DisplacementFieldTransform(sitk.Image(back))]
         )  # fmt: skip
-        out.append(
-            sitk.TransformToDisplacementField(
-                both,
-                sitk.sitkVectorFloat64,
-                frame.GetSize(),
-                frame.GetOrigin(),
-                frame.GetSpacing(),
-                frame.GetDirection(),
-            )
-        )
+        out.append(Grid.of(frame).displacement_of(both))
     return out
 
 

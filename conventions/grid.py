@@ -103,6 +103,13 @@ class Grid:
             f.SetTransform(transform)
         return f.Execute(image)
 
+    def displacement_of(self, transform: sitk.Transform) -> sitk.Image:
+        """``transform`` (a point of this grid -> its moving point) as a physical field on
+        this grid: what composed transforms become before they are written or resampled."""
+        return sitk.TransformToDisplacementField(
+            transform, sitk.sitkVectorFloat64, self.size, self.origin, self.spacing, self.direction
+        )
+
     def image(self, array: np.ndarray, is_vector: bool = False) -> sitk.Image:
         """``array`` (numpy order; vectors on the last axis when ``is_vector``) as an image
         on this grid."""

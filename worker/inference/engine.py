@@ -163,9 +163,7 @@ def _composed(grid: Grid, phi: np.ndarray, init: sitk.Transform | None) -> sitk.
         return grid.voxel_to_field(phi, offset_mm=offset)
     field = sitk.DisplacementFieldTransform(grid.voxel_to_field(phi))
     both = sitk.CompositeTransform([init, field])  # applies field first, then init
-    return sitk.TransformToDisplacementField(
-        both, sitk.sitkVectorFloat64, grid.size, grid.origin, grid.spacing, grid.direction
-    )
+    return grid.displacement_of(both)
 
 
 def _synchronize(device: torch.device) -> None:
