@@ -254,6 +254,55 @@ def test_the_anatomy_gradient_grows_from_a_model_without_it_and_reaches_the_cell
         C2FRIIR(dataclasses.replace(config, segmentation_classes=0, anatomy_gradient=True))
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_the_local_correlation_finds_the_offset_where_the_features_match(d):
+    """Plane o of ``local_correlation`` compares the fixed features at x with the warped
+    moving ones at x + o: where fixed(x) = warped(x + shift), the shift's plane is 1."""
+    import itertools
+
+    from model.networks.encoder import local_correlation
+
+    torch.manual_seed(0)
+    warped = torch.randn(2, 5, *(12,) * d)
+    shift = (1, -2, 1)[:d]
+    fixed = torch.roll(warped, shifts=[-s for s in shift], dims=list(range(2, 2 + d)))
+    planes = local_correlation(warped, fixed, radius=2)
+    offsets = list(itertools.product(range(5), repeat=d))
+    assert planes.shape == (2, 5**d, *(12,) * d)
+    inner = (..., *(slice(2, 10),) * d)  # away from the border, where the roll wraps
+    match = planes[:, offsets.index(tuple(2 + s for s in shift))][inner]
+    torch.testing.assert_close(match, torch.ones_like(match))
+    assert planes[inner].abs().max() <= 1 + 1e-5
+    assert planes[:, offsets.index((2,) * d)][inner].abs().mean() < 0.6
+
+
+def test_the_correlation_grows_from_a_model_without_it_and_reaches_the_cell():
+    """``correlation_radius`` r adds (2r+1)^D cell inputs; a model grown into it computes what
+    its source did (the new columns start at zero), and training reaches those columns."""
+    config = C2FConfig(
+        spatial_dims=2,
+        levels=(2, 1),
+        level_steps=(1, 1),
+        hidden_channels=(4, 4),
+        encoder_channels=3,
+        encoder_depth=1,
+        segmentation_classes=3,
+    )
+    torch.manual_seed(0)
+    source = C2FRIIR(config)
+    for cell in source.cells:
+        torch.nn.init.normal_(cell.conv_out.weight, std=0.05)
+    model = C2FRIIR(dataclasses.replace(config, correlation_radius=2))
+    assert load_state_grown(model, source) == ["cells.0.conv_in.weight"]
+    moving, fixed = as_tensor(blobs(SHAPES[2], seed=1)), as_tensor(blobs(SHAPES[2], seed=0))
+    with torch.no_grad():
+        assert torch.allclose(model(moving, fixed)[-1], source(moving, fixed)[-1], atol=1e-6)
+    model(moving, fixed)[-1].pow(2).mean().backward()
+    weight = model.cells[0].conv_in.weight
+    assert weight.shape[1] == 3 * 2 + 25 and weight.grad[:, 6:].abs().sum() > 0
+    assert model.encoder.stem[0].weight.grad.abs().sum() > 0  # E learns through it too
+
+
 def test_the_anatomy_gradient_without_a_head_is_an_input_error(tmp_path, capsys):
     folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
     argv = ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--arch", "c2f"]

@@ -29,7 +29,12 @@ import torch
 from torch import nn
 
 from model.networks.configs import C2FConfig, RIIRConfig
-from model.networks.encoder import build_encoder, feature_gradient_terms, segmentation_head
+from model.networks.encoder import (
+    build_encoder,
+    feature_gradient_terms,
+    local_correlation,
+    segmentation_head,
+)
 from model.networks.losses import inner_gradient
 from model.networks.riir import ProgressCallback, RIIRCell
 from model.networks.warp import resize, resize_displacement, warp
@@ -50,7 +55,8 @@ class C2FRIIR(nn.Module):
             raise ValueError("anatomy_gradient needs a segmentation head: segmentation_classes ≥ 2")
         anatomy = d if config.anatomy_gradient else 0
         explicit = 2 * features if config.explicit_features else 0
-        in_channels = 3 * d + anatomy + explicit
+        correlation = (2 * config.correlation_radius + 1) ** d if config.correlation_radius else 0
+        in_channels = 3 * d + anatomy + explicit + correlation
         cell_config = RIIRConfig(
             spatial_dims=d,
             hidden_channels=config.hidden_channels,
@@ -59,10 +65,10 @@ class C2FRIIR(nn.Module):
         )
         count = 1 if config.share_cell else len(config.levels)
         self.cells = nn.ModuleList(RIIRCell(in_channels, cell_config) for _ in range(count))
-        # [phi, ∇ intensity and feature MSE, ∇ probability MSE, features]: blocks kept apart
-        # when a checkpoint grows into a model with more of them (load_state_grown).
+        # [phi, ∇ intensity and feature MSE, ∇ probability MSE, features, correlation]: blocks
+        # kept apart when a checkpoint grows into a model with more of them (load_state_grown).
         for cell in self.cells:
-            cell.input_blocks = [d, 2 * d, anatomy, explicit]
+            cell.input_blocks = [d, 2 * d, anatomy, explicit, correlation]
         start = math.log(config.gradient_scale)
         self.log_scales = nn.Parameter(torch.full((2,), start))
         if config.anatomy_gradient:
@@ -98,8 +104,13 @@ class C2FRIIR(nn.Module):
             # The features end with the head's probabilities: their foreground channels' mean.
             foreground = terms[:, -(self.config.segmentation_classes - 1) :]
             parts.append(foreground.mean(1) * self.anatomy_log_scale.exp() / stride)
-        if self.config.explicit_features:
-            parts += [warp(level["moving_features"], phi.detach()), level["fixed_features"]]
+        cfg = self.config
+        if cfg.explicit_features or cfg.correlation_radius:
+            warped = warp(level["moving_features"], phi.detach())
+        if cfg.explicit_features:
+            parts += [warped, level["fixed_features"]]
+        if cfg.correlation_radius:
+            parts.append(local_correlation(warped, level["fixed_features"], cfg.correlation_radius))
         return torch.cat(parts, 1)
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor | None:

@@ -163,6 +163,13 @@ class C2FConfig:
         "c2f: give the cell the gradient of the head's class probabilities' MSE as an input of "
         "its own (with its own learned scale), besides the gradient over all the features",
     )
+    correlation_radius: int = setting(
+        0,
+        "c2f: give the cell, at every voxel, the cosine similarity of the fixed features with "
+        "the warped moving features at each offset up to this radius (voxels of the level's "
+        "grid; RAFT's cost volume, local): where matching structure lies, beyond what the "
+        "similarity's gradient says (0: none)",
+    )
     share_cell: bool = setting(True, "c2f: one cell for every level (else one per level)")
     # Both gradients enter the cell ×scale (learned, as a log, from this start); see
     # RIIRConfig.gradient_scale for why ~30 suits the MSE of [0, 1] images.

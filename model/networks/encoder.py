@@ -20,6 +20,8 @@ carry anatomy, and the feature gradient pulls structure onto structure.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -121,3 +123,20 @@ def feature_gradient(
     """∂L_feat/∂phi per voxel (B, D, *S): 2/C Σ_c (E_m∘phi - E_f)(∇E_m)∘phi, the mean of
     ``feature_gradient_terms`` over all channels."""
     return feature_gradient_terms(moving_features, fixed_features, phi).mean(1)
+
+
+def local_correlation(warped: torch.Tensor, fixed: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, (2r+1)^D, *S): at each voxel x, the cosine similarity of the fixed features at x
+    with the warped moving features at x + o, for every offset o in [-r, r]^D (offsets in
+    the order of ``itertools.product``; 0 beyond the grid). RAFT's correlation volume, kept
+    to a neighbourhood of one grid: it tells the cell where matching structure lies within
+    r voxels, where the similarity's gradient only says which way is downhill. Cosine, so
+    its scale does not depend on how large the learned features grow."""
+    fixed = F.normalize(fixed, dim=1)
+    padded = F.pad(F.normalize(warped, dim=1), [radius] * 2 * (fixed.dim() - 2))
+    shape = fixed.shape[2:]
+    planes = []
+    for offset in itertools.product(range(2 * radius + 1), repeat=len(shape)):
+        window = padded[(..., *(slice(o, o + n) for o, n in zip(offset, shape, strict=True)))]
+        planes.append((fixed * window).sum(1))
+    return torch.stack(planes, 1)
