@@ -272,6 +272,23 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
 
 
+def test_evaluate_compares_with_each_ants_preset_asked(folder, tmp_path):
+    """``--ants`` alone adds ANTs SyN (antspyx defaults); ``--ants SyN SyNCC`` a row for each
+    preset, every one scored on the same pairs; an unknown preset is refused."""
+    argv = ["evaluate", "--data", str(folder), "--pairs", "1", "--threads", "1", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "one"), "--ants"]) == 0
+    with (tmp_path / "one" / "pairs.csv").open() as f:
+        assert [r["method"] for r in csv.DictReader(f)] == ["ants-syn"]
+    out = tmp_path / "both"
+    assert main([*argv, "--out", str(out), "--identity", "--ants", "SyN", "SyNCC"]) == 0
+    with (out / "pairs.csv").open() as f:
+        rows = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"identity", "ants-syn", "ants-syncc"}
+    assert all(float(rows[m]["std_log_jacobian"]) > 0 for m in ("ants-syn", "ants-syncc"))
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "bad"), "--ants", "SyNQuick"])
+
+
 def test_a_time_limit_ends_the_call_with_a_checkpoint_that_resumes(folder, tmp_path, capsys):
     run = tmp_path / "run"
     args = [

@@ -21,6 +21,11 @@ from model.networks import architectures
 from model.training import flags
 from model.training.config import TrainConfig, normalized
 
+# The antspyx presets ``riir evaluate --ants`` compares against: SyN (antspyx's defaults: an
+# affine stage, then SyN on mutual information) and SyNCC (rigid, affine, then SyN on local
+# cross-correlation: slower, and stronger within a modality).
+ANTS_TRANSFORMS = ("SyN", "SyNCC")
+
 EXPERIMENT_NAMES = ("data-fraction", "hidden-states", "inner-loss", "inputs", "steps")
 
 
@@ -80,7 +85,15 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="a shipped model or a checkpoint (repeatable)",
     )
     p.add_argument("--identity", action="store_true", help="add the no-registration row")
-    p.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
+    p.add_argument(
+        "--ants",
+        nargs="*",
+        choices=ANTS_TRANSFORMS,
+        metavar="PRESET",
+        help="add ANTs (needs antspyx), one row per preset: SyN (antspyx defaults; the preset "
+        "when none is named) and SyNCC (rigid + affine + SyN on local cross-correlation, "
+        "stronger within a modality and several times slower)",
+    )
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
     p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
@@ -232,8 +245,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     if args.identity:
         methods.append(ev.identity_method())
-    if args.ants:
-        methods.append(ev.ants_method())
+    if args.ants is not None:
+        methods += [ev.ants_method(t) for t in args.ants or ["SyN"]]
     if not methods:
         raise InputError("nothing to evaluate: give --model, --identity or --ants")
     names = getattr(source, "LABELS", None)

@@ -8,8 +8,8 @@ grid (ITK convention, LPS mm) and the moving labels warped onto that grid:
   those a user of ``riir register`` gets;
 - ``identity``: no registration (the moving labels resampled onto the fixed grid), the
   "before" row;
-- ``ants``: ANTs SyN through antspyx (``ants.registration(type_of_transform="SyN")``, its
-  defaults), an optional extra (``pip install antspyx``).
+- ``ants``: ANTs through antspyx (``ants.registration(type_of_transform=...)``, SyN or SyNCC
+  with their defaults), an optional extra (``pip install antspyx``).
 
 Every pair is scored on the fixed grid with ``model.networks.metrics``: Dice and HD95 (mm)
 per label and their means, std log|J| and % folding voxels (|J| <= 0) of the field, and the
@@ -105,8 +105,8 @@ def identity_method() -> Method:
 
 
 def ants_method(transform: str = "SyN") -> Method:
-    """ANTs through antspyx with its defaults (SyN: an affine stage, then SyN with mutual
-    information). The field scored is ANTs' whole transform (affine and SyN) composed into one
+    """ANTs through antspyx with one of its presets (``type_of_transform``) and its defaults.
+    The field scored is ANTs' whole transform (linear stages and SyN) composed into one
     displacement field, as ANTs applies it."""
     try:
         import ants
