@@ -50,10 +50,7 @@ def test_arrays_with_spacing_register_like_the_command_line(tmp_path, descent):
     )
 
     # The same pair from files through the CLI gives the same answer, file for file.
-    paths = []
-    for name, array in (("fixed", fixed), ("moving", moving)):
-        paths.append(str(tmp_path / f"{name}.nii.gz"))
-        sitk.WriteImage(_image(array, spacing), paths[-1])
+    paths = _pair_files(tmp_path, fixed, moving, spacing)
     out = tmp_path / "cli"
     assert main(["register", *paths, "--out", str(out), "--model", descent, "--quiet"]) == 0
     np.testing.assert_allclose(
@@ -72,6 +69,15 @@ def _image(array: np.ndarray, spacing) -> sitk.Image:
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(spacing[::-1])
     return image
+
+
+def _pair_files(folder, fixed: np.ndarray, moving: np.ndarray, spacing) -> list[str]:
+    """The pair as fixed.nii.gz and moving.nii.gz in ``folder``, for the command line."""
+    paths = []
+    for name, array in (("fixed", fixed), ("moving", moving)):
+        paths.append(str(folder / f"{name}.nii.gz"))
+        sitk.WriteImage(_image(array, spacing), paths[-1])
+    return paths
 
 
 def test_simpleitk_images_and_labels_and_bad_input(tmp_path, descent):
@@ -140,10 +146,7 @@ def test_an_unknown_interpolation_is_refused_with_the_choices(tmp_path, descent)
     with pytest.raises(InputError, match="interpolation must be 'linear', 'bspline' or 'sinc'"):
         riir.register(fixed, moving, spacing=(1, 1), model=descent, interpolation="cubic")
     out = tmp_path / "cli"
-    paths = []
-    for name, array in (("fixed", fixed), ("moving", moving)):
-        paths.append(str(tmp_path / f"{name}.nii.gz"))
-        sitk.WriteImage(_image(array, (1, 1)), paths[-1])
+    paths = _pair_files(tmp_path, fixed, moving, (1, 1))
     command = ["register", *paths, "--out", str(out), "--model", descent, "--quiet"]
     assert main([*command, "--interpolation", "sinc"]) == 0
     assert json.loads((out / "metrics.json").read_text())["interpolation"] == "sinc"
@@ -247,10 +250,7 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
         save_checkpoint(stiff, model, "descent", meta)
         with pytest.raises(ModelNotFoundError, match=wrong):
             riir.register(fixed, moving, model=str(stiff), refine=0)
-    paths = []
-    for name, array in (("fixed", fixed), ("moving", moving)):
-        paths.append(str(tmp_path / f"{name}.nii.gz"))
-        sitk.WriteImage(_image(array, (1, 1)), paths[-1])
+    paths = _pair_files(tmp_path, fixed, moving, (1, 1))
     argv = ["register", *paths, "--out", str(tmp_path / "cli"), "--model", str(still)]
     assert main([*argv, "--refine", "5", "--device", "cpu", "--quiet"]) == 0
     assert "test-time refinement: 5 steps" in capsys.readouterr().out

@@ -224,12 +224,24 @@ def test_c2f_runs_in_2d_and_3d_and_returns_fields_on_the_grid(d, share):
     assert model.encoder.net[0].weight.grad.abs().sum() > 0  # E learns through the cell
 
 
-def test_the_anatomy_gradient_grows_from_a_model_without_it_and_reaches_the_cell():
-    """``anatomy_gradient`` gives the cell ∇ of the head's probability MSE as its own input. A
-    model grown into it computes what its source did (the new columns start at zero), and
-    training reaches those columns; without a head it is refused."""
+@pytest.mark.parametrize(
+    ("d", "added", "grown", "new_columns"),
+    [
+        # ∇ of the head's probability MSE, its own input with its own learned scale: columns
+        # 3d … 4d after [phi, ∇ intensity MSE, ∇ feature MSE].
+        (3, {"anatomy_gradient": True}, ["anatomy_log_scale", "cells.0.conv_in.weight"], 3),
+        # a local correlation of radius 2: (2·2 + 1)^2 = 25 planes after the 3d gradients.
+        (2, {"correlation_radius": 2}, ["cells.0.conv_in.weight"], 25),
+    ],
+)
+def test_a_new_cell_input_grows_from_a_model_without_it_and_reaches_the_cell(
+    d, added, grown, new_columns
+):
+    """The anatomy gradient and the local correlation are cell inputs of their own. A model
+    grown into one computes what its source did (the new columns start at zero), and training
+    reaches those columns and, through them, the encoder."""
     config = C2FConfig(
-        spatial_dims=3,
+        spatial_dims=d,
         levels=(2, 1),
         level_steps=(1, 1),
         hidden_channels=(4, 4),
@@ -241,17 +253,21 @@ def test_the_anatomy_gradient_grows_from_a_model_without_it_and_reaches_the_cell
     source = C2FRIIR(config)
     for cell in source.cells:
         torch.nn.init.normal_(cell.conv_out.weight, std=0.05)
-    model = C2FRIIR(dataclasses.replace(config, anatomy_gradient=True))
-    assert load_state_grown(model, source) == ["anatomy_log_scale", "cells.0.conv_in.weight"]
-    moving, fixed = as_tensor(blobs(SHAPES[3], seed=1)), as_tensor(blobs(SHAPES[3], seed=0))
+    model = C2FRIIR(dataclasses.replace(config, **added))
+    assert load_state_grown(model, source) == grown
+    moving, fixed = as_tensor(blobs(SHAPES[d], seed=1)), as_tensor(blobs(SHAPES[d], seed=0))
     with torch.no_grad():
         assert torch.allclose(model(moving, fixed)[-1], source(moving, fixed)[-1], atol=1e-6)
     model(moving, fixed)[-1].pow(2).mean().backward()
     weight = model.cells[0].conv_in.weight
-    d = 3  # [phi, ∇ intensity MSE, ∇ feature MSE, ∇ probability MSE]: its columns 3d … 4d
-    assert weight.shape[1] == 4 * d and weight.grad[:, 3 * d :].abs().sum() > 0
+    assert weight.shape[1] == 3 * d + new_columns and weight.grad[:, 3 * d :].abs().sum() > 0
+    assert model.encoder.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_the_anatomy_gradient_needs_a_head():
+    config = C2FConfig(spatial_dims=3, encoder_depth=1, anatomy_gradient=True)
     with pytest.raises(ValueError, match="segmentation head"):
-        C2FRIIR(dataclasses.replace(config, segmentation_classes=0, anatomy_gradient=True))
+        C2FRIIR(config)
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -274,33 +290,6 @@ def test_the_local_correlation_finds_the_offset_where_the_features_match(d):
     torch.testing.assert_close(match, torch.ones_like(match))
     assert planes[inner].abs().max() <= 1 + 1e-5
     assert planes[:, offsets.index((2,) * d)][inner].abs().mean() < 0.6
-
-
-def test_the_correlation_grows_from_a_model_without_it_and_reaches_the_cell():
-    """``correlation_radius`` r adds (2r+1)^D cell inputs; a model grown into it computes what
-    its source did (the new columns start at zero), and training reaches those columns."""
-    config = C2FConfig(
-        spatial_dims=2,
-        levels=(2, 1),
-        level_steps=(1, 1),
-        hidden_channels=(4, 4),
-        encoder_channels=3,
-        encoder_depth=1,
-        segmentation_classes=3,
-    )
-    torch.manual_seed(0)
-    source = C2FRIIR(config)
-    for cell in source.cells:
-        torch.nn.init.normal_(cell.conv_out.weight, std=0.05)
-    model = C2FRIIR(dataclasses.replace(config, correlation_radius=2))
-    assert load_state_grown(model, source) == ["cells.0.conv_in.weight"]
-    moving, fixed = as_tensor(blobs(SHAPES[2], seed=1)), as_tensor(blobs(SHAPES[2], seed=0))
-    with torch.no_grad():
-        assert torch.allclose(model(moving, fixed)[-1], source(moving, fixed)[-1], atol=1e-6)
-    model(moving, fixed)[-1].pow(2).mean().backward()
-    weight = model.cells[0].conv_in.weight
-    assert weight.shape[1] == 3 * 2 + 25 and weight.grad[:, 6:].abs().sum() > 0
-    assert model.encoder.stem[0].weight.grad.abs().sum() > 0  # E learns through it too
 
 
 def test_the_anatomy_gradient_without_a_head_is_an_input_error(tmp_path, capsys):

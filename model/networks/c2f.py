@@ -96,15 +96,15 @@ class C2FRIIR(nn.Module):
     ) -> torch.Tensor:
         # Gradients per level voxel are ~stride × those per working-grid voxel: divided back,
         # the shared cell sees inputs of one scale at every level.
+        cfg = self.config
         scales = self.log_scales.exp() / stride
         g_image = inner_gradient("mse", level["moving"], level["fixed"], phi.detach())
         terms = feature_gradient_terms(level["moving_features"], level["fixed_features"], phi)
         parts = [phi, g_image * scales[0], terms.mean(1) * scales[1]]
-        if self.config.anatomy_gradient:
+        if cfg.anatomy_gradient:
             # The features end with the head's probabilities: their foreground channels' mean.
-            foreground = terms[:, -(self.config.segmentation_classes - 1) :]
+            foreground = terms[:, -(cfg.segmentation_classes - 1) :]
             parts.append(foreground.mean(1) * self.anatomy_log_scale.exp() / stride)
-        cfg = self.config
         if cfg.explicit_features or cfg.correlation_radius:
             warped = warp(level["moving_features"], phi.detach())
         if cfg.explicit_features:
