@@ -272,6 +272,71 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     assert [c["name"] for c in catalog.list_models()] == ["tiny-3d"]
 
 
+def test_an_interrupted_evaluation_resumes_with_only_the_pairs_it_had_not_scored(
+    folder, tmp_path, monkeypatch
+):
+    """Every score lands in OUT/pairs.jsonl as it is made. ``resume`` keeps those whose
+    method's settings are unchanged (a line cut short by the interruption is dropped) and
+    registers only the rest; a method whose settings changed is scored again; without
+    ``resume`` OUT starts afresh. ``riir evaluate --resume`` is the same."""
+    from model.training import evaluate as ev
+    from model.training.datasets import open_source
+
+    source = open_source("folder", folder)
+    pairs = source.pairs("test", 2)
+    assert len(pairs) == 2
+    calls = {"a": 0, "b": 0}
+    fail_on = {"b": 2}
+
+    def counted(name: str, **info) -> ev.Method:
+        plain = ev.identity_method()
+
+        def register(pair):
+            calls[name] += 1
+            if calls[name] == fail_on.get(name):
+                raise KeyboardInterrupt  # the run is stopped while b registers its 2nd pair
+            return plain.register(pair)
+
+        return ev.Method(name, register, {"kind": "identity", **info})
+
+    out = tmp_path / "e"
+
+    def run(*methods, resume=True):
+        calls.update(a=0, b=0)
+        ev.evaluate(methods, pairs, source.label_values, out, progress=False, resume=resume)
+        return dict(calls)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(counted("a"), counted("b"), resume=False)
+    journal = (out / ev.JOURNAL).read_text().splitlines()
+    assert len(journal) == 1 + 3  # the settings, a's two rows, b's first
+    assert not (out / "pairs.csv").exists()
+    (out / ev.JOURNAL).write_text("\n".join(journal) + '\n{"method": "b", "pa')
+
+    fail_on.clear()
+    assert run(counted("a"), counted("b")) == {"a": 0, "b": 1}
+    rows = list(csv.DictReader((out / "pairs.csv").open()))
+    assert [(r["method"], r["pair"]) for r in rows] == [
+        (m, p.name) for m in ("a", "b") for p in pairs
+    ]
+    assert all(float(r["dice_mean"]) > 0 for r in rows)
+    assert run(counted("a", weights="retrained"), counted("b")) == {"a": 2, "b": 0}
+    assert run(counted("a", weights="retrained"), counted("b"), resume=False) == {"a": 2, "b": 2}
+
+    scored = []
+    real = ev.score_pair
+    monkeypatch.setattr(ev, "score_pair", lambda m, p, l: scored.append(p.name) or real(m, p, l))
+    argv = ["evaluate", "--data", str(folder), "--pairs", "2", "--identity", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path / "cli")]) == 0
+    journal = (tmp_path / "cli" / ev.JOURNAL).read_text().splitlines()
+    (tmp_path / "cli" / ev.JOURNAL).write_text("\n".join(journal[:-1]) + "\n")
+    scored.clear()
+    assert main([*argv, "--out", str(tmp_path / "cli"), "--resume"]) == 0
+    assert scored == [pairs[1].name]
+    with (tmp_path / "cli" / "pairs.csv").open() as f:
+        assert [r["pair"] for r in csv.DictReader(f)] == [p.name for p in pairs]
+
+
 def test_evaluate_compares_with_each_ants_preset_asked(folder, tmp_path):
     """``--ants`` alone adds ANTs SyN (antspyx defaults); ``--ants SyN SyNCC`` a row for each
     preset, every one scored on the same pairs; an unknown preset is refused."""

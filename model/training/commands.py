@@ -73,7 +73,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "OUT/pairs.csv, OUT/summary.csv, OUT/summary.md (Dice, HD95, std log|J|, "
         "% folding, seconds per pair) and OUT/dice.png. The first model registers the "
         "first pair once, untimed, before the clock runs, so the process's start-up is not "
-        "counted against whichever method comes first.",
+        "counted against whichever method comes first. Every score is also appended to "
+        "OUT/pairs.jsonl as soon as it exists, so an interrupted run loses nothing: run the "
+        "same command with --resume.",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     flags.add_pair_options(p)
@@ -106,6 +108,13 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         metavar="WEIGHTS_DIR",
         help="copy the first --model into WEIGHTS_DIR as NAME.pt with its model "
         "card (NAME.json, NAME.md) holding these results",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the scores already in OUT/pairs.jsonl and register only the pairs still "
+        "missing (a method whose model file or options changed is scored again); without "
+        "it, OUT is scored afresh",
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=run_evaluate)
@@ -258,6 +267,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         title=args.title,
         label_names=names,
         progress=not args.quiet,
+        resume=args.resume,
         info={
             "split": args.split,
             "command": _command_line(args),

@@ -16,11 +16,14 @@ per label and their means, std log|J| and % folding voxels (|J| <= 0) of the fie
 seconds the method took (preprocessing, model and resampling back, as ``riir register`` times
 them; not reading files). ``evaluate`` writes ``pairs.csv`` (one row per method and pair),
 ``summary.csv`` and ``summary.md`` (mean ± std per method) and ``dice.png`` (box plots).
+Each score also goes to the journal ``pairs.jsonl`` the moment it exists, so an interrupted run
+(ANTs SyNCC takes minutes a pair) keeps what it scored and ``resume`` scores only the rest.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -86,8 +89,12 @@ def model_method(
         {
             "kind": "model",
             "checkpoint": str(path),
+            # What makes two runs of "the same" model comparable: the weights' digest (a
+            # checkpoint path such as best.pt is rewritten as training goes on) and the options.
+            "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16],
             "arch": meta.get("arch"),
             "version": meta.get("version"),
+            "options": options.model_dump(mode="json", exclude_none=True),
         },
     )
 
@@ -321,6 +328,39 @@ def warm_up(methods: Sequence[Method], pair: SubjectPair) -> None:
         model.register(pair)
 
 
+JOURNAL = "pairs.jsonl"
+
+
+def open_journal(
+    out_dir: Path, methods: Sequence[Method], resume: bool
+) -> tuple[dict[tuple[str, str], dict[str, Any]], TextIO]:
+    """The rows already scored, by (method, pair), and the journal to append new ones to.
+
+    The journal's first line holds each method's settings (``Method.info``); a row is kept on
+    ``resume`` only while its method's settings are unchanged, so a model retrained under the
+    same path, or run with other options, is scored again. The journal is rewritten with the
+    kept rows, so it always describes the current run. A last line cut short by the
+    interruption is dropped."""
+    path = out_dir / JOURNAL
+    settings = {m.name: json.loads(json.dumps(m.info)) for m in methods}
+    kept: dict[tuple[str, str], dict[str, Any]] = {}
+    if resume and path.is_file():
+        lines = path.read_text().splitlines()
+        before = json.loads(lines[0]).get("methods", {}) if lines else {}
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if row["method"] in settings and settings[row["method"]] == before.get(row["method"]):
+                kept[(row["method"], row["pair"])] = row
+    journal = path.open("w")
+    for line in [{"methods": settings}, *kept.values()]:
+        journal.write(json.dumps(line) + "\n")
+    journal.flush()
+    return kept, journal
+
+
 def evaluate(
     methods: Sequence[Method],
     pairs: Sequence[SubjectPair],
@@ -331,27 +371,39 @@ def evaluate(
     label_names: dict[int, str] | None = None,
     progress: bool = True,
     info: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score every method on every pair; write the tables and the plot; return the summary."""
+    """Score every method on every pair; write the tables and the plot; return the summary.
+    With ``resume``, the pairs already in OUT's journal (same method settings) are not
+    registered again."""
     from tqdm import tqdm
 
     if not pairs:
         raise InputError("no pairs to evaluate (is the split empty or unlabelled?)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    warm_up(methods, pairs[0])
+    done, journal = open_journal(out_dir, methods, resume)
+    todo = [(m, p) for m in methods for p in pairs if (m.name, p.name) not in done]
+    if any(m.info.get("kind") == "model" for m, _ in todo):
+        warm_up(methods, pairs[0])
     bar = tqdm(
-        total=len(methods) * len(pairs), desc="evaluating", disable=not progress, dynamic_ncols=True
+        total=len(methods) * len(pairs),
+        initial=len(methods) * len(pairs) - len(todo),
+        desc="evaluating",
+        disable=not progress,
+        dynamic_ncols=True,
     )
-    for method in methods:
-        for pair in pairs:
-            rows.append(score_pair(method, pair, labels))
+    with journal:
+        for method, pair in todo:
+            row = done[(method.name, pair.name)] = score_pair(method, pair, labels)
+            journal.write(json.dumps(row) + "\n")
+            journal.flush()
             bar.set_postfix(
-                {"method": method.name, "dice": f"{rows[-1]['dice_mean']:.3f}"}, refresh=False
+                {"method": method.name, "dice": f"{row['dice_mean']:.3f}"}, refresh=False
             )
             bar.update(1)
     bar.close()
+    rows = [done[(m.name, p.name)] for m in methods for p in pairs]
     summary = summarise(rows)
     write_csv(rows, out_dir / "pairs.csv")
     write_csv(summary, out_dir / "summary.csv")
