@@ -17,7 +17,11 @@ SeriesParams = SeriesOptions
 
 
 class Progress(BaseModel):
-    done: int = Field(description="steps completed (for a series: over all frames)")
+    done: int = Field(
+        description="steps completed: the network's, the refinement's, then one each for "
+        "resampling, the inverse field and the artifacts (a series: each frame's steps and "
+        "resampling, then its artifacts); equal to total once the results are written"
+    )
     total: int = Field(description="steps in all; 0 until the worker has started")
 
 

@@ -218,11 +218,23 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     assert none.metrics["refine"] == 0 and "refine" not in none.metrics["seconds"]
     assert np.abs(sitk.GetArrayFromImage(none.displacement)).max() == 0
     seen = []
+    out = tmp_path / "refined"
+    written = []  # whether metrics.json, the last artifact, existed at each report
     refined = riir.register(
-        fixed, moving, model=str(still), refine=40, device="cpu", progress=lambda *a: seen.append(a)
+        fixed,
+        moving,
+        model=str(still),
+        refine=40,
+        device="cpu",
+        out=out,
+        progress=lambda *a: seen.append(a) or written.append((out / "metrics.json").exists()),
     )
     assert refined.metrics["refine"] == 40 and refined.metrics["seconds"]["refine"] > 0
-    assert seen[0] == (1, 41) and seen[-1] == (41, 41)
+    # 40 refinement steps after the model's one, then resampling, the inverse, the artifacts:
+    # done reaches total only once everything is written.
+    assert seen[0] == (1, 44) and seen[40] == (41, 44) and seen[-1] == (44, 44)
+    assert [done for done, _ in seen] == list(range(1, 45))
+    assert written == [False] * 43 + [True]
     before, after = refined.metrics["similarity_before"], refined.metrics["similarity_after"]
     assert after["ncc"] > before["ncc"] + 0.02, (before, after)
     # The mean displacement in the middle points along the shift (x: +2 px, y: -1.5 px).

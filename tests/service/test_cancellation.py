@@ -39,7 +39,7 @@ def test_cancel_queued_and_running_jobs(
     running = wait_for(
         client, slow, ("running",), timeout=60, condition=lambda job: job["progress"]["done"] >= 1
     )
-    assert running["progress"]["total"] == 50
+    assert running["progress"]["total"] == 50 + 3  # + resampling, the inverse, the artifacts
 
     # One worker, one job at a time, prefetch 1: this one waits in the queue.
     queued = client.post(

@@ -66,7 +66,8 @@ def test_pair_matches_the_command_line_path(
 
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded", job
-    assert job["progress"] == {"done": 2 + refine, "total": 2 + refine}
+    # The network's steps, the refinement's, then resampling, the inverse and the artifacts.
+    assert job["progress"] == {"done": 2 + refine + 3, "total": 2 + refine + 3}
     assert job["metrics"]["refine"] == refine
     assert job["metrics"]["interpolation"] == interpolation
     assert set(job["artifacts"]) == PAIR_ARTIFACTS
@@ -128,7 +129,8 @@ def test_series_gives_one_field_per_frame(
     assert response.status_code == 202, response.text
     job = wait_for(client, response.json()["job_id"])
     assert job["status"] == "succeeded", job
-    assert job["progress"] == {"done": 6, "total": 6}  # 3 frames x 2 steps
+    # 3 frames x (2 steps + resampling), then the series' artifacts
+    assert job["progress"] == {"done": 10, "total": 10}
     frames = sorted(name for name in job["artifacts"] if name.startswith("displacements/"))
     assert frames == ["displacements/0", "displacements/1", "displacements/2"]
     assert {"warped", "metrics", "preview"} <= set(job["artifacts"])

@@ -179,10 +179,16 @@ def register_images(
     options: RegistrationOptions = RegistrationOptions(),
     *,
     progress: Progress | None = None,
+    finishing: int = 0,
 ) -> Registration:
     """Register ``moving`` to ``fixed``: images of the model's dimension (2-D slices as 2-D
     images, see ``conventions.imageio.slice_as_2d``), geometry from their headers.
-    ``options.model`` is the caller's to load (``engine``); the rest apply here."""
+    ``options.model`` is the caller's to load (``engine``); the rest apply here.
+
+    ``progress`` counts the network's steps, the refinement's, then one for resampling the
+    field and warping the image (a windowed sinc takes most of a minute on a whole brain),
+    and ``finishing`` more that the caller reports for its own work afterwards (the inverse,
+    the artifacts), so done reaches total only when everything is written."""
     steps, init, similarity = options.steps, engine.init(options), options.similarity
     if similarity is not None and not hasattr(engine.model.config, "inner_loss"):
         described = engine.describe()
@@ -205,12 +211,14 @@ def register_images(
     start = time.perf_counter()
     kwargs = {"inner_loss": similarity} if similarity is not None else {}
     network_steps = steps or engine.steps
-    # One progress count over the network's steps and then the refinement's.
-    overall = network_steps + refinement.total_steps
+    # One progress count over the network's steps, the refinement's, the resampling and
+    # what the caller does after it.
+    after_network = refinement.total_steps + 1 + finishing
+    overall = network_steps + after_network
 
     def network_progress(done: int, total: int) -> None:
         if progress is not None:
-            progress(done, total + refinement.total_steps)
+            progress(done, total + after_network)
 
     def refine_progress(done: int, total: int) -> None:
         if progress is not None:
@@ -244,6 +252,8 @@ def register_images(
     warped = resample_through(displacement, moving, INTERPOLATORS[options.interpolation])
     initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
     timings["postprocess"] = time.perf_counter() - start
+    if progress is not None:
+        progress(overall - finishing, overall)
     return Registration(
         displacement, warped, initial, init_transform, grid.shape, field_model, timings
     )

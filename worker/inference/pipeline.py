@@ -145,7 +145,11 @@ def register_files(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    reg = register_images(engine, fixed, inputs.moving, options, progress=progress)
+    # Progress goes on past the registration: the inverse field, then the artifacts.
+    finished = _Finishing(progress, 2)
+    reg = register_images(
+        engine, fixed, inputs.moving, options, progress=finished.track, finishing=finished.stages
+    )
     phi = Grid.of(fixed).field_to_voxel(reg.field, np.float32)
     det = metrics.jacobian_determinant(phi)
     fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
@@ -168,6 +172,7 @@ def register_files(
         started = time.perf_counter()
         inverse = invert(reg.field, inputs.moving, solved_on=reg.model_field)
         reg.seconds["inverse"] = time.perf_counter() - started
+        finished.step()
         imageio.write_displacement(
             imageio.restore_layout(inverse.field, inputs.moving_as_read),
             out_dir / artifacts.filename("inverse_displacement"),
@@ -201,7 +206,25 @@ def register_files(
         dicom_export.write_dicom_artifacts(out_dir, fixed_dicom, moving_dicom)
     report["seconds"]["total"] = round(time.perf_counter() - start, 4)
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
+    finished.step()
     return report
+
+
+class _Finishing:
+    """Passes the registration's progress on and counts ``stages`` more after it, the
+    writer's own, so a job reports done == total only once its artifacts exist."""
+
+    def __init__(self, progress: Progress | None, stages: int):
+        self.progress, self.stages = progress, stages
+        self.done = self.total = 0
+
+    def track(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def step(self) -> None:
+        self.track(self.done + 1, self.total)
 
 
 def _write_field(field: sitk.Image, out_dir: Path) -> None:
@@ -250,7 +273,10 @@ def register_series_file(
     template %= n
     fixed = frames[template]
     engine = _engine(options, device, fixed, series=True)
-    per_frame = (options.steps or engine.steps) + engine.refinement(options).total_steps
+    # Each frame: its network and refinement steps and its resampling; then one more for
+    # the series' artifacts.
+    per_frame = (options.steps or engine.steps) + engine.refinement(options).total_steps + 1
+    overall = n * per_frame + 1
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
     grid = Grid.of(fixed)
@@ -260,7 +286,7 @@ def register_series_file(
 
         def frame_progress(t: int, total: int, i: int = i) -> None:
             if progress is not None:
-                progress(i * per_frame + t, n * per_frame)
+                progress(i * per_frame + t, overall)
 
         if i == template:  # the template stays where it is: a zero field, not a registration
             field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
@@ -306,4 +332,6 @@ def register_series_file(
     )
     report["seconds"] = {"total": round(time.perf_counter() - start, 4)}
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
+    if progress is not None:
+        progress(overall, overall)
     return report
