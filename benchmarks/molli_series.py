@@ -7,10 +7,12 @@ of the warped series are compared with those of the input: D_PCA1 and D_PCA2 fal
 frames line up (lower is better). Bright fat wraps around in int16; it is clipped to 0.
 
     python benchmarks/molli_series.py --data ../shared/data/molli_kidney/molli_kidney.npz \
-        --out runs/molli [--model qmri-2d] [--ants]
+        --out runs/molli [--model qmri-2d] [--ants [SyN] [SyNCC]]
 
 ``--ants`` adds ANTs SyN (antspyx defaults, mutual information), frame by frame to the same
 template, scored the same way: a classical reference for what these metrics reward.
+``--ants SyN SyNCC`` adds a row for each preset, as ``riir evaluate --ants`` does (SyNCC:
+rigid, affine, then SyN on local cross-correlation).
 ``--refine N`` passes ``--refine N`` to ``register-series``.
 
 ``--motion-free K`` adds K simulated MOLLI series without motion (``model.training.qmri``,
@@ -46,6 +48,7 @@ from conventions.grid import INTERPOLATORS, Grid
 from conventions.options import INTERPOLATIONS, Interpolation
 from model.networks.metrics import pca_groupwise
 from model.training import qmri
+from model.training.commands import ANTS_TRANSFORMS
 from worker.inference.engine import resample_through
 
 # antspyx's name for each of the request's interpolations.
@@ -69,10 +72,13 @@ def write_series(frames: np.ndarray, spacing: tuple[float, float], path: Path) -
 
 
 def ants_pca(
-    frames: np.ndarray, spacing: tuple[float, float], interpolator: Interpolation
+    frames: np.ndarray,
+    spacing: tuple[float, float],
+    interpolator: Interpolation,
+    transform: str = "SyN",
 ) -> tuple[dict, float]:
-    """D_PCA of the (H, W, N) frames after ANTs SyN of each to the last, resampled with
-    ``interpolator``; and the seconds."""
+    """D_PCA of the (H, W, N) frames after ANTs (the preset ``transform``) of each to the
+    last, resampled with ``interpolator``; and the seconds."""
     import ants
 
     def image(frame: np.ndarray):
@@ -83,7 +89,7 @@ def ants_pca(
     after = []
     for k in range(frames.shape[-1] - 1):
         moving = image(frames[..., k])
-        found = ants.registration(template, moving, type_of_transform="SyN")
+        found = ants.registration(template, moving, type_of_transform=transform)
         after.append(
             ants.apply_transforms(
                 template,
@@ -156,7 +162,13 @@ def main() -> int:
     parser.add_argument("--data", type=Path, required=True, help="molli_kidney.npz")
     parser.add_argument("--out", type=Path, required=True, help="working folder")
     parser.add_argument("--model", default="qmri-2d", help="model name or checkpoint")
-    parser.add_argument("--ants", action="store_true", help="add ANTs SyN (needs antspyx)")
+    parser.add_argument(
+        "--ants",
+        nargs="*",
+        choices=ANTS_TRANSFORMS,
+        metavar="PRESET",
+        help="add ANTs (needs antspyx), a row per preset: SyN (the one when none is named), SyNCC",
+    )
     parser.add_argument(
         "--refine", type=int, metavar="N", help="register-series --refine N (test-time steps)"
     )
@@ -186,6 +198,7 @@ def main() -> int:
         frames = np.moveaxis(still.frames, 0, -1)  # (H, W, N), for ANTs
         cases.append((f"motion-free {args.seed + k}", series, frames, (still.spacing_mm,) * 2))
     method = args.model + (f" --refine {args.refine}" if args.refine else "")
+    presets = [] if args.ants is None else args.ants or ["SyN"]  # --ants alone: SyN
     rows = []
     for name, series, frames, pixel in cases:
         out = args.out / series.name.split(".")[0]
@@ -195,9 +208,9 @@ def main() -> int:
             images, fields = frames_and_fields(series, out)
             control = resampled_pca(images, random_fields_like(fields, seed=0), args.interpolation)
             rows.append((name, "random fields of its size", metrics["pca_before"], control, 0.0))
-        if args.ants:
-            after, seconds = ants_pca(frames, pixel, args.interpolation)
-            rows.append((name, "ants-syn", metrics["pca_before"], after, seconds))
+        for transform in presets:
+            after, seconds = ants_pca(frames, pixel, args.interpolation, transform)
+            rows.append((name, f"ants-{transform.lower()}", metrics["pca_before"], after, seconds))
     print(f"MOLLI series, every frame to the last, resampled {args.interpolation}\n")
     print(
         "| series | method | D_PCA1 before | D_PCA1 after | D_PCA2 before | D_PCA2 after "
