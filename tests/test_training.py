@@ -322,6 +322,8 @@ def test_an_interrupted_evaluation_resumes_with_only_the_pairs_it_had_not_scored
     assert all(float(r["dice_mean"]) > 0 for r in rows)
     assert run(counted("a", weights="retrained"), counted("b")) == {"a": 2, "b": 0}
     assert run(counted("a", weights="retrained"), counted("b"), resume=False) == {"a": 2, "b": 2}
+    (out / ev.JOURNAL).write_text('{"meth')  # stopped while the settings were being written
+    assert run(counted("a"), counted("b")) == {"a": 2, "b": 2}
 
     scored = []
     real = ev.score_pair

@@ -344,16 +344,15 @@ def open_journal(
     path = out_dir / JOURNAL
     settings = {m.name: json.loads(json.dumps(m.info)) for m in methods}
     kept: dict[tuple[str, str], dict[str, Any]] = {}
-    if resume and path.is_file():
-        lines = path.read_text().splitlines()
-        before = json.loads(lines[0]).get("methods", {}) if lines else {}
+    lines = path.read_text().splitlines() if resume and path.is_file() else []
+    try:
+        before = json.loads(lines[0])["methods"] if lines else {}
         for line in lines[1:]:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                break
+            row = json.loads(line)
             if row["method"] in settings and settings[row["method"]] == before.get(row["method"]):
                 kept[(row["method"], row["pair"])] = row
+    except (json.JSONDecodeError, KeyError, TypeError):
+        pass  # the line being written when the run stopped, and anything after it
     journal = path.open("w")
     for line in [{"methods": settings}, *kept.values()]:
         journal.write(json.dumps(line) + "\n")
