@@ -74,6 +74,11 @@ class Engine:
             self.preprocessing.get("refine_settings"), self.refine_steps(options)
         )
 
+    def progress_steps(self, options: RegistrationOptions) -> int:
+        """The steps ``register_images`` reports for one registration: the network's, the
+        refinement's, then one for resampling the field and warping the image."""
+        return (options.steps or self.steps) + self.refinement(options).total_steps + 1
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.meta.get("name", self.path.stem),
@@ -213,12 +218,11 @@ def register_images(
     network_steps = steps or engine.steps
     # One progress count over the network's steps, the refinement's, the resampling and
     # what the caller does after it.
-    after_network = refinement.total_steps + 1 + finishing
-    overall = network_steps + after_network
+    overall = engine.progress_steps(options) + finishing
 
     def network_progress(done: int, total: int) -> None:
         if progress is not None:
-            progress(done, total + after_network)
+            progress(done, total + overall - network_steps)
 
     def refine_progress(done: int, total: int) -> None:
         if progress is not None:

@@ -146,10 +146,13 @@ def register_files(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     # Progress goes on past the registration: the inverse field, then the artifacts.
-    finished = _Finishing(progress, 2)
-    reg = register_images(
-        engine, fixed, inputs.moving, options, progress=finished.track, finishing=finished.stages
-    )
+    total = engine.progress_steps(options) + 2
+
+    def finished(done: int) -> None:
+        if progress is not None:
+            progress(done, total)
+
+    reg = register_images(engine, fixed, inputs.moving, options, progress=progress, finishing=2)
     phi = Grid.of(fixed).field_to_voxel(reg.field, np.float32)
     det = metrics.jacobian_determinant(phi)
     fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
@@ -172,7 +175,7 @@ def register_files(
         started = time.perf_counter()
         inverse = invert(reg.field, inputs.moving, solved_on=reg.model_field)
         reg.seconds["inverse"] = time.perf_counter() - started
-        finished.step()
+        finished(total - 1)
         imageio.write_displacement(
             imageio.restore_layout(inverse.field, inputs.moving_as_read),
             out_dir / artifacts.filename("inverse_displacement"),
@@ -206,25 +209,8 @@ def register_files(
         dicom_export.write_dicom_artifacts(out_dir, fixed_dicom, moving_dicom)
     report["seconds"]["total"] = round(time.perf_counter() - start, 4)
     artifacts.write_json(report, out_dir / artifacts.filename("metrics"))
-    finished.step()
+    finished(total)
     return report
-
-
-class _Finishing:
-    """Passes the registration's progress on and counts ``stages`` more after it, the
-    writer's own, so a job reports done == total only once its artifacts exist."""
-
-    def __init__(self, progress: Progress | None, stages: int):
-        self.progress, self.stages = progress, stages
-        self.done = self.total = 0
-
-    def track(self, done: int, total: int) -> None:
-        self.done, self.total = done, total
-        if self.progress is not None:
-            self.progress(done, total)
-
-    def step(self) -> None:
-        self.track(self.done + 1, self.total)
 
 
 def _write_field(field: sitk.Image, out_dir: Path) -> None:
@@ -275,7 +261,7 @@ def register_series_file(
     engine = _engine(options, device, fixed, series=True)
     # Each frame: its network and refinement steps and its resampling; then one more for
     # the series' artifacts.
-    per_frame = (options.steps or engine.steps) + engine.refinement(options).total_steps + 1
+    per_frame = engine.progress_steps(options)
     overall = n * per_frame + 1
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
