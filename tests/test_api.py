@@ -141,6 +141,24 @@ def test_the_warped_image_is_resampled_with_the_interpolation_asked(
     assert (kept < 0.8) if interpolation == "linear" else (kept > 0.85), kept
 
 
+def test_the_similarity_before_is_measured_with_the_interpolation_asked(descent):
+    """``similarity_before`` compares the fixed image with the moving one as it stood before
+    registration, resampled the way the warped one is: otherwise linear smoothing of a noisy
+    moving image half a voxel off the fixed grid flatters "before" under sinc alone."""
+    fixed, moving = _pair()
+    noisy = _image(
+        moving + np.random.default_rng(2).normal(0, 0.2, moving.shape).astype(np.float32), (1, 1)
+    )
+    noisy.SetOrigin((0.5, 0.5))  # every sample of the fixed grid falls between moving voxels
+    before = {
+        interpolation: riir.register(
+            _image(fixed, (1, 1)), noisy, model=descent, interpolation=interpolation, device="cpu"
+        ).metrics["similarity_before"]["ncc"]
+        for interpolation in ("linear", "sinc")
+    }
+    assert before["linear"] > before["sinc"] + 0.01, before
+
+
 def test_an_unknown_interpolation_is_refused_with_the_choices(tmp_path, descent):
     fixed, moving = _pair()
     with pytest.raises(InputError, match="interpolation must be 'linear', 'bspline' or 'sinc'"):

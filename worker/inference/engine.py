@@ -254,7 +254,11 @@ def register_images(
         sitk.Cast(fixed_grid.resample(field_model), sitk.sitkVectorFloat32), sitk.sitkVectorFloat64
     )
     warped = resample_through(displacement, moving, INTERPOLATORS[options.interpolation])
-    initial = fixed_grid.resample(moving, init_transform, extrapolate=False)
+    # The "before" image is resampled as the warped one is, so the similarity before and
+    # after (metrics.json, a series' D_PCA) differ by the registration, not by interpolation.
+    initial = fixed_grid.resample(
+        moving, init_transform, INTERPOLATORS[options.interpolation], extrapolate=False
+    )
     timings["postprocess"] = time.perf_counter() - start
     if progress is not None:
         progress(overall - finishing, overall)
