@@ -145,14 +145,14 @@ def register_files(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    # Progress goes on past the registration: the inverse field, then the artifacts.
-    total = engine.progress_steps(options) + 2
+    after = 2  # progress goes on past the registration: the inverse field, then the artifacts
+    total = engine.progress_steps(options) + after
 
     def finished(done: int) -> None:
         if progress is not None:
             progress(done, total)
 
-    reg = register_images(engine, fixed, inputs.moving, options, progress=progress, finishing=2)
+    reg = register_images(engine, fixed, inputs.moving, options, progress=progress, finishing=after)
     phi = Grid.of(fixed).field_to_voxel(reg.field, np.float32)
     det = metrics.jacobian_determinant(phi)
     fixed_n, initial_n, warped_n = (normalize(_array(i)) for i in (fixed, reg.initial, reg.warped))
