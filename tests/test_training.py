@@ -108,6 +108,7 @@ def test_unlabelled_images_join_training_only(folder, tmp_path):
 def test_acdc_pairs_split_by_patient_in_both_directions(acdc):
     source = AcdcPairs(acdc, val_count=1)
     assert source.spatial_dims == 2 and source.label_values == (1, 2, 3)
+    assert source.label_names == {1: "RV", 2: "myocardium", 3: "LV"}
     test = source.pairs("test")
     assert test and all("_ES_" in p.moving.name and "_ED_" in p.fixed.name for p in test)
     assert all(p.fixed.image.GetSpacing() == (1.5, 1.5) for p in test)
@@ -161,6 +162,10 @@ def test_real_brains_pair_within_a_collection_and_map_ixi_labels(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["pair"] for r in rows] == ["oas_a->oas_b", "oas_b->oas_a"]
     assert all(0.0 < float(r["dice_mean"]) < 1.0 for r in rows)
+    # comparison.md names the structures (FreeSurfer's names), only those the pairs hold.
+    structures = (out / "comparison.md").read_text().split("## Dice per structure")[1]
+    assert "| Left-Hippocampus |" in structures and "| Right-Hippocampus |" in structures
+    assert "Caudate" not in structures
 
 
 def test_step_weights_and_one_hot():
@@ -262,6 +267,8 @@ def test_train_resume_and_evaluate_through_the_cli(folder, tmp_path, monkeypatch
     identity = [r for r in rows if r["method"] == "identity"]
     assert all(float(r["std_log_jacobian"]) == 0 for r in identity)
     assert "| tiny-3d | 2 |" in (out / "summary.md").read_text()
+    compared = (out / "comparison.md").read_text()
+    assert "| identity | 2 |" in compared and "## Dice per structure" in compared
     assert (out / "dice.png").stat().st_size > 0
     card = json.loads((weights / "tiny-3d.json").read_text())
     assert card["spatial_dims"] == 3 and card["metrics"]["pairs"] == 2

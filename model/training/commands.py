@@ -71,7 +71,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="score models, ANTs SyN or no registration on a dataset split",
         description="Register the fixed pairs of a split with each method and write "
         "OUT/pairs.csv, OUT/summary.csv, OUT/summary.md (Dice, HD95, std log|J|, "
-        "% folding, seconds per pair) and OUT/dice.png. The first model registers the "
+        "% folding, seconds per pair), OUT/comparison.md (the first method against each "
+        "other pair by pair: the mean Dice difference, its 95 % interval, the Wilcoxon p "
+        "and on how many pairs it is ahead; each pair's and each structure's Dice, and the "
+        "structures where the first method is behind) and OUT/dice.png. The first model "
+        "registers the "
         "first pair once, untimed, before the clock runs, so the process's start-up is not "
         "counted against whichever method comes first. Every score is also appended to "
         "OUT/pairs.jsonl as soon as it exists, so an interrupted run loses nothing: run the "
@@ -258,14 +262,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         methods += [ev.ants_method(t) for t in args.ants or ["SyN"]]
     if not methods:
         raise InputError("nothing to evaluate: give --model, --identity or --ants")
-    names = getattr(source, "LABELS", None)
     summary = ev.evaluate(
         methods,
         pairs,
         source.label_values,
         args.out,
         title=args.title,
-        label_names=names,
+        label_names=source.label_names or None,
         progress=not args.quiet,
         resume=args.resume,
         info={

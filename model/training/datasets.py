@@ -222,6 +222,7 @@ class PairSource:
     split: Split
     label_values: tuple[int, ...] = ()  # labels scored and supervised (0 = background)
     description: dict[str, Any] = field(default_factory=dict)
+    label_names: dict[int, str] = field(default_factory=dict)  # for tables: RV, Left-Caudate
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -427,6 +428,7 @@ class AcdcPairs(PairSource):
                 "spacing_mm_assumed": spacing_mm,
                 "patients": {k: len(split[k]) for k in SPLITS},
             },
+            label_names=dict(self.LABELS),
         )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:
@@ -529,7 +531,12 @@ class SynthBrainPairs(PairSource):
         contrast: str = "random",
         cache_dir: str | os.PathLike | None = None,
     ):
-        from model.training.synthesis import BrainLabels, BrainSynth, standard_labels
+        from model.training.synthesis import (
+            BrainLabels,
+            BrainSynth,
+            standard_label_names,
+            standard_labels,
+        )
 
         self.labels = BrainLabels(root, spacing_mm=spacing_mm, cache_dir=cache_dir)
         split = split_subjects(self.labels.ids, test_fraction, val_count, fraction, split_seed)
@@ -557,6 +564,7 @@ class SynthBrainPairs(PairSource):
                 "grid_shape": list(grid.shape),
                 "label_maps": {k: len(split[k]) for k in SPLITS},
             },
+            label_names=standard_label_names(),
         )
 
     def _subject(self, name: str, image: np.ndarray, labels: np.ndarray) -> Subject:
@@ -647,6 +655,7 @@ class SimulatedSeriesPairs(PairSource):
             Split([], names["val"], names["test"]),
             tuple(self.LABELS),
             {"kind": "qmri", "series_per_split": series, "split_seed": split_seed, **self.settings},
+            label_names=dict(self.LABELS),
         )
 
     def _kind(self, k: int) -> str:
@@ -718,7 +727,7 @@ class RealBrainPairs(PairSource):
     training pairs: these few brains only choose and score."""
 
     def __init__(self, root: str | os.PathLike, *, ixi_val: int = 4, split_seed: int = 0):
-        from model.training.synthesis import standard_labels
+        from model.training.synthesis import standard_label_names, standard_labels
 
         if split_seed:  # the split is by collection and name, so that it never moves
             raise InputError("real brains have a fixed split: leave --split-seed at 0")
@@ -751,6 +760,7 @@ class RealBrainPairs(PairSource):
                 "ixi_val": ixi_val,
                 "brains": {k: len(split[k]) for k in SPLITS},
             },
+            label_names=standard_label_names(),
         )
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:

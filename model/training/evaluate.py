@@ -15,7 +15,9 @@ Every pair is scored on the fixed grid with ``model.networks.metrics``: Dice and
 per label and their means, std log|J| and % folding voxels (|J| <= 0) of the field, and the
 seconds the method took (preprocessing, model and resampling back, as ``riir register`` times
 them; not reading files). ``evaluate`` writes ``pairs.csv`` (one row per method and pair),
-``summary.csv`` and ``summary.md`` (mean ± std per method) and ``dice.png`` (box plots).
+``summary.csv`` and ``summary.md`` (mean ± std per method), ``comparison.md`` (the first
+method against each other pair by pair, each pair's and each structure's Dice:
+``model.training.comparison``) and ``dice.png`` (box plots).
 Each score also goes to the journal ``pairs.jsonl`` the moment it exists, so an interrupted run
 (ANTs SyNCC takes minutes a pair) keeps what it scored and ``resume`` scores only the rest.
 """
@@ -41,6 +43,7 @@ import SimpleITK as sitk
 from conventions.errors import InputError
 from conventions.grid import Grid
 from model.networks import metrics
+from model.training import comparison
 from model.training.datasets import SubjectPair
 
 Registered = tuple[sitk.Image, sitk.Image]  # (field on the fixed grid, warped moving labels)
@@ -408,6 +411,7 @@ def evaluate(
     write_csv(summary, out_dir / "summary.csv")
     table = markdown_table(summary, label_names)
     (out_dir / "summary.md").write_text((f"# {title}\n\n" if title else "") + table)
+    (out_dir / "comparison.md").write_text(comparison.markdown(rows, labels, label_names, title))
     box_plot(rows, out_dir / "dice.png", title)
     (out_dir / "evaluation.json").write_text(
         json.dumps(

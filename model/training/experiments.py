@@ -234,28 +234,19 @@ def _compare(rows: list[dict[str, Any]], out: Path, reference: str | None) -> No
     """Adds to each row its Dice minus the reference's on the same test pairs: the mean
     difference, its 95 % interval (t) and the Wilcoxon signed-rank p-value. All variants see
     the same pairs, so the paired difference is far less noisy than the two means' spread."""
-    import numpy as np
-    from scipy import stats
+    from model.training.comparison import paired_difference
 
     names = [r["variant"] for r in rows]
     reference = reference if reference in names else names[0]
     ref = _pair_dice(out, reference)
     for r in rows:
-        r["reference"] = reference
-        mine = _pair_dice(out, r["variant"])
-        d = np.array(
-            [mine[k] - ref[k] for k in ref if k in mine and not math.isnan(mine[k] - ref[k])]
+        d = paired_difference(_pair_dice(out, r["variant"]), ref)
+        r.update(
+            reference=reference,
+            delta_dice=d.mean,
+            delta_dice_ci95=0.0 if r["variant"] == reference else d.ci95,
+            wilcoxon_p=d.wilcoxon_p,
         )
-        if r["variant"] == reference or d.size < 2 or not d.any():
-            r.update(
-                delta_dice=0.0 if d.size else math.nan, delta_dice_ci95=0.0, wilcoxon_p=math.nan
-            )
-            continue
-        r["delta_dice"] = float(d.mean())
-        r["delta_dice_ci95"] = float(
-            stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
-        )
-        r["wilcoxon_p"] = float(stats.wilcoxon(d).pvalue)
 
 
 def _write_results(experiment: str, rows: list[dict[str, Any]], out: Path) -> None:

@@ -82,6 +82,11 @@ def standard_labels() -> tuple[int, ...]:
     return STANDARD_LABELS
 
 
+def standard_label_names() -> dict[int, str]:
+    """``standard_labels`` with their FreeSurfer names, for tables."""
+    return {label: LABEL_NAMES[label] for label in STANDARD_LABELS}
+
+
 # Typical T1-weighted intensities on FreeSurfer's norm.mgz scale (white matter normalised to
 # 110), used for contrast="t1" and for the affine alignment. SynthSeg's prior_means_t1.npy is
 # indexed by 25 tissue classes whose label-to-class table (generation_classes_contrast_specific)
