@@ -126,8 +126,9 @@ def structures_section(
     if len(methods) > 1:
         out.append("")
     for other in methods[1:]:
+        # To the table's precision: a gap that prints as 0.000 is a tie, neither side's.
         gap = {
-            label: means[methods[0]][label] - means[other][label]
+            label: round(means[methods[0]][label] - means[other][label], 3)
             for label in labels
             if not math.isnan(means[methods[0]][label] - means[other][label])
         }
