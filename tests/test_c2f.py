@@ -133,6 +133,18 @@ def test_the_refinements_volume_term_charges_volume_change_and_not_shear():
     dilated = Problem(flat, flat, dilation, dataclasses.replace(cfg, regularise="field"))
     kept = Problem(flat, flat, dilation, cfg)  # regularise="correction"
     assert dilated.loss(zero).item() > kept.loss(zero).item() + 0.03
+    # ``volume_regularises`` "field" with diffusion on the correction: the start's dilation
+    # costs volume, as with ``regularise`` "field", and no diffusion (λ 10 here), as with
+    # "correction"; diffusion on the field charges it.
+    stiff = dataclasses.replace(cfg, lam=10.0)
+    volume_of_field = dataclasses.replace(stiff, volume_regularises="field")
+    assert volume_of_field.volume_of == "field" and stiff.volume_of == "correction"
+    volume_only = Problem(flat, flat, dilation, volume_of_field)
+    assert volume_only.loss(zero).item() == pytest.approx(dilated.loss(zero).item(), rel=1e-6)
+    diffused = Problem(flat, flat, dilation, dataclasses.replace(stiff, regularise="field"))
+    assert diffused.loss(zero).item() > volume_only.loss(zero).item() + 0.01
+    with pytest.raises(ValueError, match="volume_regularises"):
+        RefineConfig(volume_regularises="velocity")
     with pytest.raises(ValueError, match="volume_weight"):
         RefineConfig(volume_weight=-1.0)
     with pytest.raises(ValueError, match="volume_scale"):

@@ -77,6 +77,10 @@ class RefineConfig:
     # and linear beyond it, so the few voxels whose anatomy asks for a large change (one
     # brain's ventricles four times another's) cost less than the many small changes.
     volume_scale: float = 0.0
+    # What L_vol charges, where it differs from ``regularise`` ("": the same): "field" with
+    # ``regularise`` "correction" keeps the network's own shape changes free of diffusion
+    # (a brain's ventricles compressed four-fold) and still charges the whole field's volume.
+    volume_regularises: str = ""
 
     def __post_init__(self) -> None:
         """Refuse settings that could not run (ValueError): they come from requests and from
@@ -108,10 +112,17 @@ class RefineConfig:
             problems.append(f"similarity must be one of {SIMILARITIES}")
         if self.regularise not in REGULARISED:
             problems.append(f"regularise must be one of {REGULARISED}")
+        if self.volume_regularises not in ("", *REGULARISED):
+            problems.append(f"volume_regularises must be one of {REGULARISED} or empty")
         if not isinstance(self.masked, bool):
             problems.append("masked must be true or false")
         if problems:
             raise ValueError("bad refinement settings: " + "; ".join(dict.fromkeys(problems)))
+
+    @property
+    def volume_of(self) -> str:
+        """What L_vol charges: ``volume_regularises``, else what ``regularise`` names."""
+        return self.volume_regularises or self.regularise
 
     @property
     def total_steps(self) -> int:
@@ -226,7 +237,7 @@ class Problem:
         # What L_vol of the correction alone measures from (computed once, where it is used).
         self.start_log_jacobian = (
             log_jacobian(self.start_rim)
-            if cfg.volume_weight and cfg.regularise == "correction"
+            if cfg.volume_weight and cfg.volume_of == "correction"
             else None
         )
         self.features = None
