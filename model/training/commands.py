@@ -279,6 +279,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         },
     )
     print((args.out / "summary.md").read_text())
+    print(f"pair by pair and per structure: {args.out / 'comparison.md'}")
     if args.ship is not None:
         if not args.model:
             raise InputError("--ship needs a --model to ship")
