@@ -69,7 +69,7 @@ class RefineConfig:
     # What λ L_reg smooths: the whole "field" (start + correction), or only the "correction",
     # which leaves the network's field as it is and adds a smooth change to it.
     regularise: str = "field"
-    # ν of L_vol, mean (log|J|)² of what ``regularise`` names: of the whole field, or of the
+    # ν of L_vol, mean (log|J|)² of what ``volume_of`` names: of the whole field, or of the
     # change the correction makes to the start's log|J| (the network's own volume change,
     # a heart's contraction say, then costs nothing).
     volume_weight: float = 0.0

@@ -75,8 +75,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "other pair by pair: the mean Dice difference, its 95 % interval, the Wilcoxon p "
         "and on how many pairs it is ahead; each pair's and each structure's Dice, and the "
         "structures where the first method is behind) and OUT/dice.png. The first model "
-        "registers the "
-        "first pair once, untimed, before the clock runs, so the process's start-up is not "
+        "registers the first pair once, untimed, before the clock runs, so the process's "
+        "start-up is not "
         "counted against whichever method comes first. Every score is also appended to "
         "OUT/pairs.jsonl as soon as it exists, so an interrupted run loses nothing: run the "
         "same command with --resume.",

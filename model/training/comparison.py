@@ -79,8 +79,14 @@ def paired_section(rows: Sequence[Mapping[str, Any]], key: str = "dice_mean") ->
         p = "–" if math.isnan(d.wilcoxon_p) else f"{d.wilcoxon_p:.2g}"
         interval = "–" if math.isnan(d.ci95) else f"± {d.ci95:.3f}"
         lines.append(
-            [other, str(d.pairs), _cell(d.mean, signed=True), interval, p]
-            + [f"{d.ahead} / {d.behind}"]
+            [
+                other,
+                str(d.pairs),
+                _cell(d.mean, signed=True),
+                interval,
+                p,
+                f"{d.ahead} / {d.behind}",
+            ]
         )
     head = [
         "method",
