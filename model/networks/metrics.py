@@ -378,7 +378,7 @@ def pca_groupwise(
     }
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
     """Mean ignoring nan; nan (without numpy's empty-slice warning) when nothing is left."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=RuntimeWarning)
@@ -400,6 +400,6 @@ def label_overlap_report(
     return {
         "dice": {str(label): value for label, value in dice_scores.items()},
         "hd95": {str(label): value for label, value in hd95_scores.items()},
-        "dice_mean": _nanmean(list(dice_scores.values())),
-        "hd95_mean": _nanmean(list(hd95_scores.values())),
+        "dice_mean": nanmean(list(dice_scores.values())),
+        "hd95_mean": nanmean(list(hd95_scores.values())),
     }

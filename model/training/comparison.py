@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from model.networks.metrics import nanmean
+
 
 @dataclass(frozen=True)
 class PairedDifference:
@@ -48,11 +50,6 @@ def paired_difference(a: Mapping[str, float], b: Mapping[str, float]) -> PairedD
 
 def _by_pair(rows: Sequence[Mapping[str, Any]], method: str, key: str) -> dict[str, float]:
     return {r["pair"]: float(r.get(key, math.nan)) for r in rows if r["method"] == method}
-
-
-def _mean(values: Any) -> float:
-    kept = [v for v in values if not math.isnan(v)]
-    return float(np.mean(kept)) if kept else math.nan
 
 
 def _cell(value: float, signed: bool = False) -> str:
@@ -119,7 +116,9 @@ def structures_section(
     names = {label: (label_names or {}).get(label, str(label)) for label in labels}
     means = {
         m: {
-            label: _mean(float(r.get(f"dice_{label}", math.nan)) for r in rows if r["method"] == m)
+            label: nanmean(
+                [float(r.get(f"dice_{label}", math.nan)) for r in rows if r["method"] == m]
+            )
             for label in labels
         }
         for m in methods

@@ -186,8 +186,8 @@ def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict
     row: dict[str, Any] = {
         "method": method.name,
         "pair": pair.name,
-        "dice_mean": _nanmean(dice.values()),
-        "hd95_mean": _nanmean(hd95.values()),
+        "dice_mean": metrics.nanmean(list(dice.values())),
+        "hd95_mean": metrics.nanmean(list(hd95.values())),
         "std_log_jacobian": jacobian["std_log_jacobian"],
         "folding_percent": jacobian["folding_percent"],
         "seconds": seconds,
@@ -197,11 +197,6 @@ def score_pair(method: Method, pair: SubjectPair, labels: Sequence[int]) -> dict
     for label in labels:
         row[f"dice_{label}"] = dice.get(label, math.nan)
     return row
-
-
-def _nanmean(values: Any) -> float:
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
 
 
 SUMMARY_COLUMNS = (
