@@ -21,7 +21,6 @@ field: ``brain-3d``'s refinement, its window kept at about 1 cm).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 
 import numpy as np
@@ -29,11 +28,10 @@ import SimpleITK as sitk
 import torch
 
 from conventions.grid import Grid
-from conventions.intensity import normalize
-from model.networks.refine import RefineConfig, refine
+from model.networks.refine import RefineConfig, parse_settings, refine
 from model.training import evaluate as ev
 from model.training.datasets import SubjectPair, open_source
-from worker.inference.engine import resample_through
+from worker.inference.engine import model_input, resample_through
 
 DEFAULTS = dict(
     similarity="ncc",
@@ -46,30 +44,17 @@ DEFAULTS = dict(
 )
 
 
-def parse_setting(text: str) -> RefineConfig:
-    types = {f.name: f.type for f in dataclasses.fields(RefineConfig)}
-    parse = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}
-    values: dict[str, object] = dict(DEFAULTS)
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        values[key] = parse.get(str(types[key]), str)(value)
-    return RefineConfig(**values)  # type: ignore[arg-type]
-
-
-def _tensor(image: sitk.Image) -> torch.Tensor:
-    return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].float()
-
-
 def refine_on_fixed_grid(
     pair: SubjectPair, field: sitk.Image, cfg: RefineConfig
 ) -> tuple[sitk.Image, float]:
     """``field`` (on the fixed grid, the initial alignment included) after ``cfg`` on that
     grid, and the refinement's seconds."""
     grid = Grid.of(pair.fixed.image)
-    moving = _tensor(grid.resample(pair.moving.image))
+    cpu = torch.device("cpu")
+    moving = model_input(grid.resample(pair.moving.image), cpu)
     phi = torch.from_numpy(grid.field_to_voxel(field, np.float32))[None]
     tick = time.perf_counter()
-    refined = refine(moving, _tensor(pair.fixed.image), phi, cfg)
+    refined = refine(moving, model_input(pair.fixed.image, cpu), phi, cfg)
     seconds = time.perf_counter() - tick
     return grid.voxel_to_field(refined[0].numpy()), seconds
 
@@ -93,7 +78,7 @@ def main() -> None:
     print("| setting | pair | Dice | HD95 (mm) | std log\\|J\\| | folding % | s |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for text in args.setting or ["steps=0"]:
-        cfg = parse_setting(text)
+        cfg = RefineConfig(**{**DEFAULTS, **parse_settings(text)})
         for pair in pairs:
             seconds = {}
 

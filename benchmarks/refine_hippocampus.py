@@ -28,7 +28,7 @@ from torch import nn
 
 from conventions import catalog
 from model.networks.checkpoint import load_checkpoint
-from model.networks.refine import RefineConfig, anatomy, refine
+from model.networks.refine import RefineConfig, anatomy, parse_settings, refine
 from model.training import evaluate as ev
 from model.training.datasets import open_source
 from worker.inference.engine import Engine, register_images, resample_through
@@ -68,21 +68,11 @@ class Refined(nn.Module):
 
 
 def parse_setting(text: str) -> tuple[RefineConfig, str]:
-    values, start = {}, "network"
-    types = {f.name: f.type for f in dataclasses.fields(RefineConfig)}
-    for item in filter(None, text.split(",")):
-        key, _, value = item.partition("=")
-        if key == "start":
-            start = value
-        elif types[key] in ("int", int):
-            values[key] = int(value)
-        elif types[key] in ("float", float):
-            values[key] = float(value)
-        elif types[key] in ("bool", bool):
-            values[key] = value.lower() in ("1", "true", "yes")
-        else:
-            values[key] = value
-    return RefineConfig(**values), start
+    """A setting: ``RefineConfig`` fields plus ``start=network|identity``."""
+    items = [item for item in text.split(",") if item]
+    starts = [item.partition("=")[2] for item in items if item.startswith("start=")]
+    rest = ",".join(item for item in items if not item.startswith("start="))
+    return RefineConfig(**parse_settings(rest)), (starts[-1] if starts else "network")
 
 
 def main() -> None:

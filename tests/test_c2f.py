@@ -536,3 +536,18 @@ def test_pseudo_labels_lie_on_each_image_and_train_like_labels(tmp_path, capsys)
     headless = C2FRIIR(C2FConfig(spatial_dims=3, hidden_channels=(4, 4)))
     with pytest.raises(InputError, match="no segmentation head"):
         write_pseudo_labels(headless, meta, images, tmp_path / "again")
+
+
+def test_refinement_settings_parse_from_text_with_their_fields_types():
+    """The benchmarks' ``--setting KEY=VALUE,…``: each value as its field's type."""
+    from model.networks.refine import parse_settings
+
+    assert parse_settings("steps=8,lr=0.2,masked=false,regularise=correction") == {
+        "steps": 8,
+        "lr": 0.2,
+        "masked": False,
+        "regularise": "correction",
+    }
+    assert parse_settings("") == {}
+    with pytest.raises(ValueError, match="unknown refinement setting 'window'"):
+        parse_settings("window=5")

@@ -153,6 +153,24 @@ def for_model(settings: Mapping[str, Any] | None, steps: int) -> RefineConfig:
     return dataclasses.replace(REQUEST, **settings, steps=steps)
 
 
+def parse_settings(text: str) -> dict[str, Any]:
+    """``KEY=VALUE,…`` of ``RefineConfig`` fields, each value as its field's type (the
+    benchmarks' ``--setting``); an unknown key is refused."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(RefineConfig)}
+    parse: dict[str, Callable[[str], Any]] = {
+        "int": int,
+        "float": float,
+        "bool": lambda v: v.lower() in ("1", "true", "yes"),
+    }
+    values: dict[str, Any] = {}
+    for item in filter(None, text.split(",")):
+        key, _, value = item.partition("=")
+        if key not in types:
+            raise ValueError(f"unknown refinement setting {key!r}; known: {sorted(types)}")
+        values[key] = parse.get(types[key], str)(value)
+    return values
+
+
 def real_box(image: torch.Tensor) -> list[slice]:
     """Bounding box of the voxels that are not edge-repeat padding, over the batch: along
     each axis, the slices that differ from a neighbouring slice. (B, C, *S) -> slices."""

@@ -155,7 +155,7 @@ def resample_through(
     return Grid.of(field).resample(image, transform, interpolator, extrapolate=False)
 
 
-def _model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
+def model_input(image: sitk.Image, device: torch.device) -> torch.Tensor:
     """Normalised voxels as a (1, 1, *shape) tensor: what the model saw in training."""
     return torch.from_numpy(normalize(sitk.GetArrayFromImage(image)))[None, None].to(device)
 
@@ -209,8 +209,8 @@ def register_images(
         fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1), pre.get("max_voxels")
     )
     init_transform = initial_transform(fixed, moving, init)
-    fixed_t = _model_input(grid.resample(fixed), engine.device)
-    moving_t = _model_input(grid.resample(moving, init_transform), engine.device)
+    fixed_t = model_input(grid.resample(fixed), engine.device)
+    moving_t = model_input(grid.resample(moving, init_transform), engine.device)
     timings["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()
