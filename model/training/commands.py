@@ -76,10 +76,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "and on how many pairs it is ahead; each pair's and each structure's Dice, and the "
         "structures where the first method is behind) and OUT/dice.png. The first model "
         "registers the first pair once, untimed, before the clock runs, so the process's "
-        "start-up is not "
-        "counted against whichever method comes first. Every score is also appended to "
-        "OUT/pairs.jsonl as soon as it exists, so an interrupted run loses nothing: run the "
-        "same command with --resume.",
+        "start-up is not counted against whichever method comes first. Every score is also "
+        "appended to OUT/pairs.jsonl as soon as it exists, so an interrupted run loses "
+        "nothing: run the same command with --resume.",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR")
     flags.add_pair_options(p)
