@@ -131,6 +131,7 @@ def register(
     init: Init | None = None,
     similarity: Similarity | None = None,
     refine: int | None = None,
+    refine_native: int | None = None,
     interpolation: Interpolation | None = None,
     device: str = "auto",
     out: str | Path | None = None,
@@ -153,6 +154,7 @@ def register(
             "init": init,
             "similarity": similarity,
             "refine": refine,
+            "refine_native": refine_native,
             "interpolation": interpolation,
         },
     )

@@ -51,6 +51,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--similarity", choices=SIMILARITIES, help=HELP["similarity"])
     p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
+    p.add_argument("--refine-native", type=int, metavar="N", help=HELP["refine_native"])
     p.add_argument("--interpolation", choices=INTERPOLATIONS, help=HELP["interpolation"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -156,6 +157,12 @@ def _summary(report: dict[str, Any], out: Path) -> str:
         refine_s = report["seconds"].get("refine")
         spent = f", {refine_s:.1f} s" if refine_s is not None else ""  # a series: per frame
         lines.append(f"test-time refinement: {report['refine']} steps{spent}")
+    if report.get("refine_native"):
+        native_s = report["seconds"].get("refine_native")
+        spent = f", {native_s:.1f} s" if native_s is not None else ""
+        lines.append(
+            f"refinement on the fixed image's grid: {report['refine_native']} steps{spent}"
+        )
     if "similarity_after" in report:
         before, after = report["similarity_before"], report["similarity_after"]
         lines.append(f"NCC {before['ncc']:.4f} -> {after['ncc']:.4f}")

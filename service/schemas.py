@@ -18,7 +18,8 @@ SeriesParams = SeriesOptions
 
 class Progress(BaseModel):
     done: int = Field(
-        description="steps completed: the network's, the refinement's, then one each for "
+        description="steps completed: the network's, the refinement's (on the model's grid, "
+        "then on the fixed image's), then one each for "
         "resampling, the inverse field and the artifacts (a series: each frame's steps and "
         "resampling, then its artifacts); equal to total once the results are written"
     )

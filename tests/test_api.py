@@ -286,6 +286,56 @@ def test_refinement_moves_a_still_network_onto_the_pair_and_reports_its_cost(tmp
     assert "test-time refinement: 5 steps" in capsys.readouterr().out
 
 
+def test_refinement_on_the_fixed_grid_registers_below_the_models_grid(tmp_path, capsys):
+    """``refine_native`` steps run on the fixed image's own grid after the model's (here
+    2 mm on a 1-mm pair, where a network that does not move leaves only the initial
+    alignment), in that grid's voxels, after the initial alignment, which the field still
+    holds; the report gives their count and seconds, progress counts them, the inverse is
+    solved on the grid the field was made on, and the model's card may set a default."""
+    still = tmp_path / "still-2mm.pt"
+    model = Descent(DescentConfig(spatial_dims=2, iterations=1, step=0.0, sigma=0.0))
+    meta = {"name": "still", "version": "test", "preprocessing": {"spacing_mm": 2.0}}
+    save_checkpoint(still, model, "descent", meta)
+    fixed = _image(blobs((48, 48), seed=5, count=6), (1, 1))
+    # The moving image's header puts it 5 mm along x; its content is shifted as well.
+    moving = _image(shifted(sitk.GetArrayFromImage(fixed), (1.5, -2.0)), (1, 1))
+    moving.SetOrigin((5.0, 0.0))
+    options = dict(model=str(still), init="center", device="cpu")
+    plain = riir.register(fixed, moving, **options)
+    assert plain.metrics["refine_native"] == 0 and "refine_native" not in plain.metrics["seconds"]
+    np.testing.assert_allclose(sitk.GetArrayFromImage(plain.displacement)[..., 0], 5.0, atol=1e-4)
+    seen = []
+    native = riir.register(
+        fixed, moving, **options, refine_native=40, progress=lambda *a: seen.append(a)
+    )
+    assert native.metrics["refine_native"] == 40 and native.metrics["seconds"]["refine_native"] > 0
+    # The network's step, the 40 on the fixed grid, the resampling, the inverse, the artifacts.
+    assert [done for done, _ in seen] == list(range(1, 45)) and seen[-1] == (44, 44)
+    before, after = native.metrics["similarity_before"], native.metrics["similarity_after"]
+    assert after["ncc"] > before["ncc"] + 0.02, (before, after)
+    # In the middle the field holds the header's 5 mm and the content's shift (x +2, y -1.5).
+    vectors = sitk.GetArrayFromImage(native.displacement)[14:34, 14:34].reshape(-1, 2)
+    assert vectors.mean(0)[0] > 5.5 and vectors.mean(0)[1] < -0.3, vectors.mean(0)
+    assert native.metrics["inverse_consistency"]["mean_mm"] < 0.05
+    meta["preprocessing"] = {"spacing_mm": 2.0, "refine_native": 2}
+    save_checkpoint(still, model, "descent", meta)
+    assert riir.register(fixed, moving, **options).metrics["refine_native"] == 2
+    with pytest.raises(InputError, match="refine_native must be less than or equal to 50"):
+        riir.register(fixed, moving, **options, refine_native=51)
+    meta["preprocessing"] = {"refine_native": 1.5}
+    save_checkpoint(still, model, "descent", meta)
+    with pytest.raises(ModelNotFoundError, match="refine_native must be a whole number"):
+        riir.register(fixed, moving, **options)
+    meta["preprocessing"] = {"spacing_mm": 2.0}
+    save_checkpoint(still, model, "descent", meta)
+    paths = [str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz")]
+    sitk.WriteImage(fixed, paths[0])
+    sitk.WriteImage(moving, paths[1])
+    argv = ["register", *paths, "--out", str(tmp_path / "cli"), "--model", str(still)]
+    assert main([*argv, "--refine-native", "3", "--device", "cpu", "--quiet"]) == 0
+    assert "refinement on the fixed image's grid: 3 steps" in capsys.readouterr().out
+
+
 def test_a_similarity_is_refused_by_a_model_that_has_none_to_choose(tmp_path):
     """The coarse-to-fine model always follows its trained MSE and features: asking it for
     NCC is an input error, not a silently different registration."""

@@ -5,6 +5,7 @@ synthetic images (never real data)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -372,6 +373,12 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
     evaluation += ["--pairs", "1", "--out", str(tmp_path / "eval"), "--threads", "1", "--quiet"]
     assert main([*evaluation, "--ship", str(tmp_path / "weights")]) == 0
     assert "volume change ν = 10.0" in (tmp_path / "weights" / "riir-model.md").read_text()
+    # Steps on the fixed image's own grid reach the engine and the run's record.
+    native = [*evaluation, "--refine-native", "2"]
+    native[native.index(str(tmp_path / "eval"))] = str(tmp_path / "native")
+    assert main(native) == 0
+    head = json.loads((tmp_path / "native" / "pairs.jsonl").read_text().splitlines()[0])
+    assert [m["options"]["refine_native"] for m in head["methods"].values()] == [2]
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -536,6 +543,37 @@ def test_pseudo_labels_lie_on_each_image_and_train_like_labels(tmp_path, capsys)
     headless = C2FRIIR(C2FConfig(spatial_dims=3, hidden_channels=(4, 4)))
     with pytest.raises(InputError, match="no segmentation head"):
         write_pseudo_labels(headless, meta, images, tmp_path / "again")
+
+
+def test_a_refinement_moved_to_a_finer_grid_keeps_its_lengths_in_millimetres():
+    """``on_finer_grid``: brain-3d's 2-mm refinement on a 1-mm scan becomes the settings
+    measured there (NCC window 9, Adam's step 0.2 voxels), solved on that grid directly,
+    without the features that exist on the model's grid only; λ, ν, δ and stride stay."""
+    from model.networks.refine import for_model, on_finer_grid
+
+    brain = for_model(
+        {
+            "shrink": 2,
+            "fine_steps": 5,
+            "stride": 2,
+            "ncc_window": 5,
+            "lam": 4,
+            "volume_weight": 1,
+            "volume_scale": 0.25,
+        },
+        25,
+    )
+    native = on_finer_grid(brain, 2.0, 8)
+    assert (native.steps, native.total_steps, native.shrink, native.fine_steps) == (8, 8, 1, 0)
+    assert (native.ncc_window, native.lr, native.margin) == (9, pytest.approx(0.2), 8)
+    assert native.feature_weight == 0 and brain.feature_weight > 0
+    assert (native.lam, native.volume_weight, native.volume_scale, native.stride) == (4, 1, 0.25, 2)
+    same = on_finer_grid(brain, 1.0, 3)  # a scan on the model's own spacing: its fine level
+    assert (same.ncc_window, same.lr, same.margin, same.shrink) == (5, brain.lr, brain.margin, 1)
+    assert on_finer_grid(brain, 0.5, 1).ncc_window == 3  # a coarser scan: the window shrinks
+    assert on_finer_grid(brain, 2.0, 0).total_steps == 0
+    with pytest.raises(ValueError, match="scale"):
+        on_finer_grid(brain, 0.0, 1)
 
 
 def test_refinement_settings_parse_from_text_with_their_fields_types():

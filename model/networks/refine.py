@@ -153,6 +153,31 @@ def for_model(settings: Mapping[str, Any] | None, steps: int) -> RefineConfig:
     return dataclasses.replace(REQUEST, **settings, steps=steps)
 
 
+def on_finer_grid(cfg: RefineConfig, scale: float, steps: int) -> RefineConfig:
+    """``cfg``'s refinement for ``steps`` Adam steps on a grid ``scale`` times finer than the
+    one it was chosen on (the fixed scan's own grid after the model's, ``scale`` = model
+    spacing / scan spacing): solved there directly (no ``shrink``, no ``fine_steps``), with
+    the NCC window, the margin and Adam's step kept at their size in millimetres, and λ, ν and
+    δ as they are (the diffusion and the volume change are ratios, the same in any voxel).
+    ``stride`` stays in voxels: the correction gets finer with the grid, which is the point.
+    Without the model's features, which exist on the model's grid only. On the 1-mm OASIS
+    brains, ``brain-3d``'s settings become window 9, lr 0.2: the measured ones
+    (``benchmarks/native_grid_refine.py``)."""
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, not {scale}")
+    radius = max(0, round((cfg.ncc_window - 1) / 2 * scale))
+    return dataclasses.replace(
+        cfg,
+        steps=steps,
+        shrink=1,
+        fine_steps=0,
+        feature_weight=0.0,
+        ncc_window=2 * radius + 1,
+        margin=max(0, round(cfg.margin * scale)),
+        lr=cfg.lr * scale,
+    )
+
+
 def parse_settings(text: str) -> dict[str, Any]:
     """``KEY=VALUE,…`` of ``RefineConfig`` fields, each value as its field's type (the
     benchmarks' ``--setting``); an unknown key is refused."""

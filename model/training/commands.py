@@ -102,6 +102,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, metavar="T", help="override the models' T")
     p.add_argument("--init", choices=INITS, help=HELP["init"])
     p.add_argument("--refine", type=int, metavar="N", help=HELP["refine"])
+    p.add_argument("--refine-native", type=int, metavar="N", help=HELP["refine_native"])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--title", default="", help="title of the table and plot")
@@ -253,7 +254,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for spec in args.model:
         label, _, path = spec.rpartition("=") if "=" in spec else (None, "", spec)
         methods.append(
-            ev.model_method(path, label or None, args.device, args.steps, args.init, args.refine)
+            ev.model_method(
+                path,
+                label or None,
+                args.device,
+                args.steps,
+                args.init,
+                args.refine,
+                args.refine_native,
+            )
         )
     if args.identity:
         methods.append(ev.identity_method())

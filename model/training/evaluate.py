@@ -63,10 +63,12 @@ def model_method(
     steps: int | None = None,
     init: str | None = None,
     refine: int | None = None,
+    refine_native: int | None = None,
 ) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine, after
-    the initial alignment ``init`` and with ``refine`` test-time refinement steps (their time
-    counted in the model's)."""
+    the initial alignment ``init`` and with ``refine`` test-time refinement steps on the
+    model's grid and ``refine_native`` on the fixed image's (their time counted in the
+    model's)."""
 
     from conventions import catalog
     from conventions.options import RegistrationOptions, check
@@ -78,7 +80,10 @@ def model_method(
     torch_device = select_device(device)
     model, meta = load_checkpoint(path, torch_device)
     engine = Engine(model, meta, Path(path), torch_device)
-    options = check(RegistrationOptions, {"steps": steps, "init": init, "refine": refine})
+    options = check(
+        RegistrationOptions,
+        {"steps": steps, "init": init, "refine": refine, "refine_native": refine_native},
+    )
 
     def register(pair: SubjectPair) -> Registered:
         reg = register_images(engine, pair.fixed.image, pair.moving.image, options)

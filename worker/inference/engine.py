@@ -74,10 +74,39 @@ class Engine:
             self.preprocessing.get("refine_settings"), self.refine_steps(options)
         )
 
+    def refine_native_steps(self, options: RegistrationOptions) -> int:
+        """Refinement steps on the fixed image's own grid: the request's, else the model's
+        own (``meta.preprocessing.refine_native``), else none."""
+        if options.refine_native is not None:
+            return options.refine_native
+        return int(self.preprocessing.get("refine_native") or 0)
+
+    def native_refinement(
+        self, options: RegistrationOptions, grid: Grid, fixed_grid: Grid
+    ) -> refine_config.RefineConfig:
+        """The refinement on ``fixed_grid`` after the one on the model's ``grid``: the model's
+        settings with their lengths kept in millimetres (``refine.on_finer_grid``). Voxels of
+        unequal sides count by their mean size (the geometric mean of the spacing)."""
+
+        def size(g: Grid) -> float:
+            return float(np.exp(np.mean(np.log(g.spacing))))
+
+        return refine_config.on_finer_grid(
+            self.refinement(options),
+            size(grid) / size(fixed_grid),
+            self.refine_native_steps(options),
+        )
+
     def progress_steps(self, options: RegistrationOptions) -> int:
         """The steps ``register_images`` reports for one registration: the network's, the
-        refinement's, then one for resampling the field and warping the image."""
-        return (options.steps or self.steps) + self.refinement(options).total_steps + 1
+        refinement's on the model's grid and on the fixed image's, then one for resampling
+        the field and warping the image."""
+        return (
+            (options.steps or self.steps)
+            + self.refinement(options).total_steps
+            + self.refine_native_steps(options)
+            + 1
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,15 +126,17 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
     # as such when it loads rather than failing each request that uses it.
     refine = engine.preprocessing.get("refine")
     try:
-        if refine is not None and (not isinstance(refine, int) or refine < 0):
-            raise ValueError(f"refine must be a whole number >= 0, not {refine!r}")
+        for name in ("refine", "refine_native"):
+            steps = engine.preprocessing.get(name)
+            if steps is not None and (not isinstance(steps, int) or steps < 0):
+                raise ValueError(f"{name} must be a whole number >= 0, not {steps!r}")
         engine.refinement(RegistrationOptions())
     except (ValueError, TypeError) as exc:
         raise ModelNotFoundError(
             f"model file '{Path(path).name}' has unusable refinement settings "
             f"(meta.preprocessing): {exc}"
         ) from None
-    if refine:
+    if refine or engine.preprocessing.get("refine_native"):
         # A process's first Adam imports torch._dynamo (0.7 s on a 2-core CPU): for a model
         # that refines by default it is paid here, once, not inside its first request.
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
@@ -136,8 +167,9 @@ class Registration:
     initial: sitk.Image  # moving on the fixed grid before registration (initial alignment)
     init_transform: sitk.Transform | None
     model_shape: tuple[int, ...]
-    # ``field`` on the model's working grid, where it was made: the fixed-grid field is its
-    # linear interpolation, so its inverse is found here, at a fraction of the voxels.
+    # ``field`` on the grid where it was made, where its inverse is found: the model's
+    # working grid (the fixed-grid field is its linear interpolation, so the inverse costs a
+    # fraction of the voxels there), or after ``refine_native`` the fixed grid itself.
     model_field: sitk.Image
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -245,14 +277,40 @@ def register_images(
         _synchronize(engine.device)
         timings["refine"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    field_model = _composed(grid, phi[0].float().cpu().numpy(), init_transform)
     fixed_grid = Grid.of(fixed)
+    native = engine.native_refinement(options, grid, fixed_grid)
+    phi_model = phi[0].float().cpu().numpy()
+    if native.steps:
+        start = time.perf_counter()
+        native_offset = network_steps + refinement.total_steps
+
+        def native_progress(done: int, total: int) -> None:
+            if progress is not None:
+                progress(native_offset + done, overall)
+
+        # The field so far (before the initial alignment) in voxels of the fixed grid, refined
+        # there against the moving image on that grid after the initial alignment.
+        mm = fixed_grid.resample(grid.voxel_to_field(phi_model))
+        phi_fixed = refine_config.refine(
+            model_input(fixed_grid.resample(moving, init_transform), engine.device),
+            model_input(fixed, engine.device),
+            torch.from_numpy(fixed_grid.field_to_voxel(mm, np.float32))[None].to(engine.device),
+            native,
+            native_progress,
+        )
+        _synchronize(engine.device)
+        timings["refine_native"] = time.perf_counter() - start
+        start = time.perf_counter()
+        # Made on the fixed grid, the field's inverse is solved there too.
+        field_model = _composed(fixed_grid, phi_fixed[0].float().cpu().numpy(), init_transform)
+        on_fixed = field_model
+    else:
+        start = time.perf_counter()
+        field_model = _composed(grid, phi_model, init_transform)
+        on_fixed = fixed_grid.resample(field_model)
     # float32 precision (the model's): the stored file compresses twice as well, and the
     # warped image is computed from exactly the values the file holds.
-    displacement = sitk.Cast(
-        sitk.Cast(fixed_grid.resample(field_model), sitk.sitkVectorFloat32), sitk.sitkVectorFloat64
-    )
+    displacement = sitk.Cast(sitk.Cast(on_fixed, sitk.sitkVectorFloat32), sitk.sitkVectorFloat64)
     warped = resample_through(displacement, moving, INTERPOLATORS[options.interpolation])
     # The "before" image is resampled as the warped one is, so the similarity before and
     # after (metrics.json, a series' D_PCA) differ by the registration, not by interpolation.

@@ -114,6 +114,7 @@ def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> 
         "steps": options.steps or engine.steps,
         "init": engine.init(options),
         "refine": engine.refine_steps(options),
+        "refine_native": engine.refine_native_steps(options),
         "interpolation": options.interpolation,
         "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
         "fixed_shape": list(fixed.GetSize()),
