@@ -6,6 +6,7 @@ import torch
 from helpers import as_tensor, blobs
 
 from model.networks.losses import (
+    box_statistics,
     diffusion,
     inner_gradient,
     local_ncc,
@@ -34,6 +35,10 @@ def test_similarities_of_an_image_with_itself(shape):
     other = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(1))
     assert local_ncc(image, other) > local_ncc(image, image) + 0.05
     assert nmi(image, image) < nmi(image, other)
+    # The fixed image's statistics, computed once by an optimiser, give the same loss.
+    held = local_ncc(image, other, 5, fixed_statistics=box_statistics(other, 5))
+    assert held.item() == pytest.approx(local_ncc(image, other, 5).item(), abs=1e-7)
+    assert held.item() != pytest.approx(local_ncc(image, other, 9).item(), abs=1e-4)
 
 
 def test_nmi_of_identical_images_is_near_two():

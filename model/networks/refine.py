@@ -46,7 +46,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model.networks.losses import diffusion, local_ncc, log_jacobian, pseudo_huber
+from model.networks.losses import (
+    box_statistics,
+    diffusion,
+    local_ncc,
+    log_jacobian,
+    pseudo_huber,
+)
 from model.networks.warp import resize, resize_displacement, warp_window
 
 SIMILARITIES = ("mse", "ncc")
@@ -227,12 +233,17 @@ def masked_mse(warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor) ->
 
 
 def similarity(
-    name: str, warped: torch.Tensor, fixed: torch.Tensor, mask: torch.Tensor, ncc_window: int = 9
+    name: str,
+    warped: torch.Tensor,
+    fixed: torch.Tensor,
+    mask: torch.Tensor,
+    ncc_window: int = 9,
+    fixed_statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     if name == "mse":
         return masked_mse(warped, fixed, mask)
     if name == "ncc":
-        return local_ncc(warped, fixed, ncc_window, mask=mask)
+        return local_ncc(warped, fixed, ncc_window, mask=mask, fixed_statistics=fixed_statistics)
     raise ValueError(f"similarity must be one of {SIMILARITIES}, not {name!r}")
 
 
@@ -275,6 +286,10 @@ class Problem:
         self.moving, self.cfg, self.start = moving, cfg, start
         self.fixed = fixed[_index(self.window)]
         self.mask = box_mask(fixed, box)[_index(self.window)]
+        # The fixed image's local statistics for the NCC, the same at every step.
+        self.fixed_statistics = (
+            box_statistics(self.fixed, cfg.ncc_window) if cfg.similarity == "ncc" else None
+        )
         self.start_window = start[_index(self.window)]
         self.start_rim = start[_index(self.rim)]
         # What L_vol of the correction alone measures from (computed once, where it is used).
@@ -293,7 +308,14 @@ class Problem:
     def loss(self, correction: torch.Tensor) -> torch.Tensor:
         fine = _upsample(correction, self.fixed.shape[2:])
         warped = warp_window(self.moving, self.start_window + fine, self.origin)
-        sim = similarity(self.cfg.similarity, warped, self.fixed, self.mask, self.cfg.ncc_window)
+        sim = similarity(
+            self.cfg.similarity,
+            warped,
+            self.fixed,
+            self.mask,
+            self.cfg.ncc_window,
+            self.fixed_statistics,
+        )
         if self.features is not None:
             moving_features, fixed_features = self.features
             warped_features = warp_window(moving_features, self.start_window + fine, self.origin)
