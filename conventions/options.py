@@ -63,13 +63,13 @@ HELP = {
     "plus smoothness of the change, or of the whole field where the model's settings say "
     "so); 0: none. About 0.1 s a step for a 64^3 pair on one CPU core, reported as "
     "seconds.refine (default: the model's own: 20 for qmri-2d; 20 for cardiac-2d and 25 for "
-    "brain-3d, on a grid twice as coarse, then 5 on their own; 0 for hippocampus-3d, whose "
-    "Dice gain came with a rougher field)",
+    "brain-3d, on a grid twice as coarse, then 5 (cardiac-2d) or 13 (brain-3d) on their own; "
+    "0 for hippocampus-3d, whose Dice gain came with a rougher field)",
     "refine_native": "test-time refinement on the fixed image's own grid: this many more "
     "optimiser steps after the refinement on the model's grid, with the model's refinement "
     "settings kept at their size in millimetres, so a scan finer than the model's grid is "
     "aligned in its own detail (brain-3d works at 2 mm: on two 1-mm OASIS brains 8 steps "
-    "raised Dice from 0.788 / 0.784 to 0.811 / 0.806; ANTs SyNCC 0.817). A step costs in "
+    "raised Dice from 0.796 / 0.791 to 0.816 / 0.807; ANTs SyNCC 0.817). A step costs in "
     "proportion to the voxels: 4-5 s for a 160x192x224 brain on two CPU cores, which is why "
     "the shipped models leave it off; reported as seconds.refine_native (default: the "
     "model's own, 0 for the shipped ones)",
