@@ -15,7 +15,10 @@ refinement alone.
 
 A setting is KEY=VALUE,… of ``RefineConfig`` fields over the defaults below (NCC over a
 9-voxel window, a correction on every second voxel, λ 4 and ν 1 with δ 0.25 on the whole
-field: ``brain-3d``'s refinement, its window kept at about 1 cm).
+field: ``brain-3d``'s refinement, its window kept at about 1 cm). The service runs the
+model's own settings moved to the fixed grid (``refine.on_finer_grid``: the same, with Adam's
+step 0.2 and a margin of 8 voxels) as the request option ``refine_native``, which
+``riir evaluate --refine-native N`` scores; this script is for trying other settings there.
 """
 
 from __future__ import annotations
