@@ -48,6 +48,7 @@ def test_pair_matches_the_command_line_path(
 ) -> None:
     fixed, moving = images[f"fixed{dims}"], images[f"moving{dims}"]
     refine = 3 if dims == 2 else 0  # test-time refinement steps, counted in the progress
+    native = 2 if dims == 2 else 0  # and those on the fixed image's own grid
     interpolation = "sinc" if dims == 2 else "bspline"
     response = client.post(
         "/register",
@@ -56,6 +57,7 @@ def test_pair_matches_the_command_line_path(
             "model": f"tiny-{dims}d",
             "steps": "2",
             "refine": str(refine),
+            "refine_native": str(native),
             "interpolation": interpolation,
         },
     )
@@ -66,9 +68,10 @@ def test_pair_matches_the_command_line_path(
 
     job = wait_for(client, job_id)
     assert job["status"] == "succeeded", job
-    # The network's steps, the refinement's, then resampling, the inverse and the artifacts.
-    assert job["progress"] == {"done": 2 + refine + 3, "total": 2 + refine + 3}
-    assert job["metrics"]["refine"] == refine
+    # The network's steps, the refinements', then resampling, the inverse and the artifacts.
+    total = 2 + refine + native + 3
+    assert job["progress"] == {"done": total, "total": total}
+    assert job["metrics"]["refine"] == refine and job["metrics"]["refine_native"] == native
     assert job["metrics"]["interpolation"] == interpolation
     assert set(job["artifacts"]) == PAIR_ARTIFACTS
     assert job["timings"]["run_seconds"] > 0
@@ -79,7 +82,11 @@ def test_pair_matches_the_command_line_path(
         moving,
         tmp_path / "local",
         RegistrationOptions(
-            model=f"tiny-{dims}d", steps=2, refine=refine, interpolation=interpolation
+            model=f"tiny-{dims}d",
+            steps=2,
+            refine=refine,
+            refine_native=native,
+            interpolation=interpolation,
         ),
         device="cpu",
     )

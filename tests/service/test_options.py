@@ -32,7 +32,13 @@ def test_every_entry_point_reads_the_same_options() -> None:
 
 def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
     asked = options.SeriesOptions(
-        model="qmri-2d", steps=4, init="center", refine=5, interpolation="sinc", template=2
+        model="qmri-2d",
+        steps=4,
+        init="center",
+        refine=5,
+        refine_native=2,
+        interpolation="sinc",
+        template=2,
     )
     assert options.check(options.SeriesOptions, asked.model_dump()) == asked
 
@@ -51,6 +57,8 @@ def test_an_untouched_form_field_or_an_absent_flag_means_the_default() -> None:
         {"steps": options.MAX_STEPS + 1},
         {"refine": -1},
         {"refine": options.MAX_REFINE + 1},
+        {"refine_native": -1},
+        {"refine_native": options.MAX_REFINE_NATIVE + 1},
         {"init": "affine?"},
         {"similarity": "ssd"},
         {"interpolation": "cubic"},
