@@ -7,7 +7,8 @@ add on the scan's own grid, after the model's field (its affine, network and ref
 computed once per pair: the moving scan is resampled onto the fixed grid, the field turned
 into voxels of that grid, refined, and scored by ``model.training.evaluate.score_pair``. A
 setting with ``steps=0`` is the model's own ``riir evaluate`` row. ``s`` is the added
-refinement alone.
+refinement alone, with the moving scan's resampling onto the fixed grid (as the service's
+``seconds.refine_native`` counts it).
 
     PYTHONPATH=. python benchmarks/native_grid_refine.py --data ../shared/data/brain_real \
         --data-kind brain-real --split val --pairs 2 --threads 2 \
@@ -26,15 +27,14 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
 from conventions.grid import Grid
-from model.networks.refine import RefineConfig, parse_settings, refine
+from model.networks.refine import RefineConfig, parse_settings
 from model.training import evaluate as ev
 from model.training.datasets import SubjectPair, open_source
-from worker.inference.engine import model_input, resample_through
+from worker.inference.engine import refine_on_fixed_grid, resample_through
 
 DEFAULTS = dict(
     similarity="ncc",
@@ -47,19 +47,13 @@ DEFAULTS = dict(
 )
 
 
-def refine_on_fixed_grid(
-    pair: SubjectPair, field: sitk.Image, cfg: RefineConfig
-) -> tuple[sitk.Image, float]:
+def refined(pair: SubjectPair, field: sitk.Image, cfg: RefineConfig) -> tuple[sitk.Image, float]:
     """``field`` (on the fixed grid, the initial alignment included) after ``cfg`` on that
-    grid, and the refinement's seconds."""
-    grid = Grid.of(pair.fixed.image)
-    cpu = torch.device("cpu")
-    moving = model_input(grid.resample(pair.moving.image), cpu)
-    phi = torch.from_numpy(grid.field_to_voxel(field, np.float32))[None]
+    grid, and the seconds that took (the moving scan's resampling onto the grid included)."""
     tick = time.perf_counter()
-    refined = refine(moving, model_input(pair.fixed.image, cpu), phi, cfg)
+    phi = refine_on_fixed_grid(pair.fixed.image, pair.moving.image, field, cfg, torch.device("cpu"))
     seconds = time.perf_counter() - tick
-    return grid.voxel_to_field(refined[0].numpy()), seconds
+    return Grid.of(pair.fixed.image).voxel_to_field(phi), seconds
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
             seconds = {}
 
             def register(pair: SubjectPair, cfg=cfg, seconds=seconds) -> ev.Registered:
-                field, seconds["s"] = refine_on_fixed_grid(pair, fields[pair.name], cfg)
+                field, seconds["s"] = refined(pair, fields[pair.name], cfg)
                 return field, resample_through(field, pair.moving.labels, sitk.sitkNearestNeighbor)
 
             row = ev.score_pair(ev.Method(text, register, {}), pair, source.label_values)

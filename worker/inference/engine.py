@@ -203,6 +203,31 @@ def _composed(grid: Grid, phi: np.ndarray, init: sitk.Transform | None) -> sitk.
     return grid.displacement_of(both)
 
 
+def refine_on_fixed_grid(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    start: sitk.Image,
+    cfg: refine_config.RefineConfig,
+    device: torch.device,
+    init: sitk.Transform | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """The displacement ``start`` (mm, on ``fixed``'s own grid) refined there by ``cfg``
+    against ``moving`` resampled onto that grid through ``init``: a voxel field (dim, *shape)
+    on that grid. ``refine_native`` after the model's grid, and the benchmark that measured
+    it (``benchmarks/native_grid_refine.py``)."""
+    grid = Grid.of(fixed)
+    refined = refine_config.refine(
+        model_input(grid.resample(moving, init), device),
+        model_input(fixed, device),
+        torch.from_numpy(grid.field_to_voxel(start, np.float32))[None].to(device),
+        cfg,
+        progress,
+    )
+    _synchronize(device)
+    return refined[0].float().cpu().numpy()
+
+
 def _synchronize(device: torch.device) -> None:
     """Wait for the GPU, so the seconds measured are the work's."""
     if device.type == "cuda":
@@ -288,21 +313,20 @@ def register_images(
             if progress is not None:
                 progress(native_offset + done, overall)
 
-        # The field so far (before the initial alignment) in voxels of the fixed grid, refined
-        # there against the moving image on that grid after the initial alignment.
-        mm = fixed_grid.resample(grid.voxel_to_field(phi_model))
-        phi_fixed = refine_config.refine(
-            model_input(fixed_grid.resample(moving, init_transform), engine.device),
-            model_input(fixed, engine.device),
-            torch.from_numpy(fixed_grid.field_to_voxel(mm, np.float32))[None].to(engine.device),
+        # The field so far, before the initial alignment, refined on the fixed grid.
+        phi_fixed = refine_on_fixed_grid(
+            fixed,
+            moving,
+            fixed_grid.resample(grid.voxel_to_field(phi_model)),
             native,
+            engine.device,
+            init_transform,
             native_progress,
         )
-        _synchronize(engine.device)
         timings["refine_native"] = time.perf_counter() - start
         start = time.perf_counter()
         # Made on the fixed grid, the field's inverse is solved there too.
-        field_model = _composed(fixed_grid, phi_fixed[0].float().cpu().numpy(), init_transform)
+        field_model = _composed(fixed_grid, phi_fixed, init_transform)
         on_fixed = field_model
     else:
         start = time.perf_counter()
