@@ -48,6 +48,11 @@ def paired_difference(a: Mapping[str, float], b: Mapping[str, float]) -> PairedD
     return PairedDifference(int(d.size), mean, ci95, p, int((d > 0).sum()), int((d < 0).sum()))
 
 
+def _methods(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The methods in the order the rows first name them (the first is the one compared)."""
+    return list(dict.fromkeys(r["method"] for r in rows))
+
+
 def _by_pair(rows: Sequence[Mapping[str, Any]], method: str, key: str) -> dict[str, float]:
     return {r["pair"]: float(r.get(key, math.nan)) for r in rows if r["method"] == method}
 
@@ -68,7 +73,7 @@ def _table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
 
 def paired_section(rows: Sequence[Mapping[str, Any]], key: str = "dice_mean") -> list[str]:
     """The first method against each other one, pair by pair."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = _methods(rows)
     first = _by_pair(rows, methods[0], key)
     lines = []
     for other in methods[1:]:
@@ -98,7 +103,7 @@ def paired_section(rows: Sequence[Mapping[str, Any]], key: str = "dice_mean") ->
 
 def pairs_section(rows: Sequence[Mapping[str, Any]], key: str = "dice_mean") -> list[str]:
     """Each pair's Dice under each method."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = _methods(rows)
     scores = {m: _by_pair(rows, m, key) for m in methods}
     pairs = list(dict.fromkeys(r["pair"] for r in rows))
     lines = [[p, *(_cell(scores[m].get(p, math.nan)) for m in methods)] for p in pairs]
@@ -112,7 +117,7 @@ def structures_section(
 ) -> list[str]:
     """Mean Dice of each structure under each method; with more than one method, where the
     first one is ahead and where it is behind, most behind first."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = _methods(rows)
     names = {label: (label_names or {}).get(label, str(label)) for label in labels}
     means = {
         m: {
@@ -155,7 +160,7 @@ def markdown(
 ) -> str:
     """``comparison.md`` of ``riir evaluate``: the paired comparison (with more than one
     method), each pair's Dice, and each structure's (with more than one structure)."""
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = _methods(rows)
     parts: list[str] = [f"# {title or 'Comparison'}", ""]
     if len(methods) > 1:
         parts += [*paired_section(rows), ""]
