@@ -70,10 +70,9 @@ HELP = {
     "settings kept at their size in millimetres, so a scan finer than the model's grid is "
     "aligned in its own detail (brain-3d works at 2 mm: on two 1-mm OASIS brains 8 steps "
     "raised Dice from 0.796 / 0.791 to 0.816 / 0.807; ANTs SyNCC 0.817 / 0.821). A step "
-    "costs in "
-    "proportion to the voxels: 4-5 s for a 160x192x224 brain on two CPU cores, which is why "
-    "the shipped models leave it off; reported as seconds.refine_native (default: the "
-    "model's own, 0 for the shipped ones)",
+    "costs in proportion to the voxels: 4-5 s for a 160x192x224 brain on two CPU cores, "
+    "which is why the shipped models leave it off; reported as seconds.refine_native "
+    "(default: the model's own, 0 for the shipped ones)",
     "interpolation": "how the warped image is resampled through the field: 'linear' "
     "averages neighbouring voxels, which smooths noise; 'bspline' (cubic B-spline) and 'sinc' "
     "(Lanczos-windowed sinc, radius 3) keep the moving image's noise and edges, for maps fitted "

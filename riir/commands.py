@@ -153,16 +153,14 @@ def _summary(report: dict[str, Any], out: Path) -> str:
         f"model {model['name']} ({model['version']}) on {report['device']}, "
         f"{report['seconds']['total']:.1f} s"
     ]
-    if report.get("refine"):
-        refine_s = report["seconds"].get("refine")
-        spent = f", {refine_s:.1f} s" if refine_s is not None else ""  # a series: per frame
-        lines.append(f"test-time refinement: {report['refine']} steps{spent}")
-    if report.get("refine_native"):
-        native_s = report["seconds"].get("refine_native")
-        spent = f", {native_s:.1f} s" if native_s is not None else ""
-        lines.append(
-            f"refinement on the fixed image's grid: {report['refine_native']} steps{spent}"
-        )
+    for key, what in (
+        ("refine", "test-time refinement"),
+        ("refine_native", "refinement on the fixed image's grid"),
+    ):
+        if report.get(key):
+            seconds = report["seconds"].get(key)  # absent for a series: it times the whole
+            spent = f", {seconds:.1f} s" if seconds is not None else ""
+            lines.append(f"{what}: {report[key]} steps{spent}")
     if "similarity_after" in report:
         before, after = report["similarity_before"], report["similarity_after"]
         lines.append(f"NCC {before['ncc']:.4f} -> {after['ncc']:.4f}")
