@@ -106,6 +106,8 @@ def test_fine_steps_continue_the_shrunk_grids_answer_on_the_full_grid():
     assert dataclasses.replace(cfg, steps=0, fine_steps=30).total_steps == 0  # refine 0: none
     with pytest.raises(ValueError, match="fine_steps needs shrink"):
         RefineConfig(fine_steps=5)
+    with pytest.raises(ValueError, match="ncc_window must be odd"):
+        RefineConfig(ncc_window=4)  # a box with no centre: refused before any work
 
 
 def test_the_refinements_volume_term_charges_volume_change_and_not_shear():

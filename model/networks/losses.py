@@ -7,9 +7,9 @@ both the inner loss whose gradient drives RIIR and a term of the outer training 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from conventions.options import SIMILARITIES
 from model.networks.metrics import determinant
@@ -22,29 +22,110 @@ def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
     Interior voxels use (x[i+1] - x[i-1]) / 2, borders the one-sided difference; this is the
     image gradient the analytic MSE gradient needs and the Jacobian of a displacement.
     """
-    grads = [torch.gradient(x, dim=2 + d)[0] for d in range(x.dim() - 2)]
-    return torch.stack(grads, dim=2)
+    return torch.stack([central_difference(x, 2 + d) for d in range(x.dim() - 2)], dim=2)
 
 
 def mse(warped: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
     return (warped - fixed).pow(2).mean()
 
 
-def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Local mean over a window^D box, separably (cost 3 w instead of w^3 per voxel).
+# Linear operators on the CPU's hot path, each with a hand-written adjoint. Autograd's own
+# backward of the slices they are made of zero-fills a whole copy of the input for every slice
+# (a quarter of a refinement step on a 1-mm brain), and ``avg_pool3d``'s kernel is not
+# vectorised. Each adjoint runs through ``_Linear`` again, so second derivatives (RIIR's inner
+# gradient under ``create_graph``) work too. ``dim`` is a tensor axis.
 
-    Zero padding counted in the mean, as VoxelMorph's NCC does; the border effect is the same
-    for both images so it cancels in the correlation.
-    """
-    spatial = x.dim() - 2
-    pool = F.avg_pool2d if spatial == 2 else F.avg_pool3d
-    for d in range(spatial):
-        kernel = [1] * spatial
-        kernel[d] = window
-        padding = [0] * spatial
-        padding[d] = window // 2
-        x = pool(x, kernel_size=kernel, stride=1, padding=padding, count_include_pad=True)
-    return x
+
+def _central(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.gradient(x, dim=dim)[0]``: (x[i+1] - x[i-1]) / 2 inside, one-sided at the ends."""
+    n, out = x.shape[dim], torch.empty_like(x)
+    torch.sub(x.narrow(dim, 2, n - 2), x.narrow(dim, 0, n - 2), out=out.narrow(dim, 1, n - 2))
+    out.narrow(dim, 1, n - 2).mul_(0.5)
+    out.narrow(dim, 0, 1).copy_(x.narrow(dim, 1, 1) - x.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1) - x.narrow(dim, n - 2, 1))
+    return out
+
+
+def _central_adjoint(g: torch.Tensor, dim: int) -> torch.Tensor:
+    n, out = g.shape[dim], torch.zeros_like(g)
+    half = g.narrow(dim, 1, n - 2) * 0.5
+    out.narrow(dim, 2, n - 2).add_(half)
+    out.narrow(dim, 0, n - 2).sub_(half)
+    for end, inner in ((0, 1), (n - 1, n - 2)):
+        edge = g.narrow(dim, end, 1)
+        out.narrow(dim, max(end, inner), 1).add_(edge)
+        out.narrow(dim, min(end, inner), 1).sub_(edge)
+    return out
+
+
+def _forward(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.diff(x, dim=dim)``: x[i+1] - x[i], one shorter along ``dim``."""
+    n = x.shape[dim]
+    return x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
+
+
+def _forward_adjoint(g: torch.Tensor, dim: int) -> torch.Tensor:
+    shape = list(g.shape)
+    shape[dim] += 1
+    out = g.new_zeros(shape)
+    out.narrow(dim, 1, g.shape[dim]).add_(g)
+    out.narrow(dim, 0, g.shape[dim]).sub_(g)
+    return out
+
+
+def _box(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean over a window^D box centred on each voxel, zero outside ``x``: along one axis at a
+    time (cost D·w per voxel, not w^D), each offset added in place into the shifted slice.
+    The centred box with zero padding is its own adjoint."""
+    for dim in range(2, x.dim()):
+        n, out = x.shape[dim], x.clone()
+        for k in range(1, min(window // 2, n - 1) + 1):
+            out.narrow(dim, k, n - k).add_(x.narrow(dim, 0, n - k))
+            out.narrow(dim, 0, n - k).add_(x.narrow(dim, k, n - k))
+        x = out
+    return x.div_(float(window ** (x.dim() - 2)))
+
+
+# name: (the operator, its adjoint's name)
+_OPERATORS: dict[str, tuple[Callable[[torch.Tensor, int], torch.Tensor], str]] = {
+    "central": (_central, "central_adjoint"),
+    "central_adjoint": (_central_adjoint, "central"),
+    "forward": (_forward, "forward_adjoint"),
+    "forward_adjoint": (_forward_adjoint, "forward"),
+    "box": (_box, "box"),
+}
+
+
+class _Linear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, name: str, arg: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.name, ctx.arg = name, arg
+        return _OPERATORS[name][0](x, arg)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return _Linear.apply(grad, _OPERATORS[ctx.name][1], ctx.arg), None, None
+
+
+def central_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.gradient(x, dim=dim)[0]`` (unit spacing), with a cheaper backward."""
+    if x.shape[dim] < 2:
+        raise ValueError(f"a central difference needs 2 or more samples along axis {dim}")
+    return _Linear.apply(x, "central", dim)  # type: ignore[no-any-return]
+
+
+def forward_difference(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``torch.diff(x, dim=dim)``, with a cheaper backward."""
+    return _Linear.apply(x, "forward", dim)  # type: ignore[no-any-return]
+
+
+def _box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Local mean over a window^D box (``window`` odd, so the box has a centre), zero padding
+    counted in the mean, as VoxelMorph's NCC does; the border effect is the same for both
+    images so it cancels in the correlation."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the NCC window must be an odd number of voxels, not {window}")
+    return _Linear.apply(x, "box", window)  # type: ignore[no-any-return]
 
 
 def box_statistics(image: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +198,7 @@ def diffusion(displacement: torch.Tensor) -> torch.Tensor:
     voxels, components and axes — VoxelMorph's ``Grad('l2')``, the definition the paper's
     λ values (0.05 MSE, 0.1 NMI) were tuned with. It is mean ‖∇phi‖² divided by D²."""
     spatial = displacement.dim() - 2
-    terms = [torch.diff(displacement, dim=2 + d).pow(2).mean() for d in range(spatial)]
+    terms = [forward_difference(displacement, 2 + d).pow(2).mean() for d in range(spatial)]
     return torch.stack(terms).mean()
 
 
@@ -129,7 +210,7 @@ def log_jacobian(displacement: torch.Tensor, floor: float = 1e-2) -> torch.Tenso
     # grad[k][c] = d phi_c / d x_k. Taken apart by unbind, whose backward stacks the parts:
     # indexing one stacked (B, D, D, *S) gradient instead zero-fills a whole copy of it for
     # each of the D² entries in the backward pass (a fifth of a refinement step on a brain).
-    grad = [torch.gradient(displacement, dim=2 + k)[0].unbind(1) for k in range(d)]
+    grad = [central_difference(displacement, 2 + k).unbind(1) for k in range(d)]
     # j[c][k] = d(x_c + phi_c) / d x_k, its determinant written out by the evaluation's own
     # formula: on a 2-mm brain grid ~0.6× the cost of torch.linalg.det over 3×3 batches.
     j = [[grad[k][c] + (1.0 if c == k else 0.0) for k in range(d)] for c in range(d)]

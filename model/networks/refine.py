@@ -112,6 +112,8 @@ class RefineConfig:
         for name in ("steps", "ncc_window", "stride", "margin", "shrink", "fine_steps"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be a whole number")
+        if isinstance(self.ncc_window, int) and self.ncc_window % 2 == 0:
+            problems.append("ncc_window must be odd (a box centred on each voxel)")
         if self.fine_steps and self.shrink == 1:
             problems.append("fine_steps needs shrink > 1 (on the model's grid, give steps)")
         if self.similarity not in SIMILARITIES:

@@ -21,9 +21,15 @@ SEED = 1  # the metric's random samples (0 would mean the clock): one answer for
 # The affine's pyramid: image shrink factor and smoothing (mm) per level, coarse to fine. It
 # stops at half the image's resolution: on real 1 mm brains (160x192x224) a last level at full
 # resolution took 12 of a registration's 19 s and changed no Dice (the network works at 2 mm;
-# the measurement: docs/method.md, section E).
+# the measurement: docs/method.md, section E). On images larger than BIN_SHRINK_VOXELS the
+# finest level's shrink is done once, by averaging 2^D voxels (``sitk.BinShrink``), before the
+# registration starts: its pyramid then smooths images an eighth the size (on those brains
+# 1.3 s instead of 3.4 s, the Dice of the six validation pairs unchanged). Smaller images, the
+# 2-mm IXI heads say, keep the exact pyramid: there it saved 0.4 s, and its answer moved as
+# much as another random seed moves it.
 SHRINK_FACTORS = (4, 2)
 SMOOTHING_MM = (2.0, 1.0)
+BIN_SHRINK_VOXELS = 4_000_000
 
 
 def initial_transform(fixed: sitk.Image, moving: sitk.Image, init: str) -> sitk.Transform | None:
@@ -38,10 +44,12 @@ def initial_transform(fixed: sitk.Image, moving: sitk.Image, init: str) -> sitk.
 
 def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     """Affine transform (fixed point -> moving point) maximising Mattes MI, coarse to fine."""
-    fixed, moving = (sitk.Cast(i, sitk.sitkFloat32) for i in (fixed, moving))
     start = sitk.AffineTransform(fixed.GetDimension())
     start.SetCenter(tuple(float(v) for v in Grid.of(fixed).center()))
     start.SetTranslation(tuple(float(v) for v in center_offset(fixed, moving)))
+    # The pyramid shrinks the fixed image (the points sampled); the moving one it only smooths.
+    first = SHRINK_FACTORS[-1] if fixed.GetNumberOfPixels() > BIN_SHRINK_VOXELS else 1
+    fixed, moving = (_averaged(sitk.Cast(i, sitk.sitkFloat32)) for i in (fixed, moving))
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -51,7 +59,7 @@ def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
         learningRate=1.0, minStep=1e-4, numberOfIterations=100, relaxationFactor=0.6
     )
     method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(list(SHRINK_FACTORS))
+    method.SetShrinkFactorsPerLevel([f // first for f in SHRINK_FACTORS])
     method.SetSmoothingSigmasPerLevel(list(SMOOTHING_MM))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(start, inPlace=False)
@@ -60,3 +68,11 @@ def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     if isinstance(found, sitk.CompositeTransform) and found.GetNumberOfTransforms() == 1:
         found = found.GetNthTransform(0)
     return found
+
+
+def _averaged(image: sitk.Image) -> sitk.Image:
+    """``image`` averaged over 2^D-voxel bins when it is larger than BIN_SHRINK_VOXELS."""
+    if image.GetNumberOfPixels() <= BIN_SHRINK_VOXELS:
+        return image
+    factor = SHRINK_FACTORS[-1]
+    return sitk.BinShrink(image, [min(factor, n) for n in image.GetSize()])
