@@ -24,8 +24,9 @@ from conventions.errors import InputError
 
 MAX_STEPS = 50  # recurrent steps T a request may ask for (the paper trains with T = 6)
 MAX_REFINE = 200  # test-time refinement steps a request may ask for (~0.1 s each at 64³)
-# Steps on the fixed scan's own grid a request may ask for (~4-5 s each for a 1-mm brain on
-# two CPU cores: 50 of them take about four minutes; on the OASIS brains 16 gained no more than 8).
+# Steps on the fixed scan's own grid a request may ask for (~1.5 s each for a 1-mm brain on
+# two CPU cores, after 3-4 s of setting up: 50 take under 2 minutes; on the OASIS brains 16
+# gained no more than 8).
 MAX_REFINE_NATIVE = 50
 
 Init = Literal["physical", "center", "affine"]
@@ -70,8 +71,9 @@ HELP = {
     "settings kept at their size in millimetres, so a scan finer than the model's grid is "
     "aligned in its own detail (brain-3d works at 2 mm: on two 1-mm OASIS brains 8 steps "
     "raised Dice from 0.796 / 0.791 to 0.816 / 0.807; ANTs SyNCC 0.817 / 0.821). A step "
-    "costs in proportion to the voxels: 4-5 s for a 160x192x224 brain on two CPU cores, "
-    "which is why the shipped models leave it off; reported as seconds.refine_native "
+    "costs in proportion to the voxels: about 1.5 s for a 160x192x224 brain on two CPU "
+    "cores, after 3-4 s to set the grid up, which is why the shipped models leave it off; "
+    "reported as seconds.refine_native "
     "(default: the model's own, 0 for the shipped ones)",
     "interpolation": "how the warped image is resampled through the field: 'linear' "
     "averages neighbouring voxels, which smooths noise; 'bspline' (cubic B-spline) and 'sinc' "
