@@ -22,7 +22,7 @@ from conventions.grid import Grid
 from model.training.datasets import SubjectPair, open_source
 from model.training.evaluate import Method, model_method, score_pair, summarise
 from worker.inference.engine import resample_through
-from worker.inference.inverse import ITERATIONS, MAX_ERROR_MM
+from worker.inference.inverse import solve
 
 
 def main() -> int:
@@ -40,14 +40,7 @@ def main() -> int:
     def inverted(pair: SubjectPair) -> sitk.Image:
         """The model's fixed -> moving field, inverted onto the fixed grid."""
         backward, _ = forward.register(SubjectPair(pair.moving, pair.fixed))
-        inverse = sitk.InvertDisplacementField(
-            backward,
-            maximumNumberOfIterations=ITERATIONS,
-            maxErrorToleranceThreshold=MAX_ERROR_MM,
-            meanErrorToleranceThreshold=MAX_ERROR_MM / 10,
-            enforceBoundaryCondition=False,
-        )
-        return Grid.of(pair.fixed.image).resample(inverse)
+        return Grid.of(pair.fixed.image).resample(solve(backward))
 
     def scored(field: sitk.Image, pair: SubjectPair) -> tuple[sitk.Image, sitk.Image]:
         return field, resample_through(field, pair.moving.labels, sitk.sitkNearestNeighbor)

@@ -35,6 +35,17 @@ class Inverse:
     consistency: dict[str, Any]  # the inverse-consistency error on the fixed grid (mm)
 
 
+def solve(field: sitk.Image) -> sitk.Image:
+    """``field``'s inverse on ``field``'s own lattice, by ITK's fixed-point iteration."""
+    return sitk.InvertDisplacementField(
+        field,
+        maximumNumberOfIterations=ITERATIONS,
+        maxErrorToleranceThreshold=MAX_ERROR_MM,
+        meanErrorToleranceThreshold=MAX_ERROR_MM / 10,
+        enforceBoundaryCondition=False,
+    )
+
+
 def invert(field: sitk.Image, moving: sitk.Image, solved_on: sitk.Image | None = None) -> Inverse:
     """``field``'s inverse on ``moving``'s grid, and the inverse-consistency error on
     ``field``'s grid. ``solved_on``: the same field on the model's grid, where the inversion
@@ -42,13 +53,7 @@ def invert(field: sitk.Image, moving: sitk.Image, solved_on: sitk.Image | None =
     lattice = field
     if solved_on is not None and np.prod(solved_on.GetSize()) < np.prod(field.GetSize()):
         lattice = solved_on
-    on_fixed = sitk.InvertDisplacementField(
-        lattice,
-        maximumNumberOfIterations=ITERATIONS,
-        maxErrorToleranceThreshold=MAX_ERROR_MM,
-        meanErrorToleranceThreshold=MAX_ERROR_MM / 10,
-        enforceBoundaryCondition=False,
-    )
+    on_fixed = solve(lattice)
     grid = Grid.of(field)
     transform = sitk.DisplacementFieldTransform(sitk.Image(field))
     back = grid.resample(on_fixed, transform, extrapolate=False)  # v(x + u(x))
