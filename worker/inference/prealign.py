@@ -48,8 +48,8 @@ def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     start.SetCenter(tuple(float(v) for v in Grid.of(fixed).center()))
     start.SetTranslation(tuple(float(v) for v in center_offset(fixed, moving)))
     # The pyramid shrinks the fixed image (the points sampled); the moving one it only smooths.
-    first = SHRINK_FACTORS[-1] if fixed.GetNumberOfPixels() > BIN_SHRINK_VOXELS else 1
-    fixed, moving = (_averaged(sitk.Cast(i, sitk.sitkFloat32)) for i in (fixed, moving))
+    fixed, first = _averaged(sitk.Cast(fixed, sitk.sitkFloat32))
+    moving, _ = _averaged(sitk.Cast(moving, sitk.sitkFloat32))
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -70,9 +70,10 @@ def affine(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
     return found
 
 
-def _averaged(image: sitk.Image) -> sitk.Image:
-    """``image`` averaged over 2^D-voxel bins when it is larger than BIN_SHRINK_VOXELS."""
+def _averaged(image: sitk.Image) -> tuple[sitk.Image, int]:
+    """``image`` averaged over bins of the finest level's shrink factor along each axis when
+    it is larger than BIN_SHRINK_VOXELS, and the factor it was shrunk by (1: not at all)."""
     if image.GetNumberOfPixels() <= BIN_SHRINK_VOXELS:
-        return image
+        return image, 1
     factor = SHRINK_FACTORS[-1]
-    return sitk.BinShrink(image, [min(factor, n) for n in image.GetSize()])
+    return sitk.BinShrink(image, [min(factor, n) for n in image.GetSize()]), factor
