@@ -1,5 +1,6 @@
 """Training-pair augmentation: one transform for both images and labels, labels kept
-discrete, simulations with a true field untouched, the same draw for the same seed."""
+discrete, simulations with a true field untouched, the same draw for the same seed; the
+elastic deformation one smooth field per image, within its amplitude."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import numpy as np
 import pytest
 
 from conventions.errors import InputError
-from model.training.augment import affine_augmented, flipped, gamma_augmented
+from model.training.augment import (
+    _bspline_basis,
+    affine_augmented,
+    elastic_augmented,
+    flipped,
+    gamma_augmented,
+)
 from model.training.config import TrainConfig
 from model.training.datasets import Pair
 
@@ -73,6 +80,7 @@ def test_a_pair_with_a_true_field_is_not_moved():
     pair.truth = np.zeros((2, 32, 28), np.float32)
     rng = np.random.default_rng(0)
     assert affine_augmented(pair, rng, 20, 0.1) is pair and flipped(pair, rng) is pair
+    assert elastic_augmented(pair, rng, 3) is pair
 
 
 def test_gamma_changes_contrast_per_image_and_keeps_order_and_labels():
@@ -86,6 +94,48 @@ def test_gamma_changes_contrast_per_image_and_keeps_order_and_labels():
 
 
 def test_bad_augmentation_settings_are_refused():
-    for values in ({"affine_scale": 1.0}, {"affine_rotate": -1.0}, {"intensity_gamma": -0.1}):
+    for values in (
+        {"affine_scale": 1.0},
+        {"affine_rotate": -1.0},
+        {"intensity_gamma": -0.1},
+        {"elastic": -1.0},
+    ):
         with pytest.raises(InputError):
             TrainConfig.from_dict({"data": "x", **values}).check()
+
+
+@pytest.mark.parametrize("shape", [(40, 36), (30, 28, 26)])
+def test_elastic_bends_each_image_with_its_own_labels(shape):
+    pair = _labelled(shape)
+    same = Pair(pair.fixed, pair.fixed.copy(), pair.fixed_labels, pair.fixed_labels.copy())
+    bent = elastic_augmented(same, np.random.default_rng(4), amplitude=3)
+    # two new shapes: a pair with no deformation between its images now has one
+    assert not np.array_equal(bent.moving_labels, bent.fixed_labels)
+    for image, labels in ((bent.fixed, bent.fixed_labels), (bent.moving, bent.moving_labels)):
+        assert labels.dtype == np.int32 and set(np.unique(labels)) <= {0, 1, 2, 3}
+        gap = np.abs(image * 3 - labels)  # the image and its labels moved together
+        assert gap.max() < 0.9 and gap.mean() < 0.05
+        # a bend, not a shift: the boxes' sizes are roughly kept, their voxels moved
+        assert labels.astype(bool).sum() == pytest.approx(
+            same.fixed_labels.astype(bool).sum(), rel=0.15
+        )
+        assert not np.array_equal(labels, same.fixed_labels)
+    again = elastic_augmented(same, np.random.default_rng(4), amplitude=3)
+    assert np.array_equal(again.moving, bent.moving)
+    assert elastic_augmented(same, np.random.default_rng(4), amplitude=0) is same
+
+
+def test_elastic_field_is_a_partition_of_unity_so_it_stays_within_the_amplitude():
+    for n in (7, 28, 64, 65):
+        basis = _bspline_basis(n)
+        assert np.all(basis >= 0) and np.allclose(basis.sum(1), 1)
+    # labels move by at most the amplitude: a one-voxel point moves no further
+    shape = (48, 48)
+    dot = np.zeros(shape, np.int32)
+    dot[24, 24] = 1
+    pair = Pair(dot.astype(np.float32), dot.astype(np.float32), dot, dot.copy())
+    for seed in range(5):
+        bent = elastic_augmented(pair, np.random.default_rng(seed), amplitude=2)
+        for labels in (bent.moving_labels, bent.fixed_labels):
+            if labels.any():
+                assert np.abs(np.argwhere(labels) - 24).max() <= 2 + 1  # + nearest rounding

@@ -54,7 +54,13 @@ from model.networks.checkpoint import (
 )
 from model.networks.losses import diffusion, similarity_loss, soft_dice, volume_change
 from model.networks.warp import resize, warp
-from model.training.augment import affine_augmented, flipped, gamma_augmented, reversed_pair
+from model.training.augment import (
+    affine_augmented,
+    elastic_augmented,
+    flipped,
+    gamma_augmented,
+    reversed_pair,
+)
 from model.training.config import TrainConfig, model_config
 from model.training.datasets import Pair, PairSource, Preprocessing, open_source, prepare_pair
 
@@ -310,6 +316,7 @@ class PairStream:
             pair = pair.crop(self.cfg.crop, rng) if self.cfg.crop else pair
             if self.cfg.flip:
                 pair = flipped(pair, rng)
+            pair = elastic_augmented(pair, rng, self.cfg.elastic)
             pair = affine_augmented(pair, rng, self.cfg.affine_rotate, self.cfg.affine_scale)
             pair = gamma_augmented(pair, rng, self.cfg.intensity_gamma)
             pairs.append(pair)
