@@ -88,7 +88,8 @@ def _bspline_basis(n: int) -> np.ndarray:
     """(n, controls) weights of cubic B-spline control points every
     ``ELASTIC_CONTROL_SPACING`` voxels, one beyond each end, so the weights of every voxel
     sum to 1. The field is then a product of one small matrix per axis, smooth (C²) and
-    cheap: ~5 ms for a 64³ crop where a cubic zoom takes 80 ms a component."""
+    cheap: 4 ms for the three components on a 64³ crop, where a cubic zoom takes 80 ms for
+    each."""
     u = np.arange(n) / ELASTIC_CONTROL_SPACING
     t = np.abs(u[:, None] - np.arange(-1, math.ceil(u[-1]) + 2)[None, :])
     return np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
@@ -107,9 +108,9 @@ def elastic_augmented(pair: Pair, rng: np.random.Generator, amplitude: float) ->
     axes = "abc"[: len(shape)]
     spread = ",".join(f"{a}{a.upper()}" for a in axes) + f",{axes.upper()}->{axes}"
     grid = np.indices(shape, dtype=np.float64)
+    size = (len(shape), *(b.shape[1] for b in bases))
 
     def bend(image: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        size = (len(shape), *(b.shape[1] for b in bases))
         controls = rng.uniform(-amplitude, amplitude, size=size)
         where = grid + np.stack([np.einsum(spread, *bases, c, optimize=True) for c in controls])
         moved = ndimage.map_coordinates(image, where, order=1, mode="nearest").astype(np.float32)
