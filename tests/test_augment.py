@@ -80,7 +80,7 @@ def test_a_pair_with_a_true_field_is_not_moved():
     pair.truth = np.zeros((2, 32, 28), np.float32)
     rng = np.random.default_rng(0)
     assert affine_augmented(pair, rng, 20, 0.1) is pair and flipped(pair, rng) is pair
-    assert elastic_augmented(pair, rng, 3) is pair
+    assert elastic_augmented(pair, rng, 3, 8) is pair
 
 
 def test_gamma_changes_contrast_per_image_and_keeps_order_and_labels():
@@ -99,6 +99,7 @@ def test_bad_augmentation_settings_are_refused():
         {"affine_rotate": -1.0},
         {"intensity_gamma": -0.1},
         {"elastic": -1.0},
+        {"elastic_spacing": 1},
     ):
         with pytest.raises(InputError):
             TrainConfig.from_dict({"data": "x", **values}).check()
@@ -108,7 +109,7 @@ def test_bad_augmentation_settings_are_refused():
 def test_elastic_bends_each_image_with_its_own_labels(shape):
     pair = _labelled(shape)
     same = Pair(pair.fixed, pair.fixed.copy(), pair.fixed_labels, pair.fixed_labels.copy())
-    bent = elastic_augmented(same, np.random.default_rng(4), amplitude=3)
+    bent = elastic_augmented(same, np.random.default_rng(4), amplitude=3, spacing=8)
     # two new shapes: a pair with no deformation between its images now has one
     assert not np.array_equal(bent.moving_labels, bent.fixed_labels)
     for image, labels in ((bent.fixed, bent.fixed_labels), (bent.moving, bent.moving_labels)):
@@ -120,22 +121,24 @@ def test_elastic_bends_each_image_with_its_own_labels(shape):
             same.fixed_labels.astype(bool).sum(), rel=0.15
         )
         assert not np.array_equal(labels, same.fixed_labels)
-    again = elastic_augmented(same, np.random.default_rng(4), amplitude=3)
+    again = elastic_augmented(same, np.random.default_rng(4), amplitude=3, spacing=8)
     assert np.array_equal(again.moving, bent.moving)
-    assert elastic_augmented(same, np.random.default_rng(4), amplitude=0) is same
+    assert elastic_augmented(same, np.random.default_rng(4), amplitude=0, spacing=8) is same
 
 
 def test_elastic_field_is_a_partition_of_unity_so_it_stays_within_the_amplitude():
     for n in (7, 28, 64, 65):
-        basis = _bspline_basis(n)
-        assert np.all(basis >= 0) and np.allclose(basis.sum(1), 1)
+        for spacing in (4, 8, 16):
+            basis = _bspline_basis(n, spacing)
+            assert np.all(basis >= 0) and np.allclose(basis.sum(1), 1)
+            assert basis.shape[1] == -(-(n - 1) // spacing) + 3  # one beyond each end
     # labels move by at most the amplitude: a one-voxel point moves no further
     shape = (48, 48)
     dot = np.zeros(shape, np.int32)
     dot[24, 24] = 1
     pair = Pair(dot.astype(np.float32), dot.astype(np.float32), dot, dot.copy())
     for seed in range(5):
-        bent = elastic_augmented(pair, np.random.default_rng(seed), amplitude=2)
+        bent = elastic_augmented(pair, np.random.default_rng(seed), amplitude=2, spacing=8)
         for labels in (bent.moving_labels, bent.fixed_labels):
             if labels.any():
                 assert np.abs(np.argwhere(labels) - 24).max() <= 2 + 1  # + nearest rounding

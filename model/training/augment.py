@@ -78,33 +78,27 @@ def affine_augmented(pair: Pair, rng: np.random.Generator, rotate_deg: float, sc
     )
 
 
-# Control points of the elastic deformation, in voxels of the working grid: the field
-# bends a 64³ hippocampus crop or a cardiac slice in a few places, a shape change between
-# subjects, not a texture.
-ELASTIC_CONTROL_SPACING = 8
-
-
-def _bspline_basis(n: int) -> np.ndarray:
-    """(n, controls) weights of cubic B-spline control points every
-    ``ELASTIC_CONTROL_SPACING`` voxels, one beyond each end, so the weights of every voxel
-    sum to 1. The field is then a product of one small matrix per axis, smooth (C²) and
-    cheap: 4 ms for the three components on a 64³ crop, where a cubic zoom takes 80 ms for
-    each."""
-    u = np.arange(n) / ELASTIC_CONTROL_SPACING
+def _bspline_basis(n: int, spacing: int) -> np.ndarray:
+    """(n, controls) weights of cubic B-spline control points every ``spacing`` voxels,
+    one beyond each end, so the weights of every voxel sum to 1. The field is then a
+    product of one small matrix per axis, smooth (C²) and cheap: 4 ms for the three
+    components on a 64³ crop, where a cubic zoom takes 80 ms for each."""
+    u = np.arange(n) / spacing
     t = np.abs(u[:, None] - np.arange(-1, math.ceil(u[-1]) + 2)[None, :])
     return np.where(t < 1, 2 / 3 - t**2 + t**3 / 2, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
 
 
-def elastic_augmented(pair: Pair, rng: np.random.Generator, amplitude: float) -> Pair:
+def elastic_augmented(pair: Pair, rng: np.random.Generator, amplitude: float, spacing: int) -> Pair:
     """Each image of the pair, with its labels, deformed by its own random smooth field:
-    cubic B-spline control points every ``ELASTIC_CONTROL_SPACING`` voxels, each component
-    drawn uniformly from [-amplitude, amplitude] voxels (the field stays within it). Images
-    are resampled linearly, labels by nearest neighbour, the edge repeated outside the grid
-    (the crops' own padding)."""
+    cubic B-spline control points every ``spacing`` voxels (8 bends a 64³ hippocampus crop
+    in a few places: a shape change, not a texture), each component drawn uniformly from
+    [-amplitude, amplitude] voxels (the field stays within it). Images are resampled
+    linearly, labels by nearest neighbour, the edge repeated outside the grid (the crops'
+    own padding)."""
     if pair.truth is not None or amplitude <= 0:
         return pair
     shape = pair.fixed.shape
-    bases = [_bspline_basis(n) for n in shape]
+    bases = [_bspline_basis(n, spacing) for n in shape]
     axes = "abc"[: len(shape)]
     spread = ",".join(f"{a}{a.upper()}" for a in axes) + f",{axes.upper()}->{axes}"
     grid = np.indices(shape, dtype=np.float64)

@@ -154,6 +154,12 @@ class TrainConfig:
         "(docs/method.md, N)",
         metavar="VOXELS",
     )
+    elastic_spacing: int = setting(
+        8,
+        "voxels between the control points of --elastic's field: larger bends the anatomy "
+        "more smoothly, over longer stretches",
+        metavar="VOXELS",
+    )
     intensity_gamma: float = setting(
         0.0,
         "augmentation: each training image's intensities raised to exp(u), u uniform in "
@@ -238,6 +244,8 @@ class TrainConfig:
             raise InputError(f"affine_scale must lie in [0, 1); got {self.affine_scale}")
         if self.affine_rotate < 0 or self.intensity_gamma < 0 or self.elastic < 0:
             raise InputError("affine_rotate, elastic and intensity_gamma must not be negative")
+        if self.elastic_spacing < 2:
+            raise InputError(f"elastic_spacing must be at least 2; got {self.elastic_spacing}")
         if self.segmentation_pretraining < 0:
             raise InputError("segmentation_pretraining must not be negative")
         segments = self.segmentation_weight > 0 or self.segmentation_pretraining > 0

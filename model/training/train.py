@@ -316,7 +316,7 @@ class PairStream:
             pair = pair.crop(self.cfg.crop, rng) if self.cfg.crop else pair
             if self.cfg.flip:
                 pair = flipped(pair, rng)
-            pair = elastic_augmented(pair, rng, self.cfg.elastic)
+            pair = elastic_augmented(pair, rng, self.cfg.elastic, self.cfg.elastic_spacing)
             pair = affine_augmented(pair, rng, self.cfg.affine_rotate, self.cfg.affine_scale)
             pair = gamma_augmented(pair, rng, self.cfg.intensity_gamma)
             pairs.append(pair)
