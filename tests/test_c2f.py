@@ -353,6 +353,10 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
                 "0.1",
                 "--intensity-gamma",
                 "0.3",
+                "--elastic",
+                "2",
+                "--elastic-spacing",
+                "4",
                 "--both-directions",
                 "--threads",
                 "1",
@@ -368,6 +372,8 @@ def test_c2f_trains_through_the_cli_with_the_new_outer_loss_options(tmp_path):
     model, meta = load_checkpoint(run / "checkpoint.pt")
     assert meta["arch"] == "c2f" and model.config.level_steps == (1, 1)
     assert "val_dice" in meta["training"]["final_metrics"]
+    settings = json.loads((run / "config.json").read_text())
+    assert settings["elastic"] == 2 and settings["elastic_spacing"] == 4  # recorded to resume
     rows = (run / "log.csv").read_text().splitlines()
     column = rows[0].split(",").index("volume_change")
     assert all(float(row.split(",")[column]) >= 0 for row in rows[1:])  # logged every iteration
