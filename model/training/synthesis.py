@@ -434,16 +434,23 @@ def _interpolation_matrix(coarse: int, fine: int) -> np.ndarray:
     return matrix
 
 
-def upsample(field: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Linear (align-corners) upsampling of a channel-first array (C, *coarse) to (C, *shape).
-
-    Separable: one small matrix product per axis, far faster than ``map_coordinates``.
-    """
-    out = np.asarray(field, dtype=np.float32)
-    for axis, n in enumerate(shape):
-        matrix = _interpolation_matrix(out.shape[1 + axis], int(n)).astype(np.float32)
+def separable(field: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray:
+    """A channel-first array (C, *coarse) through one (fine, coarse) weight matrix per axis:
+    (C, *fine). One small matrix product per axis, far faster than ``map_coordinates``."""
+    out = field
+    for axis, matrix in enumerate(matrices):
         out = np.moveaxis(np.tensordot(matrix, out, axes=(1, 1 + axis)), 0, 1 + axis)
     return np.ascontiguousarray(out)
+
+
+def upsample(field: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Linear (align-corners) upsampling of a channel-first array (C, *coarse) to (C, *shape)."""
+    field = np.asarray(field, dtype=np.float32)
+    matrices = [
+        _interpolation_matrix(c, int(n)).astype(np.float32)
+        for c, n in zip(field.shape[1:], shape, strict=True)
+    ]
+    return separable(field, matrices)
 
 
 def _compose_self(u: np.ndarray) -> np.ndarray:
