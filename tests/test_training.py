@@ -120,6 +120,42 @@ def test_acdc_pairs_split_by_patient_in_both_directions(acdc):
     assert directions == {"ED", "ES"}
 
 
+def test_acdc_mid_slices_are_those_showing_every_structure_in_both_frames(tmp_path):
+    """Slice 0 shows RV, myocardium and LV in both frames; slice 1's ES frame lacks the RV
+    (a basal slice after through-plane motion); slice 2's ED frame has no labels at all."""
+    root = tmp_path / "acdc"
+    root.mkdir()
+    full = np.zeros((24, 20), np.uint8)
+    full[2:8], full[8:14], full[14:20] = 1, 2, 3
+    no_rv = np.where(full == 1, 0, full)
+    for p in range(4):
+        for frame, labels in ((1, [full, full, 0 * full]), (2, [full, no_rv, full])):
+            with h5py.File(root / f"patient{p:03d}_frame0{frame}.h5", "w") as f:
+                f["image"] = np.stack([blobs((24, 20), seed=p + k) for k in range(3)])
+                f["label"] = np.stack(labels)
+    source = AcdcPairs(root, val_count=1)
+    test_patients = len(source.split.test)
+
+    def slices(pairs):
+        return sorted({p.fixed.name.rsplit("_s", 1)[1] for p in pairs})
+
+    assert slices(source.pairs("test")) == ["00", "01"]
+    assert len(source.pairs("test")) == 2 * test_patients
+    assert slices(source.pairs("test", slices="mid")) == ["00"]
+    assert len(source.pairs("test", slices="mid", direction="ED->ES")) == test_patients
+    with pytest.raises(InputError, match="choose labelled, mid"):
+        source.pairs("test", slices="basal")
+    # riir evaluate draws the same pairs and records which slices it scored.
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--out", str(out), "--data", str(root), "--data-kind", "acdc"]
+    argv += ["--data-option", "val_count=1", "--slices", "mid", "--identity", "--quiet"]
+    assert main(argv) == 0
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["slices"] == "mid" and evaluation["direction"] == "ES->ED"
+    (identity,) = evaluation["summary"]
+    assert identity["pairs"] == test_patients and identity["dice_mean"] == pytest.approx(1.0)
+
+
 def test_series_pairs_register_frames_to_the_template(tmp_path):
     frames = []
     for k in range(4):

@@ -20,6 +20,9 @@ from model.networks.configs import setting
 
 # model.training.datasets' sources
 DATA_KINDS = ("folder", "acdc", "series", "brain", "brain-real", "qmri")
+# Which ACDC slices make the fixed pairs (``AcdcPairs.pairs``): every slice labelled in both
+# frames, or the mid-ventricular ones, where the RV, myocardium and LV all show in both.
+ACDC_SLICES = ("labelled", "mid")
 WEIGHTS = ("uniform", "exponential")
 # --best-by -> the validation metric and its sign in a higher-is-better score
 BEST_BY = {"dice": ("val_dice", 1.0), "epe": ("val_epe_mm", -1.0)}

@@ -43,7 +43,7 @@ from conventions.errors import InputError
 from conventions.grid import Grid, model_grid
 from conventions.intensity import normalize
 from model.training import qmri
-from model.training.config import DATA_KINDS
+from model.training.config import ACDC_SLICES, DATA_KINDS
 
 SPLITS = ("train", "val", "test")
 ACDC_SPACING_MM = 1.5  # the HDF5 files keep no spacing; ACDC's in-plane spacing is ~1.5 mm
@@ -438,13 +438,29 @@ class AcdcPairs(PairSource):
         return SubjectPair(frames[fixed], frames[moving])
 
     def pairs(
-        self, split: str, count: int | None = None, seed: int = 0, direction: str = "ES->ED"
+        self,
+        split: str,
+        count: int | None = None,
+        seed: int = 0,
+        direction: str = "ES->ED",
+        slices: str = "labelled",
     ) -> list[SubjectPair]:
+        """``slices`` "labelled": every slice labelled in both frames, the basal and apical
+        ones included, where a structure may show in one frame only (through-plane motion
+        moves the base between ED and ES) and no in-plane field can score on it; "mid":
+        the mid-ventricular slices, where all three structures show in both frames."""
+        if slices not in ACDC_SLICES:
+            raise InputError(f"unknown ACDC slices '{slices}'; choose {', '.join(ACDC_SLICES)}")
+        wanted = set(self.LABELS) if slices == "mid" else set()
         moving, fixed = direction.split("->")
         out = []
         for patient in self.split[split]:
             for frames in self.slices[patient]:
-                if all(sitk.GetArrayViewFromImage(frames[p].labels).any() for p in ("ED", "ES")):
+                shown = [
+                    set(np.unique(sitk.GetArrayViewFromImage(frames[p].labels)).tolist()) - {0}
+                    for p in ("ED", "ES")
+                ]
+                if all(labels and wanted <= labels for labels in shown):
                     out.append(SubjectPair(frames[fixed], frames[moving]))
         if count is not None and count < len(out):
             chosen = np.random.default_rng(seed).choice(len(out), count, replace=False)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from conventions.errors import InputError
 from model.networks import architectures
 from model.networks.configs import default_of
-from model.training.config import TrainConfig
+from model.training.config import ACDC_SLICES, TrainConfig
 
 if TYPE_CHECKING:
     from model.training.datasets import PairSource, SubjectPair
@@ -159,6 +159,13 @@ def add_pair_options(p: argparse.ArgumentParser, split: str = "test") -> None:
         choices=("ES->ED", "ED->ES"),
         help="ACDC: moving->fixed phase (default ES->ED)",
     )
+    group.add_argument(
+        "--slices",
+        default=ACDC_SLICES[0],
+        choices=ACDC_SLICES,
+        help="ACDC: every slice labelled in both frames (labelled, the default), or only the "
+        "mid-ventricular ones, where the RV, myocardium and LV all show in both (mid)",
+    )
 
 
 def chosen_pairs(args: argparse.Namespace) -> tuple[PairSource, list[SubjectPair]]:
@@ -180,8 +187,10 @@ def chosen_pairs(args: argparse.Namespace) -> tuple[PairSource, list[SubjectPair
 
 def pair_options(args: argparse.Namespace, source: PairSource) -> dict[str, Any]:
     """What of ``add_pair_options``' flags the source's ``pairs`` takes beyond the split and
-    count: the ACDC direction, for ACDC only (what the evaluation also records)."""
-    return {"direction": args.direction} if source.description["kind"] == "acdc" else {}
+    count: the ACDC direction and slices, for ACDC only (what the evaluation also records)."""
+    if source.description["kind"] != "acdc":
+        return {}
+    return {"direction": args.direction, "slices": args.slices}
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
