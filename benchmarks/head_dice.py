@@ -7,6 +7,12 @@ validation reads them (``model.training.train.label_map``) and are scored agains
 labels (``model.networks.metrics.dice``), as ``val_segmentation_dice`` is during training.
 An image is scored once even when it is the fixed image of several pairs.
 
+Two more columns say where the head errs. "whole": the Dice of all labels taken as one
+structure against the background, so a swap between two labels (the hippocampus' head and
+tail) does not count. "own grid": the head's label map on its own grid, scored against the
+labels averaged onto that grid (``benchmarks/label_resolution.py``'s pooling), so what the
+grid cannot resolve does not count either.
+
 PYTHONPATH=. python benchmarks/head_dice.py --model hippocampus-3d \
     --data ../data/hippocampus/train --splits train val --pairs 20
 """
@@ -21,8 +27,9 @@ import torch
 from conventions import catalog
 from model.networks.checkpoint import load_checkpoint
 from model.networks.metrics import dice
+from model.networks.warp import resize
 from model.training.datasets import Preprocessing, open_source, prepare_pair
-from model.training.train import label_map
+from model.training.train import label_map, one_hot
 
 
 def main() -> None:
@@ -42,8 +49,10 @@ def main() -> None:
     pre = Preprocessing.of_meta(meta)
     source = open_source(args.data_kind, args.data)
     values = source.label_values
-    print(f"| split | images | Dice | {' | '.join(f'label {v}' for v in values)} |")
-    print(f"|---|---:|---:|{'---:|' * len(values)}")
+    print(
+        f"| split | images | Dice | {' | '.join(f'label {v}' for v in values)} | whole | own grid |"
+    )
+    print(f"|---|---:|---:|{'---:|' * (len(values) + 2)}")
     for split in args.splits:
         scores, seen = [], set()
         for subject_pair in source.pairs(split, args.pairs):
@@ -55,12 +64,20 @@ def main() -> None:
                 continue
             with torch.no_grad():
                 _, logits = model.encode(torch.from_numpy(pair.fixed)[None, None].float())
+            labels = pair.fixed_labels
             segmented = label_map(logits, pair.fixed.shape, values)
-            d = dice(pair.fixed_labels, segmented, values)
-            scores.append([d[v] for v in values])
-        table = np.asarray(scores)  # (images, labels)
-        columns = " | ".join(f"{x:.3f}" for x in np.nanmean(table, 0))
-        print(f"| {split} | {len(table)} | {np.nanmean(table, 1).mean():.3f} | {columns} |")
+            d = dice(labels, segmented, values)
+            whole = dice((labels > 0).astype(np.int32), (segmented > 0).astype(np.int32), [1])
+            pooled = resize(one_hot(torch.from_numpy(labels)[None, None], values), logits.shape[2:])
+            own = dice(
+                pooled.argmax(1)[0].numpy(), logits.argmax(1)[0].numpy(), range(1, 1 + len(values))
+            )
+            per_label = [d[v] for v in values]
+            scores.append(
+                [np.nanmean(per_label), *per_label, whole[1], np.nanmean([*own.values()])]
+            )
+        table = np.nanmean(np.asarray(scores), 0)  # over images: Dice, each label, whole, own
+        print(f"| {split} | {len(scores)} | {' | '.join(f'{x:.3f}' for x in table)} |")
 
 
 if __name__ == "__main__":
