@@ -411,9 +411,15 @@ def test_unet_encoder_keeps_odd_grids_and_its_head_adds_class_probabilities(d):
     assert [t.shape for t in model.last_logits] == [logits.shape, logits.shape]
 
 
-def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_path, capsys):
-    """``--segmentation-weight`` adds the head's loss (logged); without a head it is an input
-    error, and a head with the wrong class count says which to set."""
+def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(
+    tmp_path, capsys, monkeypatch
+):
+    """``--segmentation-weight`` adds the head's loss (logged), in pretraining and jointly,
+    on the head's grid or with ``--segmentation-on-image`` on the image's; without a head it is
+    an input error, and a head with the wrong class count says which to set."""
+    from model.training import train
+    from model.training.train import segmentation_loss
+
     folder = labelled_folder(tmp_path / "data", (16, 16, 16), count=8)
     base = ["train", "--data", str(folder), "--arch", "c2f", "--iterations", "2"]
     base += ["--validate-every", "2", "--val-pairs", "1", "--hidden-channels", "4", "4"]
@@ -428,11 +434,51 @@ def test_the_segmentation_loss_trains_the_head_and_is_refused_without_one(tmp_pa
     assert 0 <= float(column["val_segmentation_dice"][-1]) <= 1
     model, _ = load_checkpoint(run / "checkpoint.pt")
     assert model.segmentation is not None and model.config.encoder_depth == 1
+    # With the loss on the image's grid, in pretraining (iteration 1) and jointly (2).
+    forms = []
+
+    def recorded(logits, batch, on_image=False):
+        forms.append(on_image)
+        return segmentation_loss(logits, batch, on_image)
+
+    monkeypatch.setattr(train, "segmentation_loss", recorded)
+    on_image = tmp_path / "on-image"
+    argv = [*base, "--out", str(on_image), "--segmentation-classes", "3"]
+    argv += ["--segmentation-weight", "1", "--segmentation-pretraining", "1"]
+    assert main([*argv, "--segmentation-on-image"]) == 0
+    assert forms == [True, True]
+    assert json.loads((on_image / "config.json").read_text())["segmentation_on_image"] is True
     assert main([*base, "--out", str(tmp_path / "no-head"), "--segmentation-weight", "1"]) != 0
     assert "--segmentation-classes" in capsys.readouterr().err
     wrong = [*base, "--out", str(tmp_path / "wrong"), "--segmentation-classes", "2"]
     assert main([*wrong, "--segmentation-weight", "1"]) != 0
     assert "set --segmentation-classes 3" in capsys.readouterr().err
+
+
+def test_the_segmentation_loss_on_the_image_fits_the_outline_the_head_grid_blurs():
+    """Free logits on a grid half the labels' size, fitted by each form of the loss and read
+    as validation reads a head (``label_map``: upsampled, then argmax). Against labels
+    averaged onto the coarse grid they learn that blurred outline; against the labels on
+    their own grid (``on_image``, ``--segmentation-on-image``), the outline itself."""
+    from model.networks.metrics import dice
+    from model.training.train import Batch, label_map, one_hot, segmentation_loss
+
+    n = 16
+    z, y, x = np.mgrid[:n, :n, :n]
+    labels = ((z - 7.3) ** 2 + (y - 8.1) ** 2 / 0.5 + (x - 7.6) ** 2 < 5.2**2).astype(np.int32)
+    onehot = one_hot(torch.from_numpy(labels)[None, None], [1])
+    batch = Batch(torch.zeros(1, 1, n, n, n), torch.zeros(1, 1, n, n, n))
+    batch.moving_onehot = batch.fixed_onehot = onehot
+    scores = {}
+    for on_image in (False, True):
+        logits = torch.zeros(1, 2, n // 2, n // 2, n // 2, requires_grad=True)
+        optimizer = torch.optim.Adam([logits], lr=0.1)
+        for _ in range(200):
+            optimizer.zero_grad()
+            segmentation_loss((logits, logits), batch, on_image).backward()
+            optimizer.step()
+        scores[on_image] = dice(labels, label_map(logits.detach(), (n, n, n), [1]), [1])[1]
+    assert scores[False] < 0.97 and scores[True] > 0.99
 
 
 def test_a_separately_pretrained_encoder_joins_a_run_under_its_cell(tmp_path, capsys):

@@ -125,6 +125,13 @@ class TrainConfig:
         metavar="N",
         group="outer loss",
     )
+    segmentation_on_image: bool = setting(
+        False,
+        "the segmentation loss on the head's logits upsampled to the image's grid, against "
+        "the labels themselves (how validation reads the head), instead of on the head's "
+        "grid against labels averaged onto it",
+        group="outer loss",
+    )
     masked_similarity: bool = setting(
         False,
         "L_sim only over the real image (the fixed image's box where consecutive slices "

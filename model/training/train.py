@@ -227,9 +227,12 @@ def outer_loss(
     return total, parts
 
 
-def segmentation_loss(logits: tuple[torch.Tensor, torch.Tensor], batch: Batch) -> torch.Tensor:
+def segmentation_loss(
+    logits: tuple[torch.Tensor, torch.Tensor], batch: Batch, on_image: bool = False
+) -> torch.Tensor:
     """Soft Dice + cross-entropy of the encoder head's logits of both images (moving, fixed)
-    against their labels, pooled down to the logits' grid (soft targets at the boundaries)."""
+    against their labels, pooled down to the logits' grid (soft targets at the boundaries),
+    or ``on_image``: the logits upsampled to the labels' grid, as ``label_map`` reads them."""
     total = batch.fixed.new_zeros(())
     pairs = zip(logits, (batch.moving_onehot, batch.fixed_onehot), strict=True)
     for image_logits, onehot in pairs:
@@ -239,7 +242,10 @@ def segmentation_loss(logits: tuple[torch.Tensor, torch.Tensor], batch: Batch) -
                 f"{onehot.shape[1]} (background + labels): set --segmentation-classes "
                 f"{onehot.shape[1]}"
             )
-        target = resize(onehot, tuple(image_logits.shape[2:]))
+        if on_image:
+            image_logits, target = resize(image_logits, tuple(onehot.shape[2:])), onehot
+        else:
+            target = resize(onehot, tuple(image_logits.shape[2:]))
         cross_entropy = -(target * image_logits.log_softmax(1)).sum(1).mean()
         total = total + 0.5 * (soft_dice(image_logits.softmax(1), target) + cross_entropy)
     return total
@@ -259,17 +265,20 @@ def registration_loss(
         phis, batch, weights, similarity, cfg.lam, cfg.dice_weight, mask, cfg.volume_weight
     )
     if cfg.segmentation_weight > 0 and batch.fixed_onehot is not None:
-        seg = segmentation_loss(model.last_logits, batch)
+        seg = segmentation_loss(model.last_logits, batch, cfg.segmentation_on_image)
         loss = loss + cfg.segmentation_weight * seg
         parts["segmentation_loss"] = seg.item()
     return loss, parts
 
 
-def pretraining_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+def pretraining_loss(
+    model: nn.Module, batch: Batch, cfg: TrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
     """The segmentation loss of the encoder and its head alone (no registration)."""
     if batch.fixed_onehot is None:
         raise InputError("--segmentation-pretraining needs labelled pairs")
-    loss = segmentation_loss((model.encode(batch.moving)[1], model.encode(batch.fixed)[1]), batch)
+    logits = (model.encode(batch.moving)[1], model.encode(batch.fixed)[1])
+    loss = segmentation_loss(logits, batch, cfg.segmentation_on_image)
     return loss, {"segmentation_loss": loss.item()}
 
 
@@ -603,7 +612,7 @@ def _train(
         with_labels = cfg.dice_weight > 0 or cfg.segmentation_weight > 0 or pretraining
         for batch in to_batches(pairs, labels, device, with_labels):
             if pretraining:
-                loss, terms = pretraining_loss(model, batch)
+                loss, terms = pretraining_loss(model, batch, cfg)
             else:
                 loss, terms = registration_loss(model, batch, cfg, similarity)
             share = batch.fixed.shape[0] / len(pairs)
