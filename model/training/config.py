@@ -129,7 +129,8 @@ class TrainConfig:
         False,
         "the segmentation loss on the head's logits upsampled to the image's grid, against "
         "the labels themselves (how validation reads the head), instead of on the head's "
-        "grid against labels averaged onto it",
+        "grid against labels averaged onto it. It raised the hippocampus head's validation "
+        "Dice, not the registration's (docs/method.md, Q)",
         group="outer loss",
     )
     masked_similarity: bool = setting(
