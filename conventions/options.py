@@ -84,6 +84,12 @@ HELP = {
     "(default: linear)",
     "template": "index of the template frame, negative counts from the end (default: -1, "
     "the last frame, as in the RIIR paper)",
+    "keep_still": "return the frames that did not move as acquired: a zero field and the "
+    "frame itself, not resampled. A frame counts as still when its field is no larger than "
+    "the fields a model fits to the noise and the changing contrast of a series without "
+    "motion: under about a voxel over most of the grid and two at most (metrics.json gives "
+    "the rule, each frame's field size and the frames kept). Real motion that small is then "
+    "not corrected (default: the model's own: on for qmri-2d, off for the others)",
 }
 
 
@@ -111,7 +117,9 @@ class RegistrationOptions(BaseModel):
         "refine",
         "refine_native",
         "interpolation",
+        "keep_still",  # SeriesOptions'
         mode="before",
+        check_fields=False,
     )
     @classmethod
     def _blank_is_default(cls, value: object, info: ValidationInfo) -> object:
@@ -125,6 +133,7 @@ class SeriesOptions(RegistrationOptions):
     """What a user may choose for a series registration."""
 
     template: int = Field(default=-1, description=HELP["template"])
+    keep_still: bool | None = Field(default=None, description=HELP["keep_still"])
 
 
 # A DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters.

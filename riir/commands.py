@@ -113,6 +113,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         help="4-D series (X, Y, Z, frames), or a DICOM series of 2-D frames (folder or .zip)",
     )
     p.add_argument("--template", type=int, default=-1, metavar="N", help=HELP["template"])
+    p.add_argument("--keep-still", action=argparse.BooleanOptionalAction, help=HELP["keep_still"])
     _add_model_options(p)
     p.set_defaults(run=run_register_series)
 
@@ -170,6 +171,9 @@ def _summary(report: dict[str, Any], out: Path) -> str:
             f"D_PCA1 {b['d_pca1']:.4f} -> {a['d_pca1']:.4f}, "
             f"D_PCA2 {b['d_pca2']:.4f} -> {a['d_pca2']:.4f}"
         )
+    if report.get("kept_still"):
+        frames = ", ".join(str(i) for i in report["kept_still"])
+        lines.append(f"frames kept as acquired (still): {frames}")
     jac = report["jacobian"]
     lines.append(
         f"std log|J| {jac['std_log_jacobian']:.4f}, folding {jac['folding_percent']:.4f} %"

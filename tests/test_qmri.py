@@ -191,6 +191,70 @@ def test_register_series_output_is_comparable_with_the_truth(tmp_path):
     assert after < 0.5 * before
 
 
+def test_register_series_returns_still_frames_as_acquired(tmp_path, capsys):
+    """A frame whose field is as small as a model's fit to noise comes back as acquired (a
+    zero field, the frame itself) where the model's card or the request says so; a frame
+    that moved is registered either way; a card with a bad value is refused as it loads."""
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.descent import Descent, DescentConfig
+    from riir.cli import main
+
+    model = tmp_path / "descent2d.pt"
+    descent = Descent(DescentConfig(spatial_dims=2, iterations=200, step=1.0, sigma=3.0))
+    meta = {"name": "descent-2d", "version": "test", "preprocessing": {"keep_still": True}}
+    save_checkpoint(model, descent, "descent", meta)
+    series = simulate_series(
+        "molli",
+        shape=(64, 64),
+        spacing_mm=3.0,
+        motion_mm=20.0,
+        noise="none",
+        times=[2201.0, 3118.0, 4118.0],
+    )
+    series.frames[0] = series.reference[0]  # frame 0 does not move; frame 1 moves ~8 mm
+    path = write_nifti(series, tmp_path / "series.nii.gz")
+
+    def run(*flags: str) -> tuple[dict, np.ndarray, np.ndarray]:
+        out = tmp_path / ("out" + "".join(flags))
+        argv = ["register-series", str(path), "--out", str(out), "--model", str(model)]
+        assert main([*argv, "--quiet", *flags]) == 0
+        fields = [
+            sitk.GetArrayFromImage(
+                sitk.ReadImage(str(out / "displacements" / f"frame_{i:03d}.nii.gz"))
+            )
+            for i in range(3)
+        ]
+        warped = nib.load(out / "warped.nii.gz").get_fdata()
+        return json.loads((out / "metrics.json").read_text()), np.stack(fields), warped
+
+    report, fields, warped = run()  # the model's own choice
+    assert report["keep_still"] is True and report["kept_still"] == [0]
+    size = report["frame_motion"]
+    assert (
+        size[0]["max_voxels"] < 0.5 and size[1]["p95_voxels"] > 1.5 and size[2]["max_voxels"] == 0
+    )
+    assert np.all(fields[0] == 0) and np.abs(fields[1]).max() > 3.0
+    acquired = nib.load(path).get_fdata()
+    np.testing.assert_allclose(warped[..., 0], acquired[..., 0], atol=1e-4)
+    assert report["pca_after"]["d_pca1"] < report["pca_before"]["d_pca1"]
+
+    report, fields, warped = run("--no-keep-still")
+    assert report["keep_still"] is False and report["kept_still"] == []
+    assert 0 < np.abs(fields[0]).max() < 1.0  # the small field a still frame would have had
+    assert np.abs(warped[..., 0] - acquired[..., 0]).max() > 1e-3
+
+    meta["preprocessing"] = {}  # a model that does not say: its still frames are registered
+    save_checkpoint(model, descent, "descent", meta)
+    assert run()[0]["kept_still"] == [] and run("--keep-still")[0]["kept_still"] == [0]
+
+    meta["preprocessing"] = {"keep_still": "yes"}
+    save_checkpoint(model, descent, "descent", meta)
+    argv = ["register-series", str(path), "--out", str(tmp_path / "refused"), "--quiet"]
+    assert main([*argv, "--model", str(model)]) != 0
+    refused = "keep_still (meta.preprocessing): it must be true or false, not 'yes'"
+    assert refused in capsys.readouterr().err
+
+
 def test_frame_tissue_maps_move_with_the_frames():
     # Each frame's tissue map is the template's map seen through the true field: warping it
     # back must give the template map, up to pixels on the borders (4-mm pixels, nearest).
@@ -260,6 +324,35 @@ def test_simulated_pairs_carry_the_truth_and_evaluate_reports_the_end_point_erro
     assert "end-point error (mm)" in (out / "summary.md").read_text()
     summary = json.loads((out / "evaluation.json").read_text())["summary"]
     assert summary[0]["epe_mm"] == pytest.approx(np.mean([float(r["epe_mm"]) for r in rows]))
+
+
+def test_evaluate_registers_series_frames_as_register_series_does(tmp_path):
+    """A model that keeps still frames as acquired scores them as a zero field in
+    ``riir evaluate`` too (frames of a simulated series are a series' frames): each frame's
+    error is either the registration's or no registration's, and both occur."""
+    from model.networks.checkpoint import save_checkpoint
+    from model.networks.descent import Descent, DescentConfig
+    from riir.cli import main
+
+    descent = Descent(DescentConfig(spatial_dims=2, iterations=200, step=1.0, sigma=3.0))
+    for name, keep in (("keep", True), ("plain", False)):
+        meta = {"name": name, "version": "test", "preprocessing": {"keep_still": keep}}
+        save_checkpoint(tmp_path / f"{name}.pt", descent, "descent", meta)
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--data-kind", "qmri", "--data", "molli", "--identity", "--quiet"]
+    argv += ["--model", str(tmp_path / "keep.pt"), "--model", str(tmp_path / "plain.pt")]
+    for option in ("series=1", "shape=[48,48]", "spacing_mm=4.0"):
+        argv += ["--data-option", option]
+    assert main([*argv, "--out", str(out)]) == 0
+    with (out / "pairs.csv").open() as f:
+        epe = {(r["method"], r["pair"]): float(r["epe_mm"]) for r in csv.DictReader(f)}
+    pairs = sorted({pair for _, pair in epe})
+    kept = [epe["keep", p] == pytest.approx(epe["identity", p]) for p in pairs]
+    registered = [epe["keep", p] == pytest.approx(epe["plain", p]) for p in pairs]
+    assert all(k or r for k, r in zip(kept, registered, strict=True))
+    assert any(kept) and any(registered) and not all(kept)
+    methods = json.loads((out / "evaluation.json").read_text())["methods"]
+    assert methods["keep"]["keep_still"] is True and methods["plain"]["keep_still"] is False
 
 
 def test_training_validation_scores_the_end_point_error_on_the_native_grid(tmp_path):

@@ -262,6 +262,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 args.init,
                 args.refine,
                 args.refine_native,
+                series=source.series,
             )
         )
     if args.identity:

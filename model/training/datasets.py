@@ -33,7 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import SimpleITK as sitk
@@ -223,6 +223,9 @@ class PairSource:
     label_values: tuple[int, ...] = ()  # labels scored and supervised (0 = background)
     description: dict[str, Any] = field(default_factory=dict)
     label_names: dict[int, str] = field(default_factory=dict)  # for tables: RV, Left-Caudate
+    # Pairs that are frames of one series with its template frame: a model registers them
+    # as ``register-series`` does (where the model says so, its still frames kept as acquired).
+    series: ClassVar[bool] = False
 
     def sample(self, rng: np.random.Generator) -> SubjectPair:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -629,6 +632,7 @@ class SimulatedSeriesPairs(PairSource):
 
     LABELS = {3: "lung", 4: "liver", 5: "LV", 6: "RV", 7: "myocardium"}
     SEEDS = {"test": 0, "val": 10_000, "train": 20_000}
+    series = True
 
     def __init__(
         self,

@@ -64,15 +64,19 @@ def model_method(
     init: str | None = None,
     refine: int | None = None,
     refine_native: int | None = None,
+    series: bool = False,
 ) -> Method:
     """A shipped model (name) or checkpoint (path), run through the inference engine, after
     the initial alignment ``init`` and with ``refine`` test-time refinement steps on the
     model's grid and ``refine_native`` on the fixed image's (their time counted in the
-    model's)."""
+    model's). Pairs of a ``series`` (frames and their template) are registered as
+    ``register-series`` registers them: a frame the model keeps as acquired, because its
+    field is as small as a fit to noise (``worker.inference.still``), scores a zero field."""
 
     from conventions import catalog
-    from conventions.options import RegistrationOptions, check
+    from conventions.options import RegistrationOptions, SeriesOptions, check
     from model.networks.checkpoint import load_checkpoint
+    from worker.inference import still
     from worker.inference.device import select_device
     from worker.inference.engine import Engine, register_images, resample_through
 
@@ -81,14 +85,18 @@ def model_method(
     model, meta = load_checkpoint(path, torch_device)
     engine = Engine(model, meta, Path(path), torch_device)
     options = check(
-        RegistrationOptions,
+        SeriesOptions if series else RegistrationOptions,
         {"steps": steps, "init": init, "refine": refine, "refine_native": refine_native},
     )
+    keep_still = series and engine.keeps_still(options)
 
     def register(pair: SubjectPair) -> Registered:
-        reg = register_images(engine, pair.fixed.image, pair.moving.image, options)
-        warped = resample_through(reg.field, pair.moving.labels, sitk.sitkNearestNeighbor)
-        return reg.field, warped
+        field = register_images(engine, pair.fixed.image, pair.moving.image, options).field
+        if keep_still and still.is_still(still.motion_of(field)):
+            grid = Grid.of(field)
+            field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+        warped = resample_through(field, pair.moving.labels, sitk.sitkNearestNeighbor)
+        return field, warped
 
     name = label or meta.get("name", Path(path).stem)
     return Method(
@@ -103,6 +111,7 @@ def model_method(
             "arch": meta.get("arch"),
             "version": meta.get("version"),
             "options": options.model_dump(mode="json", exclude_none=True),
+            **({"keep_still": keep_still} if series else {}),
         },
     )
 

@@ -39,6 +39,7 @@ def test_a_job_record_round_trips_to_the_same_typed_options() -> None:
         refine_native=2,
         interpolation="sinc",
         template=2,
+        keep_still=False,
     )
     assert options.check(options.SeriesOptions, asked.model_dump()) == asked
 
@@ -48,6 +49,12 @@ def test_an_untouched_form_field_or_an_absent_flag_means_the_default() -> None:
     assert options.check(options.RegistrationOptions, blank) == options.RegistrationOptions()
     absent = {name: None for name in options.RegistrationOptions.model_fields}
     assert options.check(options.RegistrationOptions, absent).interpolation == "linear"
+    # A series' yes/no option: blank is the model's own choice; the form's words are read.
+    assert options.check(options.SeriesOptions, {"keep_still": ""}).keep_still is None
+    assert options.check(options.SeriesOptions, {"keep_still": "false"}).keep_still is False
+    assert options.check(options.SeriesOptions, {"keep_still": "true"}).keep_still is True
+    with pytest.raises(InputError, match="keep_still"):
+        options.check(options.SeriesOptions, {"keep_still": "perhaps"})
 
 
 @pytest.mark.parametrize(

@@ -133,6 +133,10 @@ def test_a_job_from_the_form_is_shown_in_the_viewer(
     # The series form has its own fields (from the same schema); then back to a pair.
     browser.find_element(By.CSS_SELECTOR, ".tabs button[data-kind=series]").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form [name=template]"))
+    # A yes/no option is a choice, its blank the model's own (keep_still: true, false or "").
+    keep = Select(browser.find_element(By.CSS_SELECTOR, "#submit-form [name=keep_still]"))
+    assert [o.get_attribute("value") for o in keep.options] == ["", "true", "false"]
+    assert keep.first_selected_option.get_attribute("value") == ""
     assert not browser.find_elements(By.CSS_SELECTOR, "#submit-form [name=fixed]")
     browser.find_element(By.CSS_SELECTOR, ".tabs button[data-kind=pair]").click()
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#submit-form [name=fixed]"))

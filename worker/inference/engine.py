@@ -25,7 +25,7 @@ from conventions import catalog
 from conventions.errors import InputError, ModelNotFoundError
 from conventions.grid import INTERPOLATORS, Grid, model_grid
 from conventions.intensity import normalize
-from conventions.options import RegistrationOptions
+from conventions.options import RegistrationOptions, SeriesOptions
 from model.networks import refine as refine_config
 from model.networks.checkpoint import load_checkpoint
 from worker.inference.prealign import initial_transform
@@ -97,6 +97,14 @@ class Engine:
             self.refine_native_steps(options),
         )
 
+    def keeps_still(self, options: SeriesOptions) -> bool:
+        """Whether a series registration returns its still frames as acquired
+        (``worker.inference.still``): the request's choice, else the model's own
+        (``meta.preprocessing.keep_still``), else not."""
+        if options.keep_still is not None:
+            return options.keep_still
+        return bool(self.preprocessing.get("keep_still", False))
+
     def progress_steps(self, options: RegistrationOptions) -> int:
         """The steps ``register_images`` reports for one registration: the network's, the
         refinement's on the model's grid and on the fixed image's, then one for resampling
@@ -122,8 +130,8 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
     """Cached per (file, version on disk, device): a replaced checkpoint is loaded afresh."""
     model, meta = load_checkpoint(path, device)
     engine = Engine(model, meta, Path(path), torch.device(device))
-    # The model's default refinement is checked here, once, so a bad model file is refused
-    # as such when it loads rather than failing each request that uses it.
+    # The model's defaults (refinement, still frames) are checked here, once, so a bad model
+    # file is refused as such when it loads rather than failing each request that uses it.
     refine = engine.preprocessing.get("refine")
     try:
         for name in ("refine", "refine_native"):
@@ -136,6 +144,12 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
             f"model file '{Path(path).name}' has unusable refinement settings "
             f"(meta.preprocessing): {exc}"
         ) from None
+    keep_still = engine.preprocessing.get("keep_still")
+    if keep_still is not None and not isinstance(keep_still, bool):
+        raise ModelNotFoundError(
+            f"model file '{Path(path).name}' has an unusable keep_still "
+            f"(meta.preprocessing): it must be true or false, not {keep_still!r}"
+        )
     if refine or engine.preprocessing.get("refine_native"):
         # A process's first Adam imports torch._dynamo (0.7 s on a 2-core CPU): for a model
         # that refines by default it is paid here, once, not inside its first request.

@@ -27,6 +27,7 @@ from conventions.header import DEFAULT_LIMITS, Limits
 from conventions.intensity import normalize
 from conventions.options import RegistrationOptions, SeriesOptions
 from model.networks import metrics
+from worker.inference import still
 from worker.inference.device import select_device
 from worker.inference.engine import (
     Engine,
@@ -268,7 +269,10 @@ def register_series_file(
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
     grid = Grid.of(fixed)
 
+    keep_still = engine.keeps_still(options)
+    zero = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
     warped_frames, before, after, jacobians, phis = [], [], [], [], []
+    sizes, kept_still = [], []
     for i, frame in enumerate(frames):
 
         def frame_progress(t: int, total: int, i: int = i) -> None:
@@ -276,12 +280,15 @@ def register_series_file(
                 progress(i * per_frame + t, overall)
 
         if i == template:  # the template stays where it is: a zero field, not a registration
-            field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
-            moved, initial = frame, frame
+            field, moved, initial = zero, frame, frame
             frame_progress(per_frame, per_frame)
         else:
             reg = register_images(engine, fixed, frame, options, progress=frame_progress)
             field, moved, initial = reg.field, reg.warped, reg.initial
+        sizes.append(still.motion_of(field))
+        if i != template and keep_still and still.is_still(sizes[-1]):
+            field, moved = zero, frame  # as acquired: frames of a series share one grid
+            kept_still.append(i)
         imageio.write_displacement(
             imageio.restore_layout(field, frames_as_read[template]),
             artifacts.frame_path(out_dir, i),
@@ -304,6 +311,10 @@ def register_series_file(
             "pca_before": metrics.pca_groupwise(np.stack(before)),
             "pca_after": metrics.pca_groupwise(np.stack(after)),
             "jacobian": metrics.jacobian_stats(np.stack(jacobians)),
+            "keep_still": keep_still,
+            "still_rule": {"p95_voxels": still.P95_VOXELS, "max_voxels": still.MAX_VOXELS},
+            "frame_motion": [{k: round(v, 4) for k, v in size.items()} for size in sizes],
+            "kept_still": kept_still,
         }
     )
     shown = (template + 1) % n  # a frame that was registered

@@ -9,6 +9,7 @@ function choices(schema) {
   // pydantic writes an optional enum as anyOf [{enum}, {type: null}]
   const options = [schema, ...(schema.anyOf || [])];
   for (const option of options) if (option.enum) return option.enum;
+  if (options.some((option) => option.type === "boolean")) return ["true", "false"];
   return null;
 }
 
@@ -30,7 +31,7 @@ function field(name, schema, required, models) {
         value,
         textContent: value === "" ? "(default)" : value,
       });
-      if (value === (schema.default ?? "")) option.selected = true;
+      if (value === String(schema.default ?? "")) option.selected = true;
       input.append(option);
     }
   } else {
