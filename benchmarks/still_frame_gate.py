@@ -15,7 +15,8 @@ to the sizes that ``metrics.json`` reports (``frame_motion``, in voxels):
 Rows: simulated series (``model.training.qmri``, ``--split`` seeds, MOLLI and mSASHA in
 turn) with 8 mm breathing, the end-point error against the true field over the body; the
 same without motion, the motion added and D_PCA1 against no registration's; and with
-``--kidney``, D_PCA1 of the real kidney MOLLI series.
+``--kidney``, D_PCA1 of the real kidney MOLLI series. ``--pixels`` and ``--noise-std`` simulate
+frames of another pixel size (over the same 192 mm) or noise level than the model trained on.
 
     python benchmarks/still_frame_gate.py --out runs/gate \
         [--kidney ../shared/data/molli_kidney/molli_kidney.npz] [--model qmri-2d] \
@@ -42,6 +43,7 @@ from worker.inference import still
 from worker.inference.pipeline import register_series_file
 
 Rule = Callable[[dict[str, float]], bool]
+FIELD_OF_VIEW_MM = 192.0  # the simulator's default frames: 128 pixels of 1.5 mm
 
 
 def rules(thresholds: list[float]) -> dict[str, Rule]:
@@ -88,7 +90,14 @@ def simulated(args: argparse.Namespace, motion_mm: float, table: dict[str, Rule]
     frames_n = 0
     for k in range(args.series):
         kind = qmri.KINDS[k % len(qmri.KINDS)]
-        series = qmri.simulate_series(kind, motion_mm=motion_mm, seed=first + k)
+        series = qmri.simulate_series(
+            kind,
+            shape=(args.pixels, args.pixels),
+            spacing_mm=FIELD_OF_VIEW_MM / args.pixels,
+            motion_mm=motion_mm,
+            seed=first + k,
+            noise_std=args.noise_std,
+        )
         path = qmri.write_nifti(series, args.out / f"{kind}-{motion_mm:g}-{k}.nii.gz")
         folder = args.out / path.name.split(".")[0]
         report, warped = registered(path, folder, args)
@@ -129,6 +138,16 @@ def main() -> int:
     parser.add_argument("--thresholds", type=float, nargs="*", default=[1.0, 1.2], metavar="VOXELS")
     parser.add_argument("--kidney", type=Path, help="molli_kidney.npz: add the real series")
     parser.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear")
+    parser.add_argument(
+        "--pixels",
+        type=int,
+        default=128,
+        help="simulated frames of N x N pixels over the phantom's 192 mm (default 128: 1.5 mm, "
+        "as the model trained on)",
+    )
+    parser.add_argument(
+        "--noise-std", type=float, default=0.02, help="simulated Rician noise (default 0.02)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     table = rules(args.thresholds)
@@ -136,8 +155,9 @@ def main() -> int:
     moving = simulated(args, 8.0, table)
     resting = simulated(args, 0.0, table)
     print(
-        f"Simulated series ({args.split}, {args.series} moving 8 mm, {args.series} still), "
-        f"resampled {args.interpolation}\n"
+        f"Simulated series ({args.split}, {args.series} moving 8 mm, {args.series} still; "
+        f"{args.pixels} pixels of {FIELD_OF_VIEW_MM / args.pixels:.2f} mm, noise "
+        f"{args.noise_std:g}), resampled {args.interpolation}\n"
     )
     print(
         "| frames kept when | moving: end-point error (mm) | kept | still: motion added (mm) "
