@@ -255,6 +255,14 @@ const done = arguments[arguments.length - 1];
   const moved = d.deformationGrid(shift, [8, 8, 1], eye, [0]);
   out.grid = [Array.from(still.slice(8, 16)), Array.from(moved.slice(8, 16))];
   out.toVoxel = n.lpsToVoxel(template);
+  // metrics.json's table: a shape with ×, a list of frames nested by index, other lists
+  const m = await import("./static/js/metrics.js");
+  out.metrics = m.metricRows({
+    fixed_shape: [128, 96, 1],
+    kept_still: [0, 2],
+    frame_motion: [{ p95_voxels: 0.81234 }, { p95_voxels: 0 }],
+    keep_still: true,
+  });
   return out;
 })().then(done, (error) => done({ error: String(error) }));
 """
@@ -276,3 +284,10 @@ def test_derived_images_are_computed_right_in_the_browser(
     # row y = 1 of the grid: a line only at x = 0, 4 (still), at x = 3, 7 (moved by +1)
     assert out["grid"] == [[1, 0, 0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0, 0, 1]]
     assert out["toVoxel"] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]  # pixdim 1 (0 read as 1), LPS
+    assert out["metrics"] == [
+        ["fixed_shape", "128 × 96 × 1"],
+        ["kept_still", "0, 2"],
+        ["frame_motion.0.p95_voxels", "0.8123"],
+        ["frame_motion.1.p95_voxels", "0"],
+        ["keep_still", "true"],
+    ]
