@@ -106,17 +106,22 @@ def simulated(args: argparse.Namespace, motion_mm: float, table: dict[str, Rule]
         grid = Grid.of(frames[series.template])
         spacing = grid.spacing[::-1]
         body = series.tissue_map > 0
+        # Each registered frame's error with its field and with none, then each rule's pick.
+        scored = []
+        for i, (field, size) in enumerate(zip(fields, report["frame_motion"], strict=True)):
+            if i == series.template % len(frames):
+                continue
+            phi = grid.field_to_voxel(field, np.float32)
+            truth = series.fields[i].astype(np.float64)
+            registered_mm = metrics.end_point_error(phi, truth, spacing, body)
+            zero_mm = metrics.end_point_error(np.zeros_like(phi), truth, spacing, body)
+            scored.append((size, registered_mm, zero_mm))
+        unregistered = d_pca1(raw)
         for name, rule in table.items():
-            pca[name].append(d_pca1(gated(warped, raw, report, rule)) - d_pca1(raw))
-            for i, (field, size) in enumerate(zip(fields, report["frame_motion"], strict=True)):
-                if i == series.template % len(frames):
-                    continue
-                phi = grid.field_to_voxel(field, np.float32)
-                if rule(size):
-                    phi = np.zeros_like(phi)
-                    kept[name] += 1
-                truth = series.fields[i].astype(np.float64)
-                errors[name].append(metrics.end_point_error(phi, truth, spacing, body))
+            pca[name].append(d_pca1(gated(warped, raw, report, rule)) - unregistered)
+            for size, registered_mm, zero_mm in scored:
+                kept[name] += rule(size)
+                errors[name].append(zero_mm if rule(size) else registered_mm)
         frames_n += len(frames) - 1
     return {
         name: (float(np.mean(errors[name])), kept[name], frames_n, float(np.mean(pca[name])))

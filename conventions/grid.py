@@ -133,6 +133,11 @@ class Grid:
             vectors += np.asarray(offset_mm, dtype=np.float64)
         return self.image(vectors, is_vector=True)
 
+    def zero_field(self) -> sitk.Image:
+        """The field that moves nothing, on this grid: what a frame or pair left where it is
+        (a series' template, no registration) is given."""
+        return self.voxel_to_field(np.zeros((self.dim, *self.shape)))
+
     def field_to_voxel(self, field: sitk.Image, dtype: type = np.float64) -> np.ndarray:
         """Physical field on this grid -> voxel displacement (dim, *shape), numpy axis order.
 

@@ -446,7 +446,7 @@ class AcdcPairs(PairSource):
         count: int | None = None,
         seed: int = 0,
         direction: str = "ES->ED",
-        slices: str = "labelled",
+        slices: str = ACDC_SLICES[0],
     ) -> list[SubjectPair]:
         """``slices`` "labelled": every slice labelled in both frames, the basal and apical
         ones included, where a structure may show in one frame only (through-plane motion

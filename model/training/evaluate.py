@@ -93,8 +93,7 @@ def model_method(
     def register(pair: SubjectPair) -> Registered:
         field = register_images(engine, pair.fixed.image, pair.moving.image, options).field
         if keep_still and still.is_still(still.motion_of(field)):
-            grid = Grid.of(field)
-            field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+            field = Grid.of(field).zero_field()
         warped = resample_through(field, pair.moving.labels, sitk.sitkNearestNeighbor)
         return field, warped
 
@@ -119,7 +118,7 @@ def model_method(
 def identity_method() -> Method:
     def register(pair: SubjectPair) -> Registered:
         grid = Grid.of(pair.fixed.image)
-        field = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+        field = grid.zero_field()
         warped = grid.resample(
             pair.moving.labels, interpolator=sitk.sitkNearestNeighbor, extrapolate=False
         )

@@ -270,7 +270,7 @@ def register_series_file(
     grid = Grid.of(fixed)
 
     keep_still = engine.keeps_still(options)
-    zero = grid.voxel_to_field(np.zeros((grid.dim, *grid.shape)))
+    zero = grid.zero_field()
     warped_frames, before, after, jacobians, phis = [], [], [], [], []
     sizes, kept_still = [], []
     for i, frame in enumerate(frames):
@@ -285,15 +285,17 @@ def register_series_file(
         else:
             reg = register_images(engine, fixed, frame, options, progress=frame_progress)
             field, moved, initial = reg.field, reg.warped, reg.initial
-        sizes.append(still.motion_of(field))
+        phi = grid.field_to_voxel(field, np.float32)
+        sizes.append(still.motion(phi))
         if i != template and keep_still and still.is_still(sizes[-1]):
-            field, moved = zero, frame  # as acquired: frames of a series share one grid
+            # as acquired: frames of a series share one grid
+            field, moved, phi = zero, frame, np.zeros_like(phi)
             kept_still.append(i)
         imageio.write_displacement(
             imageio.restore_layout(field, frames_as_read[template]),
             artifacts.frame_path(out_dir, i),
         )
-        phis.append(grid.field_to_voxel(field, np.float32))
+        phis.append(phi)
         jacobians.append(metrics.jacobian_determinant(phis[-1]))
         warped_frames.append(imageio.restore_layout(moved, frames_as_read[template]))
         before.append(_array(initial))
