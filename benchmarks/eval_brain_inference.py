@@ -7,7 +7,10 @@ resampled linearly onto the 1-mm box. The command runs exactly as a user runs it
 initial affine, working-grid resampling, the model, its refinement, the field back on the 1-mm
 grid, the inverse, every artifact written); the script prints a table of each run's wall time
 and the engine's stages (``metrics.json``'s ``seconds``). "registration" is what the field
-itself costs: preprocess (affine and resampling), model, refine and postprocess.
+itself costs: preprocess (affine and resampling), model, refine (on the working grid and,
+where the model runs it, on the scan's own: refine_native) and postprocess. Each run is a
+process of its own, as a user's is; ``RIIR_KEEP_FREED_MEMORY=0`` in the environment times it
+with glibc's allocator as it ships (``worker.inference.memory``).
 
     python benchmarks/eval_brain_inference.py --pair fixed.nii.gz moving.nii.gz \
         --out runs/brain-timing
@@ -51,7 +54,7 @@ def synthesised(
     return paths, labels
 
 
-REGISTRATION = ("preprocess", "model", "refine", "postprocess")
+REGISTRATION = ("preprocess", "model", "refine", "refine_native", "postprocess")
 
 
 def main() -> int:
@@ -105,7 +108,7 @@ def main() -> int:
     print("|---" * (len(stages) + 3) + "|")
     for k, (wall, seconds) in enumerate(rows, 1):
         registration = sum(seconds.get(name, 0.0) for name in REGISTRATION)
-        cells = [f"{seconds[name]:.2f}" for name in stages]
+        cells = [f"{seconds.get(name, 0.0):.2f}" for name in stages]
         print(f"| {k} | {wall:.2f} | {registration:.2f} | " + " | ".join(cells) + " |")
     return 0
 

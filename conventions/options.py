@@ -69,12 +69,12 @@ HELP = {
     "refine_native": "test-time refinement on the fixed image's own grid: this many more "
     "optimiser steps after the refinement on the model's grid, with the model's refinement "
     "settings kept at their size in millimetres, so a scan finer than the model's grid is "
-    "aligned in its own detail (brain-3d works at 2 mm: on two 1-mm OASIS brains 8 steps "
-    "raised Dice from 0.796 / 0.791 to 0.816 / 0.807; ANTs SyNCC 0.817 / 0.821). A step "
-    "costs in proportion to the voxels: about 1.5 s for a 160x192x224 brain on two CPU "
-    "cores, after 3-4 s to set the grid up, which is why the shipped models leave it off; "
-    "reported as seconds.refine_native "
-    "(default: the model's own, 0 for the shipped ones)",
+    "aligned in its own detail. A step costs in proportion to the voxels: about 1 s for a "
+    "160x192x224 brain on two CPU cores, after about 1 s to set the grid up; reported as "
+    "seconds.refine_native (default: the model's own, which runs only on scans at least 1.25 "
+    "times finer than its grid: 2 steps of 0.1 mm for brain-3d, which works at 2 mm (on two "
+    "1-mm OASIS brains Dice 0.803 / 0.799 instead of 0.796 / 0.790, as smooth; 8 steps of "
+    "0.2 mm reach 0.816 / 0.807, rougher; ANTs SyNCC 0.817 / 0.821), 0 for the others)",
     "interpolation": "how the warped image is resampled through the field: 'linear' "
     "averages neighbouring voxels, which smooths noise; 'bspline' (cubic B-spline) and 'sinc' "
     "(Lanczos-windowed sinc, radius 3) keep the moving image's noise and edges, for maps fitted "

@@ -13,6 +13,7 @@ from importlib import import_module
 
 from conventions.errors import RiirError
 from riir import __version__
+from worker.inference.memory import keep_freed_memory
 
 COMMAND_MODULES = (
     "riir.commands",  # register, register-series, models
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_freed_memory()  # this process is ours: see worker.inference.memory
     try:
         return int(args.run(args) or 0)
     except RiirError as exc:

@@ -290,8 +290,9 @@ def test_refinement_on_the_fixed_grid_registers_below_the_models_grid(tmp_path, 
     """``refine_native`` steps run on the fixed image's own grid after the model's (here
     2 mm on a 1-mm pair, where a network that does not move leaves only the initial
     alignment), in that grid's voxels, after the initial alignment, which the field still
-    holds; the report gives their count and seconds, progress counts them, the inverse is
-    solved on the grid the field was made on, and the model's card may set a default."""
+    holds; the report gives their count and seconds, progress counts them, the inverse (solved
+    on the model's coarser grid) stays consistent with the field, and the model's card may set
+    a default, with settings of its own, for scans finer than its grid."""
     still = tmp_path / "still-2mm.pt"
     model = Descent(DescentConfig(spatial_dims=2, iterations=1, step=0.0, sigma=0.0))
     meta = {"name": "still", "version": "test", "preprocessing": {"spacing_mm": 2.0}}
@@ -320,6 +321,28 @@ def test_refinement_on_the_fixed_grid_registers_below_the_models_grid(tmp_path, 
     meta["preprocessing"] = {"spacing_mm": 2.0, "refine_native": 2}
     save_checkpoint(still, model, "descent", meta)
     assert riir.register(fixed, moving, **options).metrics["refine_native"] == 2
+    # The model's default runs only where the scan is finer than its grid: on a 2-mm scan,
+    # its working grid, there is nothing finer to refine on, though a request still may.
+    coarse = [_image(sitk.GetArrayFromImage(image)[::2, ::2], (2, 2)) for image in (fixed, moving)]
+    coarse[1].SetOrigin((5.0, 0.0))
+    assert riir.register(*coarse, **options).metrics["refine_native"] == 0
+    assert riir.register(*coarse, **options, refine_native=2).metrics["refine_native"] == 2
+    # Its own settings for those steps go over its refinement's, in its grid's voxels: an
+    # Adam step of almost nothing leaves the field where the model's grid left it.
+    meta["preprocessing"] |= {"refine_native_settings": {"lr": 1e-9}}
+    save_checkpoint(still, model, "descent", meta)
+    held = riir.register(fixed, moving, **options)
+    assert held.metrics["refine_native"] == 2
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(held.displacement),
+        sitk.GetArrayFromImage(plain.displacement),
+        atol=1e-4,
+    )
+    for settings, wrong in (({"lamda": 1.0}, "lamda"), (["lr"], "must be a mapping")):
+        meta["preprocessing"] = {"spacing_mm": 2.0, "refine_native_settings": settings}
+        save_checkpoint(still, model, "descent", meta)
+        with pytest.raises(ModelNotFoundError, match=wrong):
+            riir.register(fixed, moving, **options, refine_native=0)
     with pytest.raises(InputError, match="refine_native must be less than or equal to 50"):
         riir.register(fixed, moving, **options, refine_native=51)
     meta["preprocessing"] = {"refine_native": 1.5}

@@ -3,6 +3,8 @@ non-trivial geometry (anisotropic spacing, rotated and flipped axes, offsets).""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import math
 
@@ -17,6 +19,7 @@ from model.networks.checkpoint import save_checkpoint
 from model.networks.descent import Descent, DescentConfig
 from model.networks.riir import RIIR, RIIRConfig
 from riir.cli import main
+from worker.inference import memory
 
 CENTRES = [(-6.0, 4.0, 3.0), (7.0, -5.0, -4.0), (2.0, 8.0, -6.0), (-4.0, -7.0, 5.0)]
 
@@ -428,3 +431,38 @@ def test_bad_inputs_fail_with_one_line(tmp_path, checkpoints, capsys):
     )
     _fails_with(capsys, [*base, good_path, good_path, "--steps", "500"], "steps must be")
     assert not (tmp_path / "out" / "displacement.nii.gz").exists()
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def test_the_command_line_keeps_freed_memory_for_the_next_registration(monkeypatch):
+    """``riir``'s process keeps what it frees for reuse (``worker.inference.memory``): on
+    glibc, as on CI's Debian, a freed 24 MB array (a field on a 1-mm brain is bigger) stays
+    with the process instead of going back to the kernel, so the next one is not paged in
+    afresh. ``RIIR_KEEP_FREED_MEMORY=0`` declines the setting."""
+    monkeypatch.setenv(memory.ENVIRONMENT, "0")
+    assert not memory.keep_freed_memory()
+    monkeypatch.delenv(memory.ENVIRONMENT)
+    assert memory.keep_freed_memory()
+    mallinfo2 = ctypes.CDLL(ctypes.util.find_library("c")).mallinfo2
+    mallinfo2.restype = _Mallinfo2
+    array = np.ones(6 * 2**20, np.float32)
+    assert mallinfo2().hblkhd < array.nbytes  # on the heap, not in a mapping of its own
+    del array
+    assert mallinfo2().fordblks >= 6 * 2**20 * 4  # freed, and still the process's

@@ -31,8 +31,12 @@ app.add_defaults(lambda: celery_config(get_settings()))
 def _warm_up(**_: Any) -> None:
     """Import the inference stack (torch) in each pool process before its first job, so
     the first job's timing is the model's, not the import's. Models load on first use
-    (``worker.inference.engine`` caches them per process)."""
+    (``worker.inference.engine`` caches them per process). The pool process is the
+    worker's own, so its allocator keeps freed memory (``worker.inference.memory``)."""
     import worker.inference.pipeline  # noqa: F401
+    from worker.inference.memory import keep_freed_memory
+
+    keep_freed_memory()
 
     log.info("inference stack imported in the worker process")
 

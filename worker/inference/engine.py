@@ -32,6 +32,12 @@ from worker.inference.prealign import initial_transform
 
 Progress = Callable[[int, int], None]
 
+# A model's own ``refine_native`` runs only on scans at least this many times finer than its
+# working grid: on a grid about as fine, the working grid is the scan's own up to resampling,
+# and the model's refinement already ran its fine steps there (the 2-mm IXI heads for
+# ``brain-3d``, whose working grid is 2 mm). A request's ``refine_native`` always runs.
+NATIVE_MIN_SCALE = 1.25
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -74,27 +80,52 @@ class Engine:
             self.preprocessing.get("refine_settings"), self.refine_steps(options)
         )
 
-    def refine_native_steps(self, options: RegistrationOptions) -> int:
-        """Refinement steps on the fixed image's own grid: the request's, else the model's
-        own (``meta.preprocessing.refine_native``), else none."""
-        if options.refine_native is not None:
-            return options.refine_native
-        return int(self.preprocessing.get("refine_native") or 0)
+    def working_grid(self, fixed: sitk.Image) -> Grid:
+        """The grid this model registers ``fixed`` on (``conventions.grid.model_grid``)."""
+        pre = self.preprocessing
+        return model_grid(
+            fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1), pre.get("max_voxels")
+        )
 
-    def native_refinement(
-        self, options: RegistrationOptions, grid: Grid, fixed_grid: Grid
-    ) -> refine_config.RefineConfig:
-        """The refinement on ``fixed_grid`` after the one on the model's ``grid``: the model's
-        settings with their lengths kept in millimetres (``refine.on_finer_grid``). Voxels of
+    def native_scale(self, fixed: sitk.Image) -> float:
+        """How many times finer ``fixed``'s voxels are than the working grid's. Voxels of
         unequal sides count by their mean size (the geometric mean of the spacing)."""
 
         def size(g: Grid) -> float:
             return float(np.exp(np.mean(np.log(g.spacing))))
 
+        return size(self.working_grid(fixed)) / size(Grid.of(fixed))
+
+    def refine_native_steps(self, options: RegistrationOptions, fixed: sitk.Image) -> int:
+        """Refinement steps on ``fixed``'s own grid: the request's, else the model's own
+        (``meta.preprocessing.refine_native``) where that grid is at least
+        ``NATIVE_MIN_SCALE`` times finer than the working grid, else none."""
+        if options.refine_native is not None:
+            return options.refine_native
+        if self.native_scale(fixed) < NATIVE_MIN_SCALE:
+            return 0
+        return int(self.preprocessing.get("refine_native") or 0)
+
+    def native_settings(self, options: RegistrationOptions) -> refine_config.RefineConfig:
+        """The model's refinement with its ``refine_native_settings`` over it, still in the
+        working grid's voxels: what ``native_refinement`` moves to a finer grid."""
+        pre = self.preprocessing
+        native = pre.get("refine_native_settings") or {}
+        if not isinstance(native, dict):
+            raise ValueError(f"refine_native_settings must be a mapping, not {native!r}")
+        settings = {**(pre.get("refine_settings") or {}), **native}
+        return refine_config.for_model(settings, self.refine_steps(options))
+
+    def native_refinement(
+        self, options: RegistrationOptions, fixed: sitk.Image
+    ) -> refine_config.RefineConfig:
+        """The refinement on ``fixed``'s own grid after the one on the working grid:
+        ``native_settings`` moved to the finer grid with their lengths kept in millimetres
+        (``refine.on_finer_grid``)."""
         return refine_config.on_finer_grid(
-            self.refinement(options),
-            size(grid) / size(fixed_grid),
-            self.refine_native_steps(options),
+            self.native_settings(options),
+            self.native_scale(fixed),
+            self.refine_native_steps(options, fixed),
         )
 
     def keeps_still(self, options: SeriesOptions) -> bool:
@@ -105,14 +136,14 @@ class Engine:
             return options.keep_still
         return bool(self.preprocessing.get("keep_still", False))
 
-    def progress_steps(self, options: RegistrationOptions) -> int:
-        """The steps ``register_images`` reports for one registration: the network's, the
-        refinement's on the model's grid and on the fixed image's, then one for resampling
-        the field and warping the image."""
+    def progress_steps(self, options: RegistrationOptions, fixed: sitk.Image) -> int:
+        """The steps ``register_images`` reports for registering onto ``fixed``: the
+        network's, the refinement's on the model's grid and on the fixed image's, then one
+        for resampling the field and warping the image."""
         return (
             (options.steps or self.steps)
             + self.refinement(options).total_steps
-            + self.refine_native_steps(options)
+            + self.refine_native_steps(options, fixed)
             + 1
         )
 
@@ -139,6 +170,7 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
             if steps is not None and (not isinstance(steps, int) or steps < 0):
                 raise ValueError(f"{name} must be a whole number >= 0, not {steps!r}")
         engine.refinement(RegistrationOptions())
+        engine.native_settings(RegistrationOptions())
     except (ValueError, TypeError) as exc:
         raise ModelNotFoundError(
             f"model file '{Path(path).name}' has unusable refinement settings "
@@ -181,9 +213,11 @@ class Registration:
     initial: sitk.Image  # moving on the fixed grid before registration (initial alignment)
     init_transform: sitk.Transform | None
     model_shape: tuple[int, ...]
-    # ``field`` on the grid where it was made, where its inverse is found: the model's
-    # working grid (the fixed-grid field is its linear interpolation, so the inverse costs a
-    # fraction of the voxels there), or after ``refine_native`` the fixed grid itself.
+    # ``field`` on the model's working grid, where its inverse is found at a fraction of the
+    # voxels: where it was made (the fixed-grid field is its linear interpolation), or, after
+    # ``refine_native``, sampled there from the fixed grid's (on the 1-mm OASIS pair the
+    # inverse then took 3.1 s instead of 7.6 s, its consistency error 0.07 mm on average
+    # instead of 0.02, p95 0.30 mm instead of 0.10).
     model_field: sitk.Image
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
 
@@ -275,10 +309,7 @@ def register_images(
     refinement = engine.refinement(options)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    pre = engine.preprocessing
-    grid = model_grid(
-        fixed, pre.get("spacing_mm"), pre.get("shape_multiple", 1), pre.get("max_voxels")
-    )
+    grid = engine.working_grid(fixed)
     init_transform = initial_transform(fixed, moving, init)
     fixed_t = model_input(grid.resample(fixed), engine.device)
     moving_t = model_input(grid.resample(moving, init_transform), engine.device)
@@ -289,7 +320,7 @@ def register_images(
     network_steps = steps or engine.steps
     # One progress count over the network's steps, the refinement's, the resampling and
     # what the caller does after it.
-    overall = engine.progress_steps(options) + finishing
+    overall = engine.progress_steps(options, fixed) + finishing
 
     def network_progress(done: int, total: int) -> None:
         if progress is not None:
@@ -317,7 +348,7 @@ def register_images(
         timings["refine"] = time.perf_counter() - start
 
     fixed_grid = Grid.of(fixed)
-    native = engine.native_refinement(options, grid, fixed_grid)
+    native = engine.native_refinement(options, fixed)
     phi_model = phi[0].float().cpu().numpy()
     if native.steps:
         start = time.perf_counter()
@@ -339,9 +370,10 @@ def register_images(
         )
         timings["refine_native"] = time.perf_counter() - start
         start = time.perf_counter()
-        # Made on the fixed grid, the field's inverse is solved there too.
-        field_model = _composed(fixed_grid, phi_fixed, init_transform)
-        on_fixed = field_model
+        on_fixed = _composed(fixed_grid, phi_fixed, init_transform)
+        # Its inverse is still solved on the working grid (a fraction of the voxels), from
+        # the field sampled there: the steps' correction is smooth at that scale.
+        field_model = grid.resample(on_fixed)
     else:
         start = time.perf_counter()
         field_model = _composed(grid, phi_model, init_transform)

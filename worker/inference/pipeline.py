@@ -115,7 +115,7 @@ def _header(engine: Engine, options: RegistrationOptions, fixed: sitk.Image) -> 
         "steps": options.steps or engine.steps,
         "init": engine.init(options),
         "refine": engine.refine_steps(options),
-        "refine_native": engine.refine_native_steps(options),
+        "refine_native": engine.refine_native_steps(options, imageio.slice_as_2d(fixed)),
         "interpolation": options.interpolation,
         "similarity": options.similarity or getattr(engine.model.config, "inner_loss", None),
         "fixed_shape": list(fixed.GetSize()),
@@ -148,7 +148,7 @@ def register_files(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     after = 2  # progress goes on past the registration: the inverse field, then the artifacts
-    total = engine.progress_steps(options) + after
+    total = engine.progress_steps(options, fixed) + after
 
     def finished(done: int) -> None:
         if progress is not None:
@@ -263,7 +263,7 @@ def register_series_file(
     engine = _engine(options, device, fixed, series=True)
     # Each frame: its network and refinement steps and its resampling; then one more for
     # the series' artifacts.
-    per_frame = engine.progress_steps(options)
+    per_frame = engine.progress_steps(options, fixed)
     overall = n * per_frame + 1
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.frame_path(out_dir, 0).parent.mkdir(exist_ok=True)
