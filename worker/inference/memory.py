@@ -5,8 +5,8 @@ size then takes a page fault on every 4 KiB page as it is first written, and a w
 registration allocates and frees gigabytes this way: its fields on a 1-mm grid are 80 MB
 each. On the 2-core CPU, a 1-mm OASIS pair with ``brain-3d``'s refinement on the scan's own
 grid took 7.9–10.1 s a registration as glibc ships, and 7.1–7.5 s with the settings below
-(four in a row each; docs/method.md, "Cost of one registration"). The page faults were a
-third of the refinement's time on that grid.
+(four in a row each; docs/method.md, "Cost of one registration"), most of it in that step
+(2.3–4.6 s against 1.8–2.3 s).
 
 The setting is the process's, not a library's: only the programs that own their process
 call ``keep_freed_memory`` (the ``riir`` command line and the Celery worker's pool
