@@ -72,8 +72,8 @@ HELP = {
     "aligned in its own detail. A step costs in proportion to the voxels: about 1 s for a "
     "160x192x224 brain on two CPU cores, after about 1 s to set the grid up; reported as "
     "seconds.refine_native (default: the model's own, which runs only on scans at least 1.25 "
-    "times finer than its grid: 2 steps of 0.1 mm for brain-3d, which works at 2 mm (on two "
-    "1-mm OASIS brains Dice 0.803 / 0.799 instead of 0.796 / 0.790, as smooth; 8 steps of "
+    "times finer than its grid: 1 step of 0.15 mm for brain-3d, which works at 2 mm (on two "
+    "1-mm OASIS brains Dice 0.802 / 0.798 instead of 0.796 / 0.790, about as smooth; 8 steps of "
     "0.2 mm reach 0.816 / 0.807, rougher; ANTs SyNCC 0.817 / 0.821), 0 for the others)",
     "interpolation": "how the warped image is resampled through the field: 'linear' "
     "averages neighbouring voxels, which smooths noise; 'bspline' (cubic B-spline) and 'sinc' "
