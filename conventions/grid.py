@@ -15,6 +15,7 @@ Conventions (owned here):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
@@ -162,6 +163,19 @@ def oriented(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
+@lru_cache(maxsize=32)
+def _oriented_grid(grid: Grid) -> Grid:
+    """``grid`` in LPS orientation, as ``oriented`` would leave an image on it. Found from a
+    byte image of that geometry, not the image's voxels, and once per geometry: the engine
+    asks for a working grid several times a registration, and reorienting a 1-mm brain's
+    voxels took 0.07 s each time."""
+    probe = sitk.Image(list(grid.size), sitk.sitkUInt8)
+    probe.SetSpacing(grid.spacing)
+    probe.SetOrigin(grid.origin)
+    probe.SetDirection(grid.direction)
+    return Grid.of(oriented(probe))
+
+
 def model_grid(
     fixed: sitk.Image,
     spacing_mm: float | None = None,
@@ -172,7 +186,7 @@ def model_grid(
     resampled to ``spacing_mm`` (never finer than the fixed image), with every registered axis a
     multiple of ``multiple`` voxels (architectures that pool need it) and at most
     ``max_voxels`` voxels (memory and time)."""
-    grid = Grid.of(oriented(fixed))
+    grid = _oriented_grid(Grid.of(fixed))
     spacing = np.asarray(grid.spacing, dtype=np.float64)
     size = np.asarray(grid.size)
     grown = size > 1

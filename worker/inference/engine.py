@@ -106,7 +106,7 @@ class Engine:
             return 0
         return int(self.preprocessing.get("refine_native") or 0)
 
-    def native_settings(self, options: RegistrationOptions) -> refine_config.RefineConfig:
+    def native_settings(self) -> refine_config.RefineConfig:
         """The model's refinement with its ``refine_native_settings`` over it, still in the
         working grid's voxels: what ``native_refinement`` moves to a finer grid."""
         pre = self.preprocessing
@@ -114,7 +114,7 @@ class Engine:
         if not isinstance(native, dict):
             raise ValueError(f"refine_native_settings must be a mapping, not {native!r}")
         settings = {**(pre.get("refine_settings") or {}), **native}
-        return refine_config.for_model(settings, self.refine_steps(options))
+        return refine_config.for_model(settings, 0)  # on_finer_grid sets the steps
 
     def native_refinement(
         self, options: RegistrationOptions, fixed: sitk.Image
@@ -123,7 +123,7 @@ class Engine:
         ``native_settings`` moved to the finer grid with their lengths kept in millimetres
         (``refine.on_finer_grid``)."""
         return refine_config.on_finer_grid(
-            self.native_settings(options),
+            self.native_settings(),
             self.native_scale(fixed),
             self.refine_native_steps(options, fixed),
         )
@@ -170,7 +170,7 @@ def _load(path: str, modified_ns: int, device: str) -> Engine:
             if steps is not None and (not isinstance(steps, int) or steps < 0):
                 raise ValueError(f"{name} must be a whole number >= 0, not {steps!r}")
         engine.refinement(RegistrationOptions())
-        engine.native_settings(RegistrationOptions())
+        engine.native_settings()
     except (ValueError, TypeError) as exc:
         raise ModelNotFoundError(
             f"model file '{Path(path).name}' has unusable refinement settings "
